@@ -1,0 +1,35 @@
+"""autoseg: AutoML for semantic segmentation with Keras 3 and KerasTuner.
+
+The public Python API. Attributes are imported lazily so that `import autoseg` (and the
+CLI's `--help`) stays free of TensorFlow and Keras.
+"""
+
+import importlib
+import os
+
+# albumentations checks PyPI for a newer version at import; there is no network here.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prepare": "autoseg.data.dataset",
+    "load_dataset": "autoseg.data.dataset",
+    "resolve_dataset": "autoseg.data.dataset",
+    "build_model": ("autoseg.models", "build"),
+}
+
+
+def __getattr__(name):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'autoseg' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,66 @@
+"""The `autoseg` command: parse, call the library, map errors to exit codes.
+
+Exit codes: 0 success, 2 usage/configuration/data problems (`AutosegError`), 1 runtime
+failures, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from autoseg import __version__
+from autoseg.errors import AutosegError
+
+# Subcommand modules in `autoseg.commands`, in the order `--help` lists them.
+COMMANDS = ("prepare", "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoseg",
+        description="AutoML for semantic segmentation: prepare data, search models, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks for errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"autoseg.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI and returns its exit code (also usable from tests)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except AutosegError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or a runtime failure: say so, short
+        if args.debug:
+            raise
+        print(
+            f"Error: {type(exc).__name__}: {exc}\n(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Name -> implementation registries for architectures, backbones and losses.
+
+Everything that lists or validates names (the CLI, search-space YAML validation, the
+leaderboard, the README model table, parametrised tests) reads these registries, so adding
+an architecture is one decorated builder in one file plus one import line.
+
+Lookups are case-insensitive. Unknown names raise `ConfigError` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from autoseg.errors import ConfigError
+
+
+class Registry:
+    """A case-insensitive mapping from a key to a registered entry.
+
+    Args:
+        kind: What the entries are, for error messages ("architecture", "loss").
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+        self._aliases: dict[str, tuple[str, dict]] = {}
+
+    def add(self, name: str, entry: Any) -> None:
+        key = name.lower()
+        if key in self._entries or key in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is registered twice.")
+        self._entries[key] = entry
+
+    def add_alias(self, alias: str, target: str, **preset: Any) -> None:
+        """Registers `alias` as `target` with some options preset."""
+        key = alias.lower()
+        if key in self._entries or key in self._aliases:
+            raise ValueError(f"{self.kind} alias {alias!r} is registered twice.")
+        self._aliases[key] = (target.lower(), dict(preset))
+
+    def resolve(self, name: str) -> tuple[Any, dict]:
+        """Returns `(entry, preset_options)` for a name or alias.
+
+        Raises:
+            ConfigError: the name is neither a key nor an alias.
+        """
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"A {self.kind} name must be a string. Received: {name!r}. "
+                f"Valid names: {', '.join(self.names())}."
+            )
+        key = name.lower()
+        if key in self._aliases:
+            target, preset = self._aliases[key]
+            return self._entries[target], dict(preset)
+        if key in self._entries:
+            return self._entries[key], {}
+        raise ConfigError(
+            f"Unknown {self.kind} {name!r}. Valid names: {', '.join(self.names())}"
+            + (f" (aliases: {', '.join(sorted(self._aliases))})" if self._aliases else "")
+            + "."
+        )
+
+    def get(self, name: str) -> Any:
+        return self.resolve(name)[0]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def aliases(self) -> dict[str, tuple[str, dict]]:
+        return dict(self._aliases)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (
+            name.lower() in self._entries or name.lower() in self._aliases
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureSpec:
+    """What the registry knows of one architecture.
+
+    Attributes:
+        name: The canonical key, e.g. "unet".
+        family: The family (file in `architectures/`) it belongs to.
+        builder: `builder(num_classes, input_shape, **options) -> keras.Model`.
+        backbones: Values the `backbone` option accepts (empty if it has none).
+        defaults: Every option the builder takes, with its default.
+        choices: For options with a finite set of values, those values.
+        input_divisor: `input_divisor(options) -> int`: input height and width must be
+            multiples of it.
+        description: One line for `autoseg models` and the README.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., Any]
+    backbones: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    input_divisor: Callable[[Mapping[str, Any]], int] = lambda options: 1
+    description: str = ""
+
+
+ARCHITECTURES = Registry("architecture")
+BACKBONES = Registry("backbone")
+LOSSES = Registry("loss")
+
+
+def register_architecture(
+    name: str,
+    *,
+    family: str,
+    backbones: tuple[str, ...] = (),
+    defaults: Mapping[str, Any] | None = None,
+    choices: Mapping[str, tuple] | None = None,
+    input_divisor: Callable[[Mapping[str, Any]], int] | None = None,
+    description: str = "",
+):
+    """Decorator registering a model builder under `name`.
+
+    Example:
+    ```python
+    @register_architecture("unet", family="unet", defaults={"depth": 4})
+    def build_unet(num_classes, input_shape, depth=4): ...
+    ```
+    """
+
+    def decorate(builder):
+        ARCHITECTURES.add(
+            name,
+            ArchitectureSpec(
+                name=name.lower(),
+                family=family,
+                builder=builder,
+                backbones=tuple(backbones),
+                defaults=dict(defaults or {}),
+                choices=dict(choices or {}),
+                input_divisor=input_divisor or (lambda options: 1),
+                description=description,
+            ),
+        )
+        return builder
+
+    return decorate
+
+
+def register_architecture_alias(alias: str, target: str, **preset: Any) -> None:
+    """Registers an alias (e.g. the original model table's `unet_resnet`)."""
+    ARCHITECTURES.add_alias(alias, target, **preset)
+
+
+def register_backbone(name: str, **info: Any):
+    """Decorator registering a backbone builder.
+
+    The builder is `builder(inputs, weights=None, **options) -> dict[int, tensor]`: the
+    feature maps keyed by their stride relative to the input (1, 2, 4, 8, 16, 32).
+    `info` may carry static facts such as `strides=(2, 4, 8, 16, 32)`.
+    """
+
+    def decorate(builder):
+        BACKBONES.add(name, (builder, dict(info)))
+        return builder
+
+    return decorate
+
+
+def register_loss(name: str):
+    """Decorator registering a loss factory `factory(num_classes, class_weights=None,
+    ignore_index=255) -> keras.losses.Loss`."""
+
+    def decorate(factory):
+        LOSSES.add(name, factory)
+        return factory
+
+    return decorate
