@@ -64,6 +64,9 @@ def output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     out = check_output_dir(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); outputs are not
     try:
         yield tmp
         if out.exists():

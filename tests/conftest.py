@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_dataset_cache(tmp_path_factory):
+    """Raw sources that tests resolve are cached in a temp dir, not in ~/.cache."""
+    os.environ["AUTOSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("dataset-cache"))
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.is_dir():

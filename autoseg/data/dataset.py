@@ -5,21 +5,36 @@ DATASET/images/<stem>.<ext>    RGB photos (jpg, png, ...)
 DATASET/masks/<stem>.png       single-channel uint8 class index, 255 = ignore
 DATASET/dataset.yaml           classes, palette, ignore_index, [splits], [fingerprint]
 ```
+
+`prepare` builds this layout from a raw source (Labelme files, or `images/` + colour or
+index `masks/`, see `autoseg.data.labelme` and `autoseg.data.masks`), `resolve_dataset`
+does so once per source version into a cache, and `compute_fingerprint` summarises a
+dataset (sizes, class balance) for `dataset.yaml` and `autoseg info`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import statistics
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import yaml
 
 from autoseg import atomic
-from autoseg.errors import DatasetError
+from autoseg.data import imageio
+from autoseg.errors import ConfigError, DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
+FORMATS = ("auto", "labelme", "color", "index")
+# Bump when `prepare` would write a different dataset from the same source: it renames
+# every `resolve_dataset` cache entry.
+CACHE_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -181,3 +196,290 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+def warn(message: str) -> None:
+    """Prints a warning for the user on stderr as ``Warning: <message>``."""
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def detect_format(src: str | Path) -> str:
+    """Tells which raw format a source folder holds.
+
+    Any `*.json` directly in `src` with a `shapes` key makes it "labelme"; else `images/` +
+    `masks/` make it "color" or "index" by the masks' mode (see `autoseg.data.masks`).
+
+    Raises:
+        DatasetError: none of these, or only invalid JSON files (the first one's problem).
+    """
+    from autoseg.data import labelme, masks
+
+    src = Path(src)
+    jsons = labelme.find_labelme_files(src)
+    if any(labelme.is_labelme_file(p) for p in jsons):
+        return "labelme"
+    if (src / "images").is_dir() and (src / "masks").is_dir():
+        return masks.detect_kind(src)
+    for p in jsons:
+        labelme.read_labelme_file(p, p.name)  # raises with the reason it is not Labelme
+    nested = sorted(
+        p.name for p in src.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+        and (any(p.glob("*.json")) or ((p / "images").is_dir() and (p / "masks").is_dir()))
+    )
+    hint = f" Did you mean {', '.join(str(src / n) for n in nested[:3])}?" if nested else ""
+    raise DatasetError(
+        f"{src} holds neither Labelme files (*.json) nor images/ and masks/ folders: "
+        f"nothing to prepare. Expected Labelme *.json files, or photos in images/ and "
+        f"masks in masks/ with the same file stems.{hint}"
+    )
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    format: str = "auto",
+    labels: str | Path | None = None,
+    palette: str | Path | None = None,
+    overwrite: bool = False,
+    skip_orphans: bool = False,
+) -> Dataset:
+    """Converts a raw source folder into a canonical dataset, written whole or not at all.
+
+    Args:
+        src: Labelme files, or `images/` + `masks/` (colour or class-index masks).
+        out: The DATASET folder to write.
+        format: "labelme", "color", "index", or "auto" to detect it. Defaults to "auto".
+        labels: A labels file (labelme2voc `labels.txt` convention) naming the classes.
+        palette: A palette YAML for colour masks (see `autoseg.data.masks`).
+        overwrite: Replace `out` if it exists and is not empty. Defaults to False.
+        skip_orphans: Leave out images without annotation and masks without image, with a
+            warning, instead of failing. Defaults to False.
+
+    Returns:
+        The written dataset, fingerprint included.
+
+    Raises:
+        ConfigError: bad options, or `out` exists and `overwrite` is False.
+        DatasetError: a source that cannot be read or converted (nothing is written).
+
+    Example:
+    ```python
+    dataset = prepare("raw/cwfid", "data/cwfid", palette="cwfid_palette.yaml")
+    dataset.fingerprint["class_pixel_fraction"]  # {"background": 0.926, ...}
+    ```
+    """
+    from autoseg.data import labelme, masks
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise DatasetError(
+            f"Source folder {src} {'is not a folder' if src.exists() else 'does not exist'}."
+        )
+    if format not in FORMATS:
+        raise ConfigError(f"Unknown format {format!r}. Valid formats: {', '.join(FORMATS)}.")
+    for option, path in (("--labels", labels), ("--palette", palette)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{option} {path} is not a file.")
+    src_abs, out_abs = src.resolve(), out.resolve()
+    if out_abs == src_abs or out_abs in src_abs.parents:
+        raise ConfigError(
+            f"--out {out} would replace the source folder {src}. Choose an output folder "
+            "outside the source."
+        )
+    atomic.check_output_dir(out, overwrite)
+    kind = detect_format(src) if format == "auto" else format
+    if kind == "labelme" and palette is not None:
+        raise ConfigError(
+            "--palette applies to colour and index masks; name the classes of Labelme files "
+            "with --labels FILE."
+        )
+    with atomic.output_dir(out, overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        if kind == "labelme":
+            classes, colors = labelme.convert_folder(src, tmp, labels, skip_orphans)
+        else:
+            classes, colors = masks.convert_folder(src, tmp, kind, labels, palette, skip_orphans)
+        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        if duplicates:
+            raise DatasetError(
+                f"Class name(s) {duplicates} appear twice in the class list {classes}. "
+                "Each class needs its own name."
+            )
+        write_dataset_yaml(tmp, Dataset(root=tmp, classes=classes, palette=colors))
+        dataset = load_dataset(tmp)
+        dataset.fingerprint = compute_fingerprint(dataset)
+        write_dataset_yaml(tmp, dataset)
+    return load_dataset(out)
+
+
+def resolve_dataset(
+    path: str | Path,
+    cache_root: str | Path | None = None,
+    *,
+    format: str = "auto",
+    labels: str | Path | None = None,
+    palette: str | Path | None = None,
+    skip_orphans: bool = False,
+) -> Dataset:
+    """Returns a canonical dataset for `path`, preparing a raw source once into a cache.
+
+    A canonical folder (with `dataset.yaml`) is loaded as it is. A raw source is prepared
+    into `<cache_root>/<name>-<hash>`, where the hash covers the source's file names, sizes
+    and modification times and the options; a later call with an unchanged source reuses it.
+
+    Args:
+        path: A canonical dataset or a raw source folder.
+        cache_root: Where cached datasets go. Defaults to `$AUTOSEG_CACHE_DIR`, else
+            `$XDG_CACHE_HOME/autoseg/datasets` (`~/.cache/autoseg/datasets`): never beside
+            the user's source data, which may be read-only or shared.
+        format, labels, palette, skip_orphans: As for `prepare`.
+
+    Raises:
+        DatasetError: the source cannot be converted, or no cache folder is writable.
+    """
+    path = Path(path)
+    if is_canonical(path):
+        return load_dataset(path)
+    if not path.is_dir():
+        raise DatasetError(
+            f"Dataset {path} {'is not a folder' if path.exists() else 'does not exist'}."
+        )
+    name = f"{path.resolve().name}-{source_hash(path, format, labels, palette, skip_orphans)}"
+    if cache_root is None:
+        cache_root = os.environ.get("AUTOSEG_CACHE_DIR") or (
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoseg" / "datasets"
+        )
+    roots = [Path(cache_root)]
+    for root in roots:
+        if is_canonical(root / name):
+            return load_dataset(root / name)
+    for root in roots:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(root, os.W_OK):
+            return prepare(
+                path, root / name, format=format, labels=labels, palette=palette,
+                overwrite=True, skip_orphans=skip_orphans,
+            )
+    raise DatasetError(
+        f"No writable cache folder for preparing {path} (tried {', '.join(map(str, roots))}). "
+        f"Run `autoseg prepare {path} --out DATASET` and pass DATASET instead."
+    )
+
+
+def source_hash(
+    src: str | Path,
+    format: str = "auto",
+    labels: str | Path | None = None,
+    palette: str | Path | None = None,
+    skip_orphans: bool = False,
+) -> str:
+    """12 hex digits that change when a file under `src` (name, size, mtime) or an option does."""
+    src = Path(src)
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {format} {skip_orphans}\n".encode())
+    for option in (labels, palette):
+        digest.update(Path(option).read_bytes() if option is not None else b"-")
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in sorted(f for f in files if not f.startswith(".")):
+            path = Path(folder, file)
+            stat = path.stat()
+            rel = path.relative_to(src).as_posix()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def compute_fingerprint(
+    dataset_or_paths: Dataset | str | Path | Iterable[tuple[str | Path, str | Path]],
+    classes: list[str] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, Any]:
+    """Summarises a dataset: image sizes, channels and class balance.
+
+    Reads every mask and each image's header (not its pixels).
+
+    Args:
+        dataset_or_paths: A `Dataset`, a canonical dataset folder, or `(image, mask)` path
+            pairs.
+        classes: Class names, for pairs. Defaults to the dataset's, else `class_<i>` up to
+            the largest mask value.
+        ignore_index: The ignored mask value, for pairs. Defaults to 255.
+
+    Returns:
+        A dict of plain Python values (for `yaml.safe_dump`):
+        `num_images`; `image_size` with `min`, `median` and `max`, each `[height, width]`
+        taken per dimension; `channels`, the sorted distinct channel counts (e.g. `[3]`);
+        `class_pixel_fraction`, class name -> share of the non-ignored pixels;
+        `class_image_count`, class name -> number of images where it appears;
+        `ignore_fraction`, the share of all pixels that are ignored.
+
+    Raises:
+        DatasetError: unreadable files, a mask whose size differs from its image, or mask
+            values that are not classes.
+
+    Example:
+    ```python
+    compute_fingerprint("data/cwfid")["class_pixel_fraction"]
+    # {"background": 0.9257, "crop": 0.0158, "weed": 0.0585}
+    ```
+    """
+    if isinstance(dataset_or_paths, (str, os.PathLike)):
+        dataset_or_paths = load_dataset(dataset_or_paths)
+    if isinstance(dataset_or_paths, Dataset):
+        ds = dataset_or_paths
+        pairs = [(ds.image_path(s), ds.mask_path(s)) for s in ds.stems]
+        classes, ignore_index = ds.classes, ds.ignore_index
+    else:
+        pairs = [(Path(image), Path(mask)) for image, mask in dataset_or_paths]
+    if not pairs:
+        raise DatasetError("There are no images to fingerprint.")
+    pixel_counts = np.zeros(256, np.int64)
+    image_counts = np.zeros(256, np.int64)
+    heights, widths, channels = [], [], set()
+    for image_path, mask_path in pairs:
+        image_name = f"{image_path.parent.name}/{image_path.name}"
+        mask_name = f"{mask_path.parent.name}/{mask_path.name}"
+        with imageio.open_header(image_path, image_name) as image:
+            size, bands = image.size, len(image.getbands())
+        mask = imageio.read_index_mask(mask_path, mask_name)
+        if (mask.shape[1], mask.shape[0]) != size:
+            raise imageio.size_mismatch(mask_name, mask.shape[::-1], image_name, size)
+        counts = np.bincount(mask.ravel(), minlength=256)
+        if classes is not None:
+            bad = [v for v in np.flatnonzero(counts) if v >= len(classes) and v != ignore_index]
+            if bad:
+                raise DatasetError(
+                    f"{mask_name} holds value(s) {', '.join(map(str, bad[:10]))} but the "
+                    f"dataset has {len(classes)} classes (0-{len(classes) - 1}, "
+                    f"{ignore_index} = ignore). Fix the mask or the classes in dataset.yaml."
+                )
+        pixel_counts += counts
+        image_counts += counts > 0
+        widths.append(size[0])
+        heights.append(size[1])
+        channels.add(bands)
+    if classes is None:
+        used = [v for v in np.flatnonzero(pixel_counts) if v != ignore_index]
+        classes = [f"class_{i}" for i in range(max(used, default=0) + 1)]
+    total = int(pixel_counts.sum())
+    ignored = int(pixel_counts[ignore_index])
+    labelled = total - ignored
+    return {
+        "num_images": len(pairs),
+        "image_size": {
+            "min": [min(heights), min(widths)],
+            "median": [statistics.median_low(heights), statistics.median_low(widths)],
+            "max": [max(heights), max(widths)],
+        },
+        "channels": sorted(channels),
+        "class_pixel_fraction": {
+            name: round(int(pixel_counts[i]) / labelled, 6) if labelled else 0.0
+            for i, name in enumerate(classes)
+        },
+        "class_image_count": {name: int(image_counts[i]) for i, name in enumerate(classes)},
+        "ignore_fraction": round(ignored / total, 6) if total else 0.0,
+    }

@@ -1,0 +1,75 @@
+"""`autoseg info DATASET`: the dataset's fingerprint as a table."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "info",
+        help="show a prepared dataset's classes, sizes and class balance",
+        description="Show a prepared dataset's image sizes, channels and per-class pixel "
+        "fractions and image counts (its fingerprint; computed if dataset.yaml has none).",
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="a prepared dataset folder")
+    parser.add_argument(
+        "--recompute", action="store_true",
+        help="recompute the fingerprint from the masks instead of reading dataset.yaml",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.data.dataset import compute_fingerprint, load_dataset
+
+    dataset = load_dataset(args.dataset)
+    fingerprint = dataset.fingerprint
+    if args.recompute or not fingerprint:
+        fingerprint = compute_fingerprint(dataset)
+    print(f"Dataset {dataset.root}")
+    print(format_fingerprint(dataset, fingerprint))
+    return 0
+
+
+def _size(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return "?"
+
+
+def format_fingerprint(dataset, fingerprint: dict[str, Any]) -> str:
+    """Renders a fingerprint as lines of text: a summary, then one row per class.
+
+    Args:
+        dataset: The `Dataset` (for class order, palette and ignore index).
+        fingerprint: As returned by `compute_fingerprint`.
+    """
+    sizes = fingerprint.get("image_size") or {}
+    channels = fingerprint.get("channels")
+    channel_text = ", ".join(map(str, channels)) if isinstance(channels, list) else str(channels)
+    lines = [
+        f"Images    {fingerprint.get('num_images', '?')}",
+        f"Size      {_size(sizes.get('min'))} min, {_size(sizes.get('median'))} median, "
+        f"{_size(sizes.get('max'))} max (height x width)",
+        f"Channels  {channel_text}",
+        f"Ignored   {100 * float(fingerprint.get('ignore_fraction', 0.0)):.2f} % of pixels "
+        f"(mask value {dataset.ignore_index})",
+        "",
+    ]
+    fractions = fingerprint.get("class_pixel_fraction") or {}
+    image_counts = fingerprint.get("class_image_count") or {}
+    width = max([len("class"), *(len(c) for c in dataset.classes)])
+    lines.append(
+        f"{'index':>5}  {'class':<{width}}  {'colour':<15}  {'pixels %':>8}  {'images':>6}"
+    )
+    for i, name in enumerate(dataset.classes):
+        colour = "(" + ", ".join(map(str, dataset.palette[i])) + ")"
+        fraction = fractions.get(name)
+        percent = f"{100 * fraction:.2f}" if isinstance(fraction, (int, float)) else "?"
+        lines.append(
+            f"{i:>5}  {name:<{width}}  {colour:<15}  {percent:>8}  {image_counts.get(name, '?'):>6}"
+        )
+    return "\n".join(lines)
