@@ -1,0 +1,769 @@
+"""The tf.data input pipeline: decode once, resize or crop, augment, batch.
+
+Every example is `(image, mask)`:
+
+- image: float32 `(H, W, 3)`, RGB, raw pixel values in [0, 255]. Normalisation belongs to the
+  models (each backbone knows its own), so the pipeline never rescales.
+- mask: int32 `(H, W)`, class indices, `dataset.ignore_index` (255) where no loss or metric
+  should look: pixels that augmentation moved in from outside, padding, and pixels that a
+  validation tile shares with an earlier tile.
+
+Two policies bring a photo to the model's `input_size`:
+
+- `resize`: the whole photo is resized (area interpolation when shrinking, bilinear when
+  enlarging; the mask nearest-neighbour). Training augmentation then runs on the small image.
+- `crop`: the photo is scaled by `crop_scale` (so thin plants keep some pixels) and
+  training takes one random `input_size` crop per photo and epoch; validation tiles the
+  scaled photo with `tile_positions` so every pixel is scored exactly once. `predict` reuses
+  `tile_positions`, `extract_tiles` and `stitch` to tile the same way.
+
+Decoded (and resized or scaled) examples are kept in memory when their estimated size fits
+the cache budget; otherwise they are decoded again each epoch. The per-example work runs in
+`tf.numpy_function` under a parallel, order-preserving `map`. Randomness comes from one
+seed per example drawn from `tf.data.Dataset.random(seed)`, so a pipeline built twice with
+the same seed yields the same tensors whatever thread handles which example.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from autoseg.data.augment import build_augmentation, check_strength, reseed
+from autoseg.data.dataset import Dataset
+from autoseg.errors import ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("resize", "crop")
+CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_frequency", "uniform")
+# Upper bound of the in-memory cache when `cache_max_bytes` is not given; the default is
+# also held below a quarter of the memory available when the pipeline is built.
+DEFAULT_CACHE_MAX_BYTES = 4 * 1024**3
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and resizing one example (NumPy; shared with predict and evaluate).
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as uint8 RGB `(H, W, 3)`.
+
+    Pixels are taken as stored: EXIF orientation is ignored, as PIL does, so images and the
+    masks drawn on them stay aligned.
+
+    Raises:
+        DatasetError: the file cannot be decoded.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise DatasetError(f"{path} is not a readable image (OpenCV could not decode it).")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Reads an index mask as uint8 `(H, W)`.
+
+    Grey ("L"), palette ("P": the indices, not the colours) and binary PNGs are accepted.
+
+    Raises:
+        DatasetError: the file is unreadable or not a single-channel 8-bit index mask.
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            mask = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a readable mask: {exc}") from None
+    if mask.ndim == 2 and mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if (
+        mask.ndim != 2
+        or not np.issubdtype(mask.dtype, np.integer)
+        or (mask.dtype != np.uint8 and mask.size and not 0 <= mask.min() <= mask.max() <= 255)
+    ):
+        raise DatasetError(
+            f"{path} is a {mode} image of shape {mask.shape}; masks must be single-channel "
+            f"8-bit class indices (255 = ignore). Convert colour masks with `autoseg prepare`."
+        )
+    mask = mask.astype(np.uint8, copy=False)
+    return mask
+
+
+def load_example(dataset: Dataset, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one image and its mask at full size.
+
+    Returns:
+        `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+
+    Raises:
+        DatasetError: unreadable files, or a mask whose size differs from its image's.
+    """
+    image = read_image(dataset.image_path(stem))
+    mask = read_mask(dataset.mask_path(stem))
+    if image.shape[:2] != mask.shape:
+        raise DatasetError(
+            f"masks/{stem}.png is {mask.shape[1]}x{mask.shape[0]} but "
+            f"images/{Path(dataset.image_path(stem)).name} is "
+            f"{image.shape[1]}x{image.shape[0]}. Masks must match their image."
+        )
+    return image, mask
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes an image to `size = (height, width)`.
+
+    Area interpolation when both sides shrink (it averages, so thin structures fade rather
+    than alias), bilinear otherwise.
+    """
+    height, width = size
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    shrinking = height <= h and width <= w
+    return cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes an index mask (or any label map) to `size = (height, width)`, nearest-neighbour.
+
+    `INTER_NEAREST_EXACT` samples pixel centres like the image interpolations do; plain
+    `INTER_NEAREST` is off by half a pixel.
+    """
+    height, width = size
+    if mask.shape[:2] == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """`(height, width)` multiplied by `scale`, rounded, at least 1 pixel."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def crop_with_fill(
+    array: np.ndarray, y: int, x: int, height: int, width: int, fill: float
+) -> np.ndarray:
+    """The `height x width` window of `array` at `(y, x)`; parts outside are `fill`.
+
+    `y` and `x` may be negative or run past the far edge.
+    """
+    out = np.full((height, width) + array.shape[2:], fill, dtype=array.dtype)
+    h, w = array.shape[:2]
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + height, h), min(x + width, w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = array[y0:y1, x0:x1]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tiling (validation with policy "crop", and predict).
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}.")
+    return int(value)
+
+
+def tile_positions(
+    height: int, width: int, tile_h: int, tile_w: int, overlap: int = 0
+) -> list[tuple[int, int]]:
+    """Top-left corners of the tiles that cover a `height x width` image.
+
+    Tiles step by `tile - overlap`; the last row and column are shifted back to end exactly
+    at the image's edge, so no tile leaves the image. Where the image is smaller than a tile
+    along a side, that side has one tile at 0 that runs past the edge (callers pad it, see
+    `extract_tiles`).
+
+    Args:
+        height: Image height.
+        width: Image width.
+        tile_h: Tile height.
+        tile_w: Tile width.
+        overlap: Pixels shared by neighbouring tiles (before the last-tile shift).
+            Defaults to 0.
+
+    Returns:
+        `[(y, x), ...]` row by row.
+
+    Raises:
+        ConfigError: a size is not a positive integer, or `overlap` is not in
+            `[0, min(tile_h, tile_w))`.
+
+    Example:
+    ```python
+    >>> tile_positions(5, 7, 4, 4)
+    [(0, 0), (0, 3), (1, 0), (1, 3)]
+    ```
+    """
+    height = _check_positive_int("height", height)
+    width = _check_positive_int("width", width)
+    tile_h = _check_positive_int("tile_h", tile_h)
+    tile_w = _check_positive_int("tile_w", tile_w)
+    if (
+        isinstance(overlap, bool)
+        or not isinstance(overlap, numbers.Integral)
+        or not 0 <= overlap < min(tile_h, tile_w)
+    ):
+        raise ConfigError(
+            f"overlap must be an integer in [0, {min(tile_h, tile_w)}) for {tile_h}x{tile_w} "
+            f"tiles. Received: overlap={overlap!r}."
+        )
+
+    def starts(size: int, tile: int) -> list[int]:
+        if size <= tile:
+            return [0]
+        return list(range(0, size - tile, tile - overlap)) + [size - tile]
+
+    return [(y, x) for y in starts(height, tile_h) for x in starts(width, tile_w)]
+
+
+def extract_tiles(
+    array: np.ndarray,
+    positions: Sequence[tuple[int, int]],
+    tile_h: int,
+    tile_w: int,
+    fill: float = 0,
+) -> np.ndarray:
+    """Stacks the tiles of `array` (an image `(H, W, C)` or a mask `(H, W)`) at `positions`.
+
+    Args:
+        array: The image or mask.
+        positions: From `tile_positions`.
+        tile_h: Tile height.
+        tile_w: Tile width.
+        fill: Value of tile pixels outside the array. Defaults to 0 (use the ignore index
+            for masks).
+
+    Returns:
+        `(len(positions), tile_h, tile_w, ...)` of `array`'s dtype.
+    """
+    return np.stack([crop_with_fill(array, y, x, tile_h, tile_w, fill) for y, x in positions])
+
+
+def stitch(
+    tiles: np.ndarray, positions: Sequence[tuple[int, int]], height: int, width: int
+) -> np.ndarray:
+    """Reassembles per-tile outputs into one `height x width` map, averaging overlaps.
+
+    Args:
+        tiles: `(n, tile_h, tile_w, ...)`, e.g. per-tile class scores `(n, th, tw, C)`.
+        positions: The `(y, x)` of each tile, from `tile_positions`.
+        height: Height of the image the tiles came from.
+        width: Width of that image.
+
+    Returns:
+        float32 `(height, width, ...)`: the mean of the tiles covering each pixel.
+
+    Raises:
+        ValueError: the counts differ, or some pixel is covered by no tile.
+    """
+    tiles = np.asarray(tiles)
+    if len(tiles) != len(positions):
+        raise ValueError(f"{len(tiles)} tiles but {len(positions)} positions.")
+    tile_h, tile_w = tiles.shape[1:3]
+    canvas_h = max(height, max((y for y, _ in positions), default=0) + tile_h)
+    canvas_w = max(width, max((x for _, x in positions), default=0) + tile_w)
+    total = np.zeros((canvas_h, canvas_w) + tiles.shape[3:], np.float64)
+    count = np.zeros((canvas_h, canvas_w), np.int64)
+    for tile, (y, x) in zip(tiles, positions):
+        total[y : y + tile_h, x : x + tile_w] += tile
+        count[y : y + tile_h, x : x + tile_w] += 1
+    total, count = total[:height, :width], count[:height, :width]
+    if (count == 0).any():
+        raise ValueError("the tiles leave pixels uncovered; use tile_positions().")
+    count = count.reshape(count.shape + (1,) * (total.ndim - 2))
+    return (total / count).astype(np.float32)
+
+
+def tile_ownership(
+    positions: Sequence[tuple[int, int]], height: int, width: int, tile_h: int, tile_w: int
+) -> np.ndarray:
+    """For each tile, True where it is the first tile to cover an image pixel.
+
+    Validation sets the mask to ignore where this is False, so overlapping tiles and padding
+    never count a pixel twice or a pixel that is not in the image.
+
+    Returns:
+        bool `(len(positions), tile_h, tile_w)`.
+    """
+    covered = np.zeros((height, width), bool)
+    owned = np.zeros((len(positions), tile_h, tile_w), bool)
+    for i, (y, x) in enumerate(positions):
+        inside = ~crop_with_fill(covered, y, x, tile_h, tile_w, True)
+        owned[i] = inside
+        covered[y : y + tile_h, x : x + tile_w] = True
+    return owned
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and class weights.
+
+
+def split_stems(
+    dataset: Dataset, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Splits a dataset's images into training and validation stems.
+
+    `dataset.yaml` splits win: with both `train` and `val` listed they are returned as
+    they are. Otherwise the pool (`train` if listed, else every image not in `val` or
+    `test`) is shuffled with `seed` and `val_fraction` of it, at least one image, is held
+    out; with only `val` listed, training gets every other image outside `test`.
+
+    Args:
+        dataset: The dataset.
+        val_fraction: Fraction of the pool held out, in (0, 1). Defaults to 0.2.
+        seed: Seeds the shuffle. Defaults to 0.
+
+    Returns:
+        `(train_stems, val_stems)`, each sorted.
+
+    Raises:
+        ConfigError: `val_fraction` is not in (0, 1).
+        DatasetError: fewer than 2 images to split.
+
+    Example:
+    ```python
+    train, val = split_stems(load_dataset("data/weeds"), val_fraction=0.2, seed=0)
+    ```
+    """
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, numbers.Real)
+        or not 0.0 < float(val_fraction) < 1.0
+    ):
+        raise ConfigError(
+            f"val_fraction must be a number in (0, 1). Received: val_fraction={val_fraction!r}."
+        )
+    splits = dataset.splits or {}
+    given_train, given_val = splits.get("train") or [], splits.get("val") or []
+    test = set(splits.get("test") or [])
+    if given_train and given_val:
+        return list(given_train), list(given_val)
+    if given_val:
+        held = set(given_val) | test
+        return [s for s in dataset.stems if s not in held], list(given_val)
+    pool = sorted(given_train or [s for s in dataset.stems if s not in test])
+    if len(pool) < 2:
+        where = (
+            "splits.train" if given_train
+            else "images/ (outside splits.test)" if test
+            else "images/"
+        )
+        raise DatasetError(
+            f"{dataset.root}: {where} holds {len(pool)} image(s); at least 2 are needed to "
+            f"keep one for validation. Add images, or list `val` in dataset.yaml splits."
+        )
+    num_val = min(len(pool) - 1, max(1, int(round(len(pool) * float(val_fraction)))))
+    order = np.random.default_rng(seed).permutation(len(pool))
+    val = sorted(pool[i] for i in order[:num_val])
+    train = sorted(pool[i] for i in order[num_val:])
+    return train, val
+
+
+def class_pixel_fraction(dataset: Dataset, stems: Sequence[str] | None = None) -> np.ndarray:
+    """The fraction of labelled (non-ignore) pixels in each class.
+
+    Read from `dataset.fingerprint["class_pixel_fraction"]` (a mapping class name ->
+    fraction, or a list in class order) when `stems` is None and the fingerprint has it;
+    otherwise counted from the masks of `stems` (all images when None).
+
+    Returns:
+        float64 `(num_classes,)` summing to 1.
+
+    Raises:
+        DatasetError: a mask holds a value that is neither a class nor the ignore index, or
+            no pixel is labelled.
+    """
+    if stems is None:
+        from_fingerprint = _fingerprint_fraction(dataset)
+        if from_fingerprint is not None:
+            return from_fingerprint
+    counts = np.zeros(256, np.int64)
+    for stem in dataset.stems if stems is None else stems:
+        stem_counts = np.bincount(read_mask(dataset.mask_path(stem)).ravel(), minlength=256)
+        bad = [
+            int(v)
+            for v in np.flatnonzero(stem_counts)
+            if v >= dataset.num_classes and v != dataset.ignore_index
+        ]
+        if bad:
+            raise DatasetError(
+                f"masks/{stem}.png holds value(s) {bad[:10]}, but the dataset has "
+                f"{dataset.num_classes} classes (0..{dataset.num_classes - 1}) and ignore "
+                f"index {dataset.ignore_index}."
+            )
+        counts += stem_counts
+    counts = counts[: dataset.num_classes].astype(np.float64)
+    if counts.sum() == 0:
+        raise DatasetError(f"{dataset.root}: the masks label no pixel (all are ignore).")
+    return counts / counts.sum()
+
+
+def _fingerprint_fraction(dataset: Dataset) -> np.ndarray | None:
+    raw = (dataset.fingerprint or {}).get("class_pixel_fraction")
+    if isinstance(raw, dict) and set(raw) >= set(dataset.classes):
+        values = [raw[name] for name in dataset.classes]
+    elif isinstance(raw, (list, tuple)) and len(raw) == dataset.num_classes:
+        values = list(raw)
+    else:
+        if raw is not None:
+            logger.warning(
+                "dataset.yaml fingerprint.class_pixel_fraction does not match the classes "
+                "%s; counting mask pixels instead.",
+                dataset.classes,
+            )
+        return None
+    try:
+        fraction = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        return None
+    if not np.all(np.isfinite(fraction)) or (fraction < 0).any() or fraction.sum() <= 0:
+        return None
+    return fraction / fraction.sum()
+
+
+def class_weights(
+    dataset: Dataset, method: str = "median_frequency", *, stems: Sequence[str] | None = None
+) -> np.ndarray:
+    """Per-class loss weights for the `weighted_ce` loss.
+
+    Methods, with `f_c` the fraction of labelled pixels in class c (`class_pixel_fraction`):
+
+    - `median_frequency` (Eigen & Fergus 2015, over the whole dataset): `median(f) / f_c`.
+    - `inverse_frequency`: `1 / (K f_c)` with K present classes, so the mean weight per
+      labelled pixel is 1.
+    - `uniform`: all ones.
+
+    A class with no pixel gets weight 0 (it cannot contribute to the loss anyway); the
+    median is taken over present classes.
+
+    Args:
+        dataset: The dataset.
+        method: One of `CLASS_WEIGHT_METHODS`. Defaults to "median_frequency".
+        stems: Count only these images (e.g. the training split). Defaults to None: the
+            fingerprint if present, else every image.
+
+    Returns:
+        float32 `(num_classes,)`.
+
+    Raises:
+        ConfigError: unknown `method`.
+        DatasetError: see `class_pixel_fraction`.
+
+    Example:
+    ```python
+    weights = class_weights(load_dataset("data/weeds"))  # e.g. [0.1, 4.9, 1.0]
+    ```
+    """
+    if method not in CLASS_WEIGHT_METHODS:
+        raise ConfigError(
+            f"Unknown class weight method {method!r}. Valid methods: "
+            f"{', '.join(CLASS_WEIGHT_METHODS)}."
+        )
+    if method == "uniform":
+        return np.ones(dataset.num_classes, np.float32)
+    fraction = class_pixel_fraction(dataset, stems)
+    present = fraction > 0
+    weights = np.zeros_like(fraction)
+    if method == "median_frequency":
+        weights[present] = np.median(fraction[present]) / fraction[present]
+    else:
+        weights[present] = 1.0 / (present.sum() * fraction[present])
+    return weights.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The tf.data pipeline.
+
+
+def _check_input_size(input_size: object) -> tuple[int, int]:
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 2
+        or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in input_size
+        )
+    ):
+        raise ConfigError(
+            f"input_size must be (height, width), two positive integers. "
+            f"Received: input_size={input_size!r}."
+        )
+    return int(input_size[0]), int(input_size[1])
+
+
+def image_sizes(dataset: Dataset, stems: Sequence[str]) -> list[tuple[int, int]]:
+    """`(height, width)` of each image, read from the file headers (not the pixels).
+
+    Raises:
+        DatasetError: an unreadable header, or a mask whose size differs from its image's.
+    """
+    sizes = []
+    for stem in stems:
+        image_path, mask_path = dataset.image_path(stem), dataset.mask_path(stem)
+        try:
+            with Image.open(image_path) as im:
+                image_size = im.size
+            with Image.open(mask_path) as im:
+                mask_size = im.size
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{dataset.root}: cannot read {stem}: {exc}") from None
+        if image_size != mask_size:
+            raise DatasetError(
+                f"masks/{stem}.png is {mask_size[0]}x{mask_size[1]} but "
+                f"images/{Path(image_path).name} is {image_size[0]}x{image_size[1]}. "
+                f"Masks must match their image."
+            )
+        sizes.append((image_size[1], image_size[0]))
+    return sizes
+
+
+def estimate_cache_bytes(
+    dataset: Dataset,
+    stems: Sequence[str],
+    *,
+    input_size: tuple[int, int],
+    policy: str = "resize",
+    crop_scale: float = 1.0,
+) -> int:
+    """Bytes that `make_dataset` would hold in memory to cache `stems` (uint8 image + mask).
+
+    With policy "crop" this reads each image's header (not its pixels) for its size.
+    """
+    sizes = [input_size] * len(stems) if policy == "resize" else image_sizes(dataset, stems)
+    return _cache_bytes(sizes, policy, input_size, crop_scale)
+
+
+def _cache_bytes(
+    sizes: Sequence[tuple[int, int]], policy: str, input_size: tuple[int, int], crop_scale: float
+) -> int:
+    if policy == "resize":
+        return len(sizes) * input_size[0] * input_size[1] * 4
+    return sum(h * w * 4 for h, w in (scaled_size(*size, crop_scale) for size in sizes))
+
+
+def default_cache_max_bytes() -> int:
+    """`DEFAULT_CACHE_MAX_BYTES`, or a quarter of the memory available now if less."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_CACHE_MAX_BYTES
+    return int(min(DEFAULT_CACHE_MAX_BYTES, available // 4))
+
+
+class _ExampleStore:
+    """`get(i)` -> the prepared example i, computed once when caching, else every call."""
+
+    def __init__(self, prepare: Callable[[int], tuple[np.ndarray, np.ndarray]], cache: bool):
+        self._prepare = prepare
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._cache
+        if cache is None:
+            return self._prepare(index)
+        example = cache.get(index)
+        if example is None:
+            example = self._prepare(index)
+            for array in example:
+                array.flags.writeable = False  # augmentations must not edit the cache
+            cache[index] = example
+        return example
+
+    def close(self) -> None:
+        """Frees the cache; later calls decode again."""
+        self._cache = None
+
+
+def make_dataset(
+    dataset: Dataset,
+    stems: Sequence[str],
+    *,
+    input_size: tuple[int, int],
+    policy: str = "resize",
+    crop_scale: float = 1.0,
+    aug_strength: float = 0.0,
+    batch_size: int | None = None,
+    training: bool = True,
+    seed: int = 0,
+    cache: bool = True,
+    shuffle: bool | None = None,
+    cache_max_bytes: int | None = None,
+):
+    """Builds the `tf.data.Dataset` of `(image, mask)` for training or validation.
+
+    Args:
+        dataset: The canonical dataset.
+        stems: The images to use (e.g. from `split_stems`).
+        input_size: `(height, width)` of the examples.
+        policy: "resize" the whole photo to `input_size`, or "crop": scale the photo by
+            `crop_scale`, then take random crops (training) or tiles covering it
+            (validation). Defaults to "resize".
+        crop_scale: Scale applied before cropping or tiling (policy "crop" only), e.g. 0.5
+            for half-size photos. Defaults to 1.0.
+        aug_strength: Augmentation strength in [0, 1], used when training. Defaults to 0.0.
+        batch_size: Batch the examples (the last batch may be smaller). Defaults to None
+            (unbatched).
+        training: Random crops and augmentation when True; tiles (policy "crop") and no
+            augmentation when False. Defaults to True.
+        seed: Seeds the shuffle, the crops and the augmentation. Defaults to 0.
+        cache: Keep prepared examples in memory when they fit `cache_max_bytes`.
+            Defaults to True.
+        shuffle: Shuffle the images each epoch. Defaults to None (= `training`).
+        cache_max_bytes: The cache budget. Defaults to None (`default_cache_max_bytes()`).
+
+    Returns:
+        A `tf.data.Dataset` of `(float32 (H, W, 3) in [0, 255], int32 (H, W))`, with a
+        leading batch axis when `batch_size` is given. Validation with policy "crop" yields
+        one element per tile; pixels a tile shares with an earlier one, and padding, are
+        ignore in its mask, so each image pixel is scored once.
+
+    Raises:
+        ConfigError: a bad option.
+        DatasetError: unknown stems, unreadable file headers, or a mask whose size differs
+            from its image's (all checked here). Pixel data that fails to decode is only
+            found while iterating, where TensorFlow reports it inside its own error.
+
+    Example:
+    ```python
+    train, val = split_stems(ds)
+    train_ds = make_dataset(ds, train, input_size=(256, 256), aug_strength=0.5, batch_size=8)
+    val_ds = make_dataset(ds, val, input_size=(256, 256), batch_size=8, training=False)
+    ```
+    """
+    import tensorflow as tf
+
+    height, width = input_size = _check_input_size(input_size)
+    if policy not in POLICIES:
+        raise ConfigError(f"Unknown policy {policy!r}. Valid policies: {', '.join(POLICIES)}.")
+    if (
+        isinstance(crop_scale, bool)
+        or not isinstance(crop_scale, numbers.Real)
+        or not math.isfinite(float(crop_scale))
+        or not 0.0 < float(crop_scale) <= 4.0
+    ):
+        raise ConfigError(
+            f"crop_scale must be a number in (0, 4]. Received: crop_scale={crop_scale!r}."
+        )
+    crop_scale = float(crop_scale)
+    strength = check_strength(aug_strength)
+    if batch_size is not None:
+        batch_size = _check_positive_int("batch_size", batch_size)
+    stems = [str(s) for s in stems]
+    if not stems:
+        raise ConfigError("make_dataset needs at least one image stem. Received: stems=[].")
+    unknown = [s for s in stems if s not in dataset.images]
+    if unknown:
+        raise DatasetError(
+            f"{dataset.root}: no image for stem(s) {unknown[:10]} in images/."
+        )
+    sizes = image_sizes(dataset, stems)  # fail here, not inside a tf.data worker
+    shuffle = training if shuffle is None else bool(shuffle)
+    ignore_index = dataset.ignore_index
+    tiling = policy == "crop" and not training
+
+    def prepare(index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = load_example(dataset, stems[index])
+        if policy == "resize":
+            size = input_size
+        else:
+            size = scaled_size(image.shape[0], image.shape[1], crop_scale)
+        return resize_image(image, size), resize_mask(mask, size)
+
+    use_cache = False
+    if cache:
+        budget = default_cache_max_bytes() if cache_max_bytes is None else int(cache_max_bytes)
+        needed = _cache_bytes(sizes, policy, input_size, crop_scale)
+        use_cache = needed <= budget
+        if not use_cache:
+            logger.info(
+                "Not caching %d images: they need %.1f MiB, over the %.1f MiB budget; "
+                "decoding them each epoch instead.",
+                len(stems), needed / 2**20, budget / 2**20,
+            )
+    store = _ExampleStore(prepare, use_cache)
+
+    augmentations = threading.local()  # an albumentations Compose is not thread-safe
+
+    def augmentation():
+        if not hasattr(augmentations, "compose"):
+            augmentations.compose = build_augmentation(
+                strength, input_size=input_size, ignore_index=ignore_index
+            )
+        return augmentations.compose
+
+    def example(index, example_seed):
+        image, mask = store.get(int(index))
+        rng = np.random.default_rng(int(example_seed) & 0xFFFFFFFFFFFFFFFF)
+        if policy == "crop" and training:
+            h, w = mask.shape
+            y = int(rng.integers(min(0, h - height), max(0, h - height) + 1))
+            x = int(rng.integers(min(0, w - width), max(0, w - width) + 1))
+            image = crop_with_fill(image, y, x, height, width, 0)
+            mask = crop_with_fill(mask, y, x, height, width, ignore_index)
+        if training and strength > 0:
+            compose = augmentation()
+            reseed(compose, int(rng.integers(2**63)))
+            out = compose(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return image.astype(np.float32), mask.astype(np.int32)
+
+    def tiles(index):
+        image, mask = store.get(int(index))
+        h, w = mask.shape
+        positions = tile_positions(h, w, height, width)
+        owned = tile_ownership(positions, h, w, height, width)
+        mask_tiles = extract_tiles(mask, positions, height, width, ignore_index)
+        mask_tiles[~owned] = ignore_index
+        image_tiles = extract_tiles(image, positions, height, width, 0)
+        return image_tiles.astype(np.float32), mask_tiles.astype(np.int32)
+
+    indices = tf.data.Dataset.range(len(stems))
+    if shuffle:
+        indices = indices.shuffle(len(stems), seed=seed, reshuffle_each_iteration=True)
+    if tiling:
+
+        def load(index):
+            image, mask = tf.numpy_function(tiles, [index], [tf.float32, tf.int32])
+            image.set_shape([None, height, width, 3])
+            mask.set_shape([None, height, width])
+            return image, mask
+
+        ds = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.unbatch()
+    else:
+
+        def load(index, example_seed):
+            image, mask = tf.numpy_function(
+                example, [index, example_seed], [tf.float32, tf.int32]
+            )
+            image.set_shape([height, width, 3])
+            mask.set_shape([height, width])
+            return image, mask
+
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(indices, seeds)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    # tf.numpy_function ties its Python function to the global graph, so the function (and
+    # the store it closes over) outlives the dataset; empty the cache when the dataset goes.
+    weakref.finalize(ds, store.close)
+    return ds
