@@ -14,7 +14,7 @@ from autoseg import __version__
 from autoseg.errors import AutosegError
 
 # Subcommand modules in `autoseg.commands`, in the order `--help` lists them.
-COMMANDS = ("prepare", "info")
+COMMANDS = ("prepare", "info", "models", "search", "leaderboard", "export", "predict", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

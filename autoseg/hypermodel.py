@@ -1,0 +1,457 @@
+"""KerasTuner HyperModels over every architecture family: the only place that touches `hp`.
+
+- `FamilyHyperModel` subclasses (`UNetHyperModel`, `SegNetHyperModel`,
+  `DeepLabV3PlusHyperModel`, `Pix2PixHyperModel`) search one family;
+  `AutosegHyperModel` chooses `model_name` across families and delegates.
+- Hyperparameter names: global ones are bare (`model_name`, `input_size`, `batch_size`,
+  `loss`, `aug_strength`, `learning_rate`, `policy`, `crop_scale`); per-model options are
+  `<model>/<option>` (`unet/depth`, `deeplabv3plus/backbone`) inside
+  `hp.conditional_scope("model_name", [model])`. Per-model names rather than one shared
+  `depth`: KerasTuner's GridSearch mis-enumerates same-named conditional hyperparameters.
+- `build` draws what shapes the model (architecture, options, input size) and what
+  compiles it (loss, learning rate); `fit` draws the training-time choices (batch size,
+  augmentation, crop scale), batches the data itself, bounds the batch by the memory
+  budget, and passes `**kwargs` (the tuner's callbacks, Hyperband's epochs) to `model.fit`.
+
+Example (plain KerasTuner):
+```python
+import keras_tuner as kt
+from autoseg.hypermodel import AutosegHyperModel, TrainingData
+data = TrainingData.from_path("sample_dataset")
+hypermodel = AutosegHyperModel(space="quick", data=data)
+tuner = kt.RandomSearch(hypermodel, objective=kt.Objective("val_mean_iou", "max"),
+                        max_trials=3, directory="runs", project_name="demo")
+tuner.search(epochs=2)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import time
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from autoseg import budget, registry
+from autoseg.data import pipeline
+from autoseg.data.dataset import Dataset, resolve_dataset
+from autoseg.errors import ConfigError
+from autoseg.search_space import (
+    Range,
+    SearchSpace,
+    format_input_size,
+    load_space,
+    parse_input_size,
+    resolve_auto,
+)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The data and limits every trial shares.
+
+    Attributes:
+        dataset: The canonical dataset.
+        train_stems, val_stems: The split (seeded; dataset.yaml `splits` win).
+        seed: Seed for the split, augmentation and shuffling.
+        memory_budget_bytes: Batch sizes whose predicted training memory exceeds this are
+            never used. None: no bound.
+        deadline: `time.time()` after which no epoch starts (None: no time budget).
+    """
+
+    dataset: Dataset
+    train_stems: list[str]
+    val_stems: list[str]
+    seed: int = 0
+    memory_budget_bytes: int | None = None
+    deadline: float | None = None
+    _class_weights: Any = None
+
+    @classmethod
+    def from_path(cls, path, val_fraction: float = 0.2, seed: int = 0, **kwargs) -> "TrainingData":
+        dataset = resolve_dataset(path)
+        train, val = pipeline.split_stems(dataset, val_fraction=val_fraction, seed=seed)
+        return cls(dataset=dataset, train_stems=list(train), val_stems=list(val), seed=seed, **kwargs)
+
+    @property
+    def class_weights(self) -> np.ndarray:
+        if self._class_weights is None:  # from the training split only
+            self._class_weights = pipeline.class_weights(self.dataset, stems=self.train_stems)
+        return self._class_weights
+
+
+def trial_model_config(values: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's hyperparameter values say about its model and input handling.
+
+    Returns:
+        `{"model_name", "options", "input_size" (H, W), "policy", "crop_scale"}` — enough to
+        rebuild the trained architecture (export, predict) without the search space.
+    """
+    model_name = values["model_name"]
+    prefix = f"{model_name}/"
+    options = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+    policy = values.get("policy", "resize")
+    return {
+        "model_name": model_name,
+        "options": options,
+        "input_size": parse_input_size(values["input_size"]),
+        "policy": policy,
+        "crop_scale": float(values.get("crop_scale", 1.0)) if policy == "crop" else 1.0,
+    }
+
+
+def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | None = None):
+    """Rebuilds (uncompiled) the model a trial trained, from its hyperparameter values.
+
+    Args:
+        values: The trial's `hyperparameters.values`.
+        num_classes: Classes of the dataset.
+        space: The run's resolved space (`run.json["space"]`): structured options it fixes
+            (e.g. pix2pix `generator_options`) are not hyperparameters and come from here.
+    """
+    from autoseg import models
+
+    config = trial_model_config(values)
+    model_space = ((space or {}).get("models") or {}).get(config["model_name"]) or {}
+    fixed = {k: v for k, v in model_space.items() if isinstance(v, dict) and not ({"min", "max"} <= set(v))}
+    options = {**fixed, **config["options"]}
+    return models.build(config["model_name"], num_classes, (*config["input_size"], 3), **options)
+
+
+#: A search trains for a few hundred steps. Keras' default BatchNormalization momentum
+#: (0.99; 0.999 in MobileNetV2) leaves the moving statistics far from the batch statistics
+#: after that few steps: on sample/ a U-Net scored val mean IoU 0.33 with its moving
+#: statistics and 0.64 with batch statistics, same weights. 0.9 tracks them within ~20 steps.
+BATCHNORM_MOMENTUM = 0.9
+
+
+def set_batchnorm_momentum(model, momentum: float) -> None:
+    """Sets the momentum of every BatchNormalization layer, nested models included."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+class FitRecord(dict):
+    """What `fit` learned about a trial, for the leaderboard (a plain dict)."""
+
+
+class BaseSegmentationHyperModel(kt.HyperModel):
+    """Shared build/fit logic. Subclasses choose which models they search.
+
+    Args:
+        space: A `SearchSpace`, a YAML path or a bundled space name.
+        data: The `TrainingData` every trial trains on.
+        verbose: Keras per-epoch progress (0, 1 or 2).
+    """
+
+    #: The family this hypermodel searches; None searches every model in the space.
+    family: str | None = None
+
+    def __init__(self, space: SearchSpace | str | None, data: TrainingData, verbose: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(space, SearchSpace):
+            space = load_space(space)
+        space = resolve_auto(space, data.dataset.fingerprint)
+        models = {
+            name: options
+            for name, options in space.models.items()
+            if self.family is None or registry.ARCHITECTURES.get(name).family == self.family
+        }
+        if not models:
+            raise ConfigError(
+                f"{space.source}: no model of family {self.family!r} in `models`. "
+                f"Add one of: {', '.join(n for n in registry.ARCHITECTURES.names() if registry.ARCHITECTURES.get(n).family == self.family)}."
+            )
+        self.space = dataclasses.replace(space, models=models)
+        self.data = data
+        self.verbose = verbose
+        self.last_fit: FitRecord = FitRecord()
+
+    # -- declaring hyperparameters -------------------------------------------------------
+    @staticmethod
+    def _declare(hp, name: str, value: Any, default: Any = None):
+        if isinstance(value, Range):
+            if value.is_int:
+                return hp.Int(name, int(value.min), int(value.max), step=value.step or 1,
+                              sampling=value.sampling)
+            return hp.Float(name, float(value.min), float(value.max), step=value.step,
+                            sampling=value.sampling)
+        if isinstance(value, list):
+            if len(value) == 1:
+                return hp.Fixed(name, value[0])
+            return hp.Choice(name, value, default=default if default in value else None)
+        if isinstance(value, dict):  # structured fixed option: not a hyperparameter
+            return value
+        return hp.Fixed(name, value)
+
+    def declare_model(self, hp) -> tuple[str, dict[str, Any]]:
+        """Declares `model_name` and every model's options; returns the active ones."""
+        names = list(self.space.models)
+        model_name = hp.Choice("model_name", names) if len(names) > 1 else hp.Fixed("model_name", names[0])
+        active: dict[str, Any] = {}
+        for name in names:
+            spec = registry.ARCHITECTURES.get(name)
+            with hp.conditional_scope("model_name", [name]):
+                for option, value in self.space.models[name].items():
+                    drawn = self._declare(hp, f"{name}/{option}", value, spec.defaults.get(option))
+                    if name == model_name:
+                        active[option] = drawn
+        return model_name, active
+
+    def declare_policy(self, hp) -> tuple[str, float]:
+        policy = self._declare(hp, "policy", self.space.params["policy"])
+        crop_scale = 1.0
+        with hp.conditional_scope("policy", ["crop"]):
+            drawn = self._declare(hp, "crop_scale", self.space.params["crop_scale"])
+            if policy == "crop":
+                crop_scale = float(drawn)
+        return policy, crop_scale
+
+    # -- KerasTuner contract -------------------------------------------------------------
+    def build(self, hp) -> keras.Model:
+        from autoseg import losses, metrics, models
+
+        model_name, options = self.declare_model(hp)
+        input_size = parse_input_size(self._declare(hp, "input_size", self.space.params["input_size"]))
+        loss_name = self._declare(hp, "loss", self.space.params["loss"])
+        learning_rate = float(self._declare(hp, "learning_rate", self.space.params["learning_rate"]))
+        dataset = self.data.dataset
+        model = models.build(model_name, dataset.num_classes, (*input_size, 3), **options)
+        set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
+        weights = self.data.class_weights if loss_name == "weighted_ce" else None
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+            loss=losses.get_loss(loss_name, dataset.num_classes, class_weights=weights,
+                                 ignore_index=dataset.ignore_index),
+            metrics=metrics.segmentation_metrics(dataset.classes, ignore_index=dataset.ignore_index),
+            jit_compile=False,  # 2-4x slower and 2x the memory on CPU; see README
+        )
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Trains `model`; draws batch size, augmentation and crop scale.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the configuration cannot fit the memory
+                budget at any batch size, ran out of memory twice, or diverged (NaN loss).
+        """
+        input_size = tuple(int(d) for d in model.input_shape[1:3])
+        policy, crop_scale = self.declare_policy(hp)
+        aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
+        candidates = sorted(int(b) for b in _values(self.space.params["batch_size"]))
+        drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
+        record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch)
+
+        estimate = budget.estimate_training_memory(model, 1, family=_family_of(hp))
+        limit = self.data.memory_budget_bytes
+        fitting = (
+            budget.admissible_batch_sizes(model, candidates, limit, family=_family_of(hp))
+            if limit else candidates
+        )
+        if not fitting:
+            record["message"] = (
+                f"does not fit the memory budget: predicted {estimate.total_bytes / 2**20:.0f} MB "
+                f"at batch 1 > budget {limit / 2**20:.0f} MB"
+            )
+            raise kt.errors.FailedTrialError(record["message"])
+        batch_size = max([b for b in fitting if b <= drawn_batch] or [min(fitting)])
+        if batch_size != drawn_batch:
+            record["message"] = f"batch {drawn_batch} is over the memory budget; trained with {batch_size}"
+
+        epochs = int(kwargs.pop("epochs", self.space.max_epochs))
+        kwargs.pop("batch_size", None)  # Keras ignores it for datasets; batching is ours
+        kwargs.pop("validation_data", None)
+        callbacks = list(kwargs.pop("callbacks", []))
+        time_budget = TimeBudget(self.data.deadline)
+        callbacks += [time_budget, CosineSchedule(epochs, kwargs.get("initial_epoch", 0))]
+        verbose = kwargs.pop("verbose", self.verbose)
+        kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
+
+        start = time.time()
+        for attempt in (0, 1):
+            record["batch_size"] = batch_size
+            record["predicted_peak_memory_bytes"] = int(
+                budget.estimate_training_memory(model, batch_size, family=_family_of(hp)).total_bytes
+            )
+            train = pipeline.make_dataset(
+                self.data.dataset, self.data.train_stems, input_size=input_size, policy=policy,
+                crop_scale=crop_scale, aug_strength=aug_strength, batch_size=batch_size,
+                training=True, seed=self.data.seed,
+            )
+            val = pipeline.make_dataset(
+                self.data.dataset, self.data.val_stems, input_size=input_size, policy=policy,
+                crop_scale=crop_scale, aug_strength=0.0, batch_size=batch_size,
+                training=False, seed=self.data.seed,
+            )
+            try:
+                with budget.PeakMemory() as peak:
+                    history = model.fit(train, validation_data=val, epochs=epochs,
+                                        callbacks=callbacks, verbose=verbose, **kwargs)
+                break
+            except Exception as exc:  # noqa: BLE001 - only OOM is retried
+                if not _is_out_of_memory(exc):
+                    raise
+                if attempt == 1 or batch_size == 1:
+                    record["message"] = f"out of memory at batch {batch_size}: {str(exc).splitlines()[0]}"
+                    raise kt.errors.FailedTrialError(record["message"]) from None
+                batch_size = max(1, batch_size // 2)
+                record["message"] = f"out of memory at batch {batch_size * 2}; retried with {batch_size}"
+                gc.collect()
+        record["measured_peak_memory_bytes"] = int(peak.peak_bytes)
+        record["measured_growth_bytes"] = int(peak.growth_bytes)
+        record["train_seconds"] = round(time.time() - start, 2)
+        losses_seen = history.history.get("loss", [])
+        record["epochs"] = len(losses_seen)
+        record["stopped_by_budget"] = time_budget.stopped
+        bad = [i for i, v in enumerate(losses_seen) if not math.isfinite(v)]
+        if bad or not losses_seen:
+            record["message"] = (
+                f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
+                "try a lower learning_rate"
+            )
+            raise kt.errors.FailedTrialError(record["message"])
+        return history
+
+
+def _values(value):
+    from autoseg.search_space import as_values
+
+    return as_values(value)
+
+
+def _family_of(hp) -> str:
+    return registry.ARCHITECTURES.get(hp.get("model_name")).family
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)) or (
+        "out of memory" in str(exc).lower() or "oom" in type(exc).__name__.lower()
+    )
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training at an epoch boundary when the next epoch would pass the deadline."""
+
+    def __init__(self, deadline: float | None):
+        super().__init__()
+        self.deadline = deadline
+        self.stopped = False
+        self._epoch_start = None
+        self._longest = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.deadline is None or self._epoch_start is None:
+            return
+        now = time.time()
+        self._longest = max(self._longest, now - self._epoch_start)
+        if now + self._longest > self.deadline:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Cosine decay of the compiled learning rate over the trial's epochs, per epoch.
+
+    A constant learning rate left the small-batch IoU swinging between epochs on CWFID;
+    decaying it settles the final epochs. Hyperband's continued trials resume the schedule
+    at their `initial_epoch`.
+    """
+
+    def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05):
+        super().__init__()
+        self.epochs = max(1, int(epochs))
+        self.floor = floor
+        self._base = None
+
+    def on_train_begin(self, logs=None):
+        self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        progress = min(1.0, epoch / self.epochs)
+        scale = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        self.model.optimizer.learning_rate.assign(self._base * scale)
+
+
+class FamilyHyperModel(BaseSegmentationHyperModel):
+    """Searches the models of one family present in the space."""
+
+
+class UNetHyperModel(FamilyHyperModel):
+    family = "unet"
+
+
+class SegNetHyperModel(FamilyHyperModel):
+    family = "segnet"
+
+
+class DeepLabV3PlusHyperModel(FamilyHyperModel):
+    family = "deeplabv3plus"
+
+
+class Pix2PixHyperModel(FamilyHyperModel):
+    family = "pix2pix"
+
+
+FAMILY_HYPERMODELS = {
+    cls.family: cls
+    for cls in (UNetHyperModel, SegNetHyperModel, DeepLabV3PlusHyperModel, Pix2PixHyperModel)
+}
+
+
+def family_hypermodel_class(family: str) -> type[FamilyHyperModel]:
+    """The HyperModel class of a family; a family registered later gets a generic one."""
+    if family not in FAMILY_HYPERMODELS:
+        FAMILY_HYPERMODELS[family] = type(
+            f"{family.title().replace('_', '')}HyperModel", (FamilyHyperModel,), {"family": family}
+        )
+    return FAMILY_HYPERMODELS[family]
+
+
+class AutosegHyperModel(BaseSegmentationHyperModel):
+    """Chooses `model_name` across every family in the space and delegates build and fit
+    to that family's HyperModel."""
+
+    family = None
+
+    def __init__(self, space, data: TrainingData, verbose: int = 0, **kwargs):
+        super().__init__(space, data, verbose=verbose, **kwargs)
+        families = {registry.ARCHITECTURES.get(n).family for n in self.space.models}
+        self.delegates = {
+            f: family_hypermodel_class(f)(self.space, data, verbose=verbose) for f in families
+        }
+
+    def _delegate(self, model_name: str) -> FamilyHyperModel:
+        return self.delegates[registry.ARCHITECTURES.get(model_name).family]
+
+    def build(self, hp):
+        model_name, _ = self.declare_model(hp)  # the whole space, every family
+        return self._delegate(model_name).build(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        delegate = self._delegate(hp.get("model_name"))
+        try:
+            return delegate.fit(hp, model, *args, **kwargs)
+        finally:
+            self.last_fit = delegate.last_fit
+
+
+__all__ = [
+    "AutosegHyperModel",
+    "UNetHyperModel",
+    "SegNetHyperModel",
+    "DeepLabV3PlusHyperModel",
+    "Pix2PixHyperModel",
+    "TrainingData",
+    "format_input_size",
+]

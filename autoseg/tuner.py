@@ -1,0 +1,258 @@
+"""KerasTuner's own tuners, with what a segmentation search needs on top.
+
+`make_tuner(kind, ...)` returns a `RandomSearch`, `BayesianOptimization`, `Hyperband` or
+`GridSearch` whose class also mixes in `SearchRunMixin`:
+- a time budget: once spent, no trial starts (a running trial stops at an epoch boundary,
+  through the HyperModel's `TimeBudget` callback);
+- a record per trial (`trial_<id>/autoseg.json`: status, reason, batch size used, memory
+  predicted and measured, epochs, seconds) and `leaderboard.csv` rewritten after each trial;
+- a line per trial start and end with the elapsed time and an ETA from the budget;
+- failures that are the configuration's own (over the memory budget, diverged) do not
+  count towards stopping the search; three other failures in a row stop it (KerasTuner's
+  rule), since those usually mean every trial will fail;
+- `keras.backend.clear_session()` and `gc.collect()` between trials.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+
+from autoseg import atomic, leaderboard
+
+TUNERS = ("hyperband", "bayesian", "random", "grid")
+TRIALS_DIR = "trials"
+#: Failures that are a configuration's own and say nothing about the next trial.
+OWN_FAILURES = ("does not fit the memory budget", "loss diverged", "out of memory")
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class SearchRunMixin:
+    """Budget, records, leaderboard and progress for a KerasTuner tuner (mixed in first)."""
+
+    def _setup_run(self, rundir: Path, deadline: float | None, class_names, objective: str,
+                   planned_trials: int | None, log=print):
+        self.rundir = Path(rundir)
+        self.deadline = deadline
+        self.class_names = list(class_names)
+        self.objective_name = objective
+        self.planned_trials = planned_trials
+        self.log = log
+        self.search_start = time.time()
+        self._trial_start: dict[str, float] = {}
+        self._started_here = 0
+
+    # -- the time budget -----------------------------------------------------------------
+    def budget_spent(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def pre_create_trial(self):
+        super().pre_create_trial()
+        if self.budget_spent():
+            # The oracle stops when it has max_trials trials: no new trial is created.
+            self.oracle.max_trials = len(self.oracle.trials)
+            self.oracle._retry_queue = []
+
+    # -- per-trial hooks -----------------------------------------------------------------
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        self._trial_start[trial.trial_id] = time.time()
+        self._started_here += 1
+        number = len(self.oracle.trials)
+        total = f"/{self.planned_trials}" if self.planned_trials else ""
+        config = ", ".join(
+            f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
+        )
+        self.log(f"[trial {number}{total}] {trial.trial_id} started: {config} ({self._clock()})")
+
+    def run_trial(self, trial, *args, **kwargs):
+        self.hypermodel.last_fit = {}
+        return super().run_trial(trial, *args, **kwargs)
+
+    def on_trial_end(self, trial):
+        record = dict(getattr(self.hypermodel, "last_fit", {}) or {})
+        if trial.status != "COMPLETED" and not record.get("message"):
+            record["message"] = _last_line(trial.message)
+        record["status"] = trial.status
+        # Only a distributed search has workers worth naming (KerasTuner's tuner id).
+        record["worker"] = self.tuner_id if os.environ.get("KERASTUNER_TUNER_ID") else None
+        super().on_trial_end(trial)  # oracle.end_trial + save: the trial's status is final
+        final = self.oracle.get_trial(trial.trial_id)
+        record["status"] = final.status
+        atomic.write_text(
+            Path(self.get_trial_dir(trial.trial_id)) / "autoseg.json",
+            json.dumps(record, indent=1, default=_json_default),
+        )
+        self.write_leaderboard()
+        score = final.score if final.status == "COMPLETED" else None
+        seconds = time.time() - self._trial_start.get(trial.trial_id, time.time())
+        outcome = (
+            f"{self.objective_name}={score:.4f}" if score is not None and math.isfinite(score)
+            else f"{final.status}: {record.get('message', '')}"
+        )
+        self.log(f"[trial] {trial.trial_id} ended in {seconds:.0f}s: {outcome} ({self._clock()})")
+        keras.backend.clear_session()
+        gc.collect()
+        self._check_failures()
+
+    # -- records -------------------------------------------------------------------------
+    def trial_rows(self) -> list[dict]:
+        return collect_rows(self.oracle, self.rundir, self.objective_name)
+
+    def write_leaderboard(self) -> None:
+        leaderboard.write_leaderboard(
+            self.rundir / "leaderboard.csv", self.trial_rows(),
+            objective=self.objective_name, direction=self.oracle.objective.direction,
+            class_names=self.class_names,
+        )
+
+    def _check_failures(self) -> None:
+        streak = 0
+        for trial_id in self.oracle.end_order:
+            trial = self.oracle.trials[trial_id]
+            if trial.status != "FAILED":
+                streak = 0
+                continue
+            message = _read_record(self.rundir, trial_id).get("message", "")
+            if not any(reason in message for reason in OWN_FAILURES):
+                streak += 1
+        if streak >= MAX_CONSECUTIVE_FAILURES:
+            self.oracle.max_trials = len(self.oracle.trials)
+            self.oracle._retry_queue = []
+            self.log(f"[search] {streak} trials failed in a row; stopping the search.")
+
+    def _clock(self) -> str:
+        elapsed = time.time() - self.search_start
+        text = f"elapsed {_duration(elapsed)}"
+        if self.deadline is not None:
+            text += f", budget left {_duration(max(0.0, self.deadline - time.time()))}"
+        return text
+
+
+def collect_rows(oracle, rundir: Path, objective: str) -> list[dict]:
+    """Leaderboard rows from the oracle's trials and the trial records on disk."""
+    rows = []
+    for trial_id, trial in sorted(oracle.trials.items()):
+        record = _read_record(rundir, trial_id)
+        status = trial.status
+        if status == "COMPLETED" and record.get("stopped_by_budget"):
+            status = "STOPPED"
+        elif status in ("INVALID", "FAILED"):
+            status = "FAILED"
+        elif status not in ("COMPLETED",):
+            status = "RUNNING"
+        metrics = {}
+        if trial.status == "COMPLETED":
+            step = trial.best_step
+            for name, observations in trial.metrics.metrics.items():
+                value = _value_at(observations, step)
+                if value is not None:
+                    metrics[name] = value
+        hps = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        if record.get("batch_size") is not None and "batch_size" in hps:
+            hps["batch_size"] = record["batch_size"]  # what was used, which the budget may lower
+        rows.append({
+            "trial_id": trial_id,
+            "status": status,
+            "hyperparameters": hps,
+            "metrics": metrics,
+            "epochs": record.get("epochs"),
+            "params": record.get("params"),
+            "train_seconds": record.get("train_seconds"),
+            "predicted_peak_memory_bytes": record.get("predicted_peak_memory_bytes"),
+            "measured_peak_memory_bytes": record.get("measured_peak_memory_bytes"),
+            "message": record.get("message") or (_last_line(trial.message) if status == "FAILED" else ""),
+            "worker": record.get("worker"),
+        })
+    return rows
+
+
+def _value_at(observations, step):
+    history = observations.get_history()
+    if not history:
+        return None
+    for obs in history:
+        if obs.step == step:
+            return float(obs.value[0]) if isinstance(obs.value, list) else float(obs.value)
+    obs = history[-1]
+    return float(obs.value[0]) if isinstance(obs.value, list) else float(obs.value)
+
+
+def _read_record(rundir: Path, trial_id: str) -> dict:
+    path = Path(rundir) / TRIALS_DIR / f"trial_{trial_id}" / "autoseg.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_line(message) -> str:
+    lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _json_default(value):
+    try:
+        return value.item()
+    except AttributeError:
+        return str(value)
+
+
+def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction: str,
+               max_trials: int | None, max_epochs: int, seed: int, overwrite: bool,
+               deadline: float | None, class_names, log=print, **tuner_kwargs):
+    """Builds a KerasTuner tuner of `kind` writing under `rundir/trials`.
+
+    Args:
+        kind: hyperband | bayesian | random | grid.
+        max_trials: Trials at most (Hyperband: None lets its brackets decide).
+        max_epochs: Epochs per trial at most (Hyperband's `max_epochs`).
+    """
+    base = {
+        "hyperband": kt.Hyperband,
+        "bayesian": kt.BayesianOptimization,
+        "random": kt.RandomSearch,
+        "grid": kt.GridSearch,
+    }[kind]
+    cls = type(f"Autoseg{base.__name__}", (SearchRunMixin, base), {})
+    kwargs = dict(
+        hypermodel=hypermodel,
+        objective=kt.Objective(objective, direction),
+        seed=seed,
+        directory=str(rundir),
+        project_name=TRIALS_DIR,
+        overwrite=overwrite,
+        # Our own rule (see SearchRunMixin._check_failures) replaces KerasTuner's, which
+        # would also count configurations that merely exceed the memory budget.
+        max_consecutive_failed_trials=10**9,
+        **tuner_kwargs,
+    )
+    if kind == "hyperband":
+        kwargs.update(max_epochs=max_epochs, factor=3)
+    else:
+        kwargs["max_trials"] = max_trials or 10
+    tuner = cls(**kwargs)
+    if kind == "hyperband" and max_trials:
+        tuner.oracle.max_trials = max_trials  # Hyperband's brackets, cut at max_trials
+    planned = max_trials if kind != "hyperband" else (max_trials or None)
+    tuner._setup_run(rundir, deadline, class_names, objective, planned, log=log)
+    return tuner
+

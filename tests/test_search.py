@@ -1,0 +1,289 @@
+"""The search end to end: CLI, leaderboard, failures, budgets, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoseg.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+CI_ARGS = ["--space", "ci", "--tuner", "random"]
+
+
+def read_rows(rundir: Path) -> list[dict]:
+    with open(rundir / "leaderboard.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One tiny search through the CLI, shared by the tests that read its results."""
+    from conftest import write_canonical_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    dataset = write_canonical_dataset(root / "data", num_images=8, size=(48, 64))
+    rundir = root / "run"
+    code = main(["search", "--dataset", str(dataset), *CI_ARGS, "--max-trials", "2",
+                 "--out", str(rundir)])
+    return code, dataset, rundir
+
+
+def test_search_completes_every_trial_and_writes_the_leaderboard(searched):
+    code, _, rundir = searched
+    assert code == 0
+    rows = read_rows(rundir)
+    assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED"]
+    assert sorted(r["rank"] for r in rows) == ["1", "2"]
+    header = list(rows[0])
+    assert header[:4] == ["rank", "trial_id", "status", "val_mean_iou"]
+    for column in ("model_name", "input_size", "batch_size", "loss", "aug_strength",
+                   "learning_rate", "val_iou_background", "val_iou_crop", "val_iou_weed",
+                   "epochs", "params", "train_seconds", "predicted_peak_memory_mb",
+                   "measured_peak_memory_mb", "message"):
+        assert column in header, column
+    for row in rows:
+        assert 0.0 <= float(row["val_mean_iou"]) <= 1.0
+        assert int(row["epochs"]) == 2  # ci.yaml max_epochs
+        assert int(row["params"]) > 0 and float(row["train_seconds"]) > 0
+        assert float(row["predicted_peak_memory_mb"]) > 0 and float(row["measured_peak_memory_mb"]) > 0
+        model = row["model_name"]
+        assert row[f"{model}/depth"] == "3"
+        other = "light_unet" if model == "unet" else "unet"
+        assert row.get(f"{other}/depth", "") == ""  # inactive: blank
+
+
+def test_search_writes_run_files_and_tensorboard_logs(searched):
+    _, dataset, rundir = searched
+    run = json.loads((rundir / "run.json").read_text())
+    assert run["classes"] == ["background", "crop", "weed"]
+    assert run["dataset"] == str(dataset.resolve())
+    assert len(run["split"]["train"]) + len(run["split"]["val"]) == 8
+    assert (rundir / "space.yaml").is_file()
+    logs = list((rundir / "tensorboard").iterdir())
+    assert len(logs) == 2  # one folder per trial
+    for trial in ("0", "1"):
+        record = json.loads((rundir / "trials" / f"trial_{trial}" / "autoseg.json").read_text())
+        assert record["status"] == "COMPLETED"
+
+
+def test_leaderboard_command_prints_the_best_trial(searched, capsys):
+    _, _, rundir = searched
+    assert main(["leaderboard", str(rundir)]) == 0
+    out = capsys.readouterr().out
+    best = min(read_rows(rundir), key=lambda r: int(r["rank"]))
+    assert f"trial {best['trial_id']}" in out
+
+
+def test_rerun_resumes_without_repeating_completed_trials(searched, capsys):
+    _, dataset, rundir = searched
+    before = read_rows(rundir)
+    code = main(["search", "--dataset", str(dataset), *CI_ARGS, "--max-trials", "2",
+                 "--out", str(rundir)])
+    assert code == 0
+    assert "resuming" in capsys.readouterr().out
+    assert read_rows(rundir) == before
+
+
+def test_rerun_with_another_space_is_refused(searched, capsys):
+    _, dataset, rundir = searched
+    code = main(["search", "--dataset", str(dataset), "--space", "quick", "--out", str(rundir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds a different search" in err and "--overwrite" in err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--space", "nope.yaml"], "neither a file nor a bundled space"),
+        (["--space", "ci", "--memory-budget", "1MB"], "fits no configuration"),
+        (["--space", "ci", "--time-budget", "soon"], "is not a duration"),
+        (["--space", "ci", "--objective", "val_iou_tree"], "Valid objectives"),
+        (["--space", "ci", "--max-trials", "0"], "--max-trials must be at least 1"),
+    ],
+)
+def test_bad_input_fails_before_any_trial(tiny_dataset, tmp_path, capsys, args, fragment):
+    rundir = tmp_path / "run"
+    code = main(["search", "--dataset", str(tiny_dataset), "--out", str(rundir), *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and fragment in err
+    assert "Traceback" not in err
+    assert not (rundir / "trials").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["search", "--dataset", str(tmp_path / "nothing"), "--space", "ci"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_diverging_trial_fails_with_a_reason_and_the_search_goes_on(tiny_dataset, tmp_path):
+    import keras
+
+    from autoseg import registry, search
+    from autoseg.losses import CrossEntropyLoss
+
+    @keras.saving.register_keras_serializable(package="autoseg_tests")
+    class ExplodingLoss(CrossEntropyLoss):
+        def compute(self, one_hot, probabilities, pixel_weight, num_valid):
+            return super().compute(one_hot, probabilities, pixel_weight, num_valid) * float("nan")
+
+    if "nan_loss_for_tests" not in registry.LOSSES:
+        registry.register_loss("nan_loss_for_tests")(lambda n, class_weights=None, ignore_index=255: ExplodingLoss(n, ignore_index=ignore_index))
+    space = {"models": {"light_unet": {"depth": 3, "filters": 4}}, "input_size": 32,
+             "policy": "resize", "batch_size": [4], "aug_strength": 0.0,
+             "loss": ["nan_loss_for_tests", "ce"], "learning_rate": 0.003, "max_epochs": 1}
+    result = search.search(tiny_dataset, space=space, out=tmp_path / "run", tuner="grid",
+                           max_trials=2, log=lambda line: None)
+    by_loss = {r["loss"]: r for r in result.rows}
+    assert by_loss["nan_loss_for_tests"]["status"] == "FAILED"
+    assert "loss diverged" in by_loss["nan_loss_for_tests"]["message"]
+    assert by_loss["ce"]["status"] == "COMPLETED"
+    assert result.best["loss"] == "ce"
+
+
+def test_search_where_nothing_completes_exits_1_with_the_reason(tiny_dataset, tmp_path, capsys):
+    from autoseg import budget
+
+    # A budget that admits the smallest model at batch 1 in the pre-flight check but no
+    # candidate batch size (all >= 64) of any trial.
+    import keras
+
+    from autoseg import models
+
+    model = models.build("light_unet", 3, (32, 32, 3), depth=3, filters=4)
+    need_1 = budget.estimate_training_memory(model, 1, family="unet").total_bytes
+    need_64 = budget.estimate_training_memory(model, 64, family="unet").total_bytes
+    assert need_64 > need_1
+    keras.backend.clear_session()
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "models: {light_unet: {depth: 3, filters: 4}}\ninput_size: 32\npolicy: resize\n"
+        "batch_size: [64]\nloss: ce\naug_strength: 0.0\nlearning_rate: 0.003\nmax_epochs: 1\n"
+    )
+    code = main(["search", "--dataset", str(tiny_dataset), "--space", str(space), "--tuner",
+                 "random", "--max-trials", "2", "--out", str(tmp_path / "run"),
+                 "--memory-budget", str((need_1 + need_64) // 2)])
+    err = capsys.readouterr().err
+    rows = read_rows(tmp_path / "run")
+    assert code == 1, err
+    assert "no trial completed" in err and "does not fit the memory budget" in err
+    assert rows and all(r["status"] == "FAILED" for r in rows)
+
+
+def test_plain_kerastuner_can_drive_the_hypermodel(tiny_dataset, tmp_path):
+    """The README's plain-KerasTuner example."""
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    data = TrainingData.from_path(tiny_dataset)
+    hypermodel = AutosegHyperModel(space="ci", data=data)
+    tuner = kt.RandomSearch(hypermodel, objective=kt.Objective("val_mean_iou", "max"),
+                            max_trials=1, directory=str(tmp_path), project_name="demo")
+    tuner.search(epochs=1, verbose=0)
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "COMPLETED"
+    assert 0.0 <= trial.score <= 1.0
+
+
+# --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --
+
+
+def _search_cmd(dataset, rundir, *extra):
+    return [sys.executable, "-m", "autoseg.cli", "search", "--dataset", str(dataset),
+            "--space", "ci", "--out", str(rundir), *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _kill_during_second_trial(cmd, rundir, timeout=300):
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            trials = rundir / "trials"
+            done = list(trials.glob("trial_*/autoseg.json")) if trials.exists() else []
+            started = list(trials.glob("trial_*/trial.json")) if trials.exists() else []
+            if len(done) >= 1 and len(started) >= 2:
+                time.sleep(1.0)  # well inside the second trial
+                break
+            if proc.poll() is not None:
+                pytest.fail("the search ended before it could be killed:\n" + proc.stdout.read().decode())
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search did not reach its second trial in time")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuner", ["random", "hyperband", "grid"])
+def test_search_killed_mid_trial_resumes_and_completes(tiny_dataset, tmp_path, tuner):
+    rundir = tmp_path / "run"
+    extra = ["--tuner", tuner, "--max-trials", "3"]
+    _kill_during_second_trial(_search_cmd(tiny_dataset, rundir, *extra), rundir)
+    first = {r["trial_id"]: r for r in read_rows(rundir) if r["status"] == "COMPLETED"}
+    assert first, "the first trial should have completed before the kill"
+    done = subprocess.run(_search_cmd(tiny_dataset, rundir, *extra), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = read_rows(rundir)
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 3
+    assert all(r["status"] == "COMPLETED" for r in rows), rows
+    for trial_id, row in first.items():  # kept, not re-run
+        again = next(r for r in rows if r["trial_id"] == trial_id)
+        assert again["train_seconds"] == row["train_seconds"]
+
+
+@pytest.mark.slow
+def test_time_budget_stops_starting_trials(tiny_dataset, tmp_path):
+    from autoseg import search
+
+    start = time.time()
+    result = search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random",
+                           max_trials=50, time_budget=25, log=lambda line: None)
+    elapsed = time.time() - start
+    longest = max(float(r["train_seconds"]) for r in result.rows)
+    assert len(result.rows) < 50
+    assert elapsed < 25 + 2 * longest + 30  # pre-flight + the trial running at the deadline
+    assert all(r["status"] in ("COMPLETED", "STOPPED") for r in result.rows)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_trials(tiny_dataset, tmp_path):
+    script = f"""
+import resource, sys
+from autoseg import search
+from autoseg.budget import _proc_status_bytes
+rss = []
+def log(line):
+    if "ended" in line:
+        rss.append(_proc_status_bytes("VmRSS"))
+search.search({str(tiny_dataset)!r}, space="ci", out={str(tmp_path / 'run')!r}, tuner="random",
+              max_trials=20, max_epochs=1, log=log)
+print(rss[2], rss[-1])
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    early, last = (int(v) for v in done.stdout.split()[-2:])
+    assert last < early * 1.15, (early, last)
