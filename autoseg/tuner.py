@@ -216,6 +216,46 @@ def _json_default(value):
         return str(value)
 
 
+class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
+    """KerasTuner's GridSearchOracle, with its grid order saved so a search can resume.
+
+    KerasTuner 1.4.8 keeps the order of tried combinations (`_ordered_ids`) and the trials
+    whose successor is still to be drawn (`_populate_next`) only in memory; a resumed grid
+    search then fails with `KeyError: '<trial id>'` in `populate_space`. This saves both
+    with the oracle's state.
+    """
+
+    def get_state(self):
+        state = super().get_state()
+        ordered = self._ordered_ids
+        state["autoseg_grid"] = {
+            "memory": list(ordered._memory),
+            "next_index": {str(k): v for k, v in ordered._next_index.items()},
+            "last_index": ordered._last_index,
+            "populate_next": list(self._populate_next),
+        }
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        grid = state.get("autoseg_grid")
+        if not grid:
+            return
+        ordered = self._ordered_ids
+        ordered._memory = list(grid["memory"])
+        ordered._data_to_index = {data: i for i, data in enumerate(ordered._memory)}
+        ordered._next_index.clear()
+        ordered._next_index.update(
+            {None if k == "None" else int(k): v for k, v in grid["next_index"].items()}
+        )
+        ordered._last_index = grid["last_index"]
+        self._populate_next = list(grid["populate_next"])
+
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        self.save()  # the parent queues the trial after saving; keep that on disk too
+
+
 def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction: str,
                max_trials: int | None, max_epochs: int, seed: int, overwrite: bool,
                deadline: float | None, class_names, log=print, **tuner_kwargs):
@@ -230,9 +270,9 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
         "hyperband": kt.Hyperband,
         "bayesian": kt.BayesianOptimization,
         "random": kt.RandomSearch,
-        "grid": kt.GridSearch,
+        "grid": kt.Tuner,  # with ResumableGridSearchOracle below
     }[kind]
-    cls = type(f"Autoseg{base.__name__}", (SearchRunMixin, base), {})
+    cls = type(f"Autoseg{kind.title()}", (SearchRunMixin, base), {})
     kwargs = dict(
         hypermodel=hypermodel,
         objective=kt.Objective(objective, direction),
@@ -247,6 +287,11 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
     )
     if kind == "hyperband":
         kwargs.update(max_epochs=max_epochs, factor=3)
+    elif kind == "grid":
+        kwargs["oracle"] = ResumableGridSearchOracle(
+            objective=kwargs.pop("objective"), max_trials=max_trials or 10, seed=kwargs.pop("seed"),
+            max_consecutive_failed_trials=kwargs.pop("max_consecutive_failed_trials"),
+        )
     else:
         kwargs["max_trials"] = max_trials or 10
     tuner = cls(**kwargs)
