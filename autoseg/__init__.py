@@ -18,6 +18,7 @@ _LAZY = {
     "load_dataset": "autoseg.data.dataset",
     "resolve_dataset": "autoseg.data.dataset",
     "build_model": ("autoseg.models", "build"),
+    "load": "autoseg.predict",
 }
 
 

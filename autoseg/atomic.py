@@ -28,11 +28,18 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600); outputs are not
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def check_output_dir(out: str | os.PathLike, overwrite: bool, option: str = "--out") -> Path:
@@ -64,9 +71,7 @@ def output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     out = check_output_dir(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); outputs are not
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); outputs are not
     try:
         yield tmp
         if out.exists():

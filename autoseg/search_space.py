@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ class SearchSpace:
 def bundled_space_path(name: str) -> Path | None:
     """The path of a bundled space (`default`, `quick`, `ci`), installed or in a checkout."""
     here = Path(__file__).resolve().parent
-    for folder in (here / "search_spaces", here.parent / "search_spaces"):
+    installed = Path(sys.prefix) / "share" / "autoseg" / "search_spaces"
+    for folder in (here.parent / "search_spaces", installed):
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path

@@ -1,0 +1,673 @@
+"""Export a trial of a search as a self-describing model folder.
+
+`export("best", run="runs/weeds")` rebuilds the trial's model from its hyperparameters
+(`hypermodel.build_trial_model`), loads KerasTuner's best-epoch checkpoint (or, with
+`refit=True`, retrains the configuration on train + val for its best epoch count), and writes:
+
+```
+DIR/model.keras         the Keras model (loads with safe_mode=True, no custom_objects)
+DIR/saved_model/        TensorFlow SavedModel (`model.export(..., format="tf_saved_model")`)
+DIR/model.tflite        TensorFlow Lite, float32, converted from the SavedModel
+DIR/model.onnx          ONNX (tf2onnx; needs the `export` extra)
+DIR/autoseg.json        classes, palette, input size, policy, normalisation, trial, metrics, ...
+DIR/leaderboard.csv     a copy of the run's leaderboard
+```
+
+Every model takes float32 `(N, H, W, 3)` raw RGB 0..255 (the normalisation is inside the
+model) and returns `(N, H, W, C)` softmax probabilities; `autoseg.predict` adds the resizing
+or tiling of the trial's `policy`. A pix2pix trial exports its generator alone, a plain model.
+
+Before the folder is moved into place, each format is loaded back through `autoseg.load` and
+its class maps are compared with `model.keras` on sample images (up to `VERIFY_IMAGES` of
+the run's dataset, validation images first; synthetic ones when the dataset is gone); a format
+that disagrees on more than `MAX_DIFFERING_FRACTION` of the pixels fails the export. The
+results are recorded in `autoseg.json` under `verification`.
+
+A format that fails to convert (SegNet's argmax pooling has no TFLite builtin or ONNX op) is
+an error when named with `formats`, and left out with a note when `formats` is the default.
+
+This module imports TensorFlow only inside its functions: `autoseg.predict` reads its
+constants cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from autoseg import atomic
+from autoseg.errors import ConfigError, RunError
+
+FORMATS = ("keras", "saved_model", "tflite", "onnx")
+FORMAT_FILES = {
+    "keras": "model.keras",
+    "saved_model": "saved_model",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+}
+METADATA_FILE = "autoseg.json"
+METADATA_VERSION = 1
+NORMALISATION = "raw RGB 0..255 float32, normalised inside the model"
+ONNX_OPSET = 17
+INPUT_NAME = "image"
+#: Largest share of sample pixels whose class may differ from model.keras's.
+MAX_DIFFERING_FRACTION = 0.001
+#: Sample images the export compares formats on.
+VERIFY_IMAGES = 4
+EXPORT_EXTRA_HINT = "pip install 'autoseg[export]'"
+# The exportable statuses: a budget-STOPPED trial trained and was evaluated like a COMPLETED one.
+EXPORTABLE_STATUSES = ("COMPLETED", "STOPPED")
+_PACKAGES = ("autoseg", "tensorflow", "keras", "keras-tuner")
+_ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export` wrote.
+
+    Attributes:
+        out: The model folder.
+        trial_id: The exported trial.
+        formats: Format -> file or folder name inside `out`.
+        metadata: The contents of `autoseg.json`.
+        notes: Things the user should know (a format left out, and why).
+    """
+
+    out: Path
+    trial_id: str
+    formats: dict[str, str]
+    metadata: dict[str, Any]
+    notes: list[str]
+
+
+def onnx_available() -> bool:
+    """True when the `export` extra (tf2onnx, onnx, onnxruntime) is installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tf2onnx", "onnx", "onnxruntime"))
+
+
+def resolve_formats(formats: str | Sequence[str] | None) -> tuple[list[str], bool, list[str]]:
+    """Parses `--format` and checks that its converters are installed.
+
+    Args:
+        formats: "keras,tflite", a list, or None for every format available.
+
+    Returns:
+        `(formats, explicit, notes)`: the formats in `FORMATS` order, whether the user named
+        them (then a conversion that fails is an error, not a note), and notes.
+
+    Raises:
+        ConfigError: an unknown format, or onnx asked for without the `export` extra.
+    """
+    if formats is None or formats == "":
+        if onnx_available():
+            return list(FORMATS), False, []
+        return [f for f in FORMATS if f != "onnx"], False, [
+            f"ONNX left out: tf2onnx, onnx or onnxruntime is not installed ({EXPORT_EXTRA_HINT})."
+        ]
+    names = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ConfigError(
+            f"Unknown --format {', '.join(unknown) or repr(formats)}. Valid formats: "
+            f"{', '.join(FORMATS)} (comma-separated)."
+        )
+    if "onnx" in names and not onnx_available():
+        raise ConfigError(
+            f"--format onnx needs tf2onnx, onnx and onnxruntime: {EXPORT_EXTRA_HINT}"
+        )
+    return [f for f in FORMATS if f in names], True, []
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the run and the trial.
+
+
+def find_run(run: str | os.PathLike | None = None, runs_dir: str | os.PathLike = "runs") -> Path:
+    """The run folder: `run`, or the run under `runs_dir` whose leaderboard was written last.
+
+    Raises:
+        ConfigError: no such run, or no run under `runs_dir`.
+    """
+    from autoseg import leaderboard
+
+    if run is not None:
+        run = Path(run)
+        if run.is_file() and run.name in (leaderboard.LEADERBOARD_FILE, "run.json"):
+            run = run.parent
+        if not (run / "run.json").is_file():
+            raise ConfigError(
+                f"{run} is not an autoseg run folder ({run / 'run.json'} is missing). "
+                "Pass the --out folder of `autoseg search`."
+            )
+        return run
+    return leaderboard.find_leaderboard(None, runs_dir).parent
+
+
+def _leaderboard_rows(rundir: Path) -> list[dict[str, str]]:
+    from autoseg import leaderboard
+
+    path = rundir / leaderboard.LEADERBOARD_FILE
+    if not path.is_file():
+        raise ConfigError(f"{rundir} holds no {leaderboard.LEADERBOARD_FILE}: no trial has ended yet.")
+    return leaderboard.read_leaderboard(path)
+
+
+def select_trial(rundir: Path, rows: list[dict[str, str]], trial: str, objective: str) -> dict[str, str]:
+    """The leaderboard row of `trial` ("best" or a trial id).
+
+    "best" is the top COMPLETED (or STOPPED) trial by the objective, from the leaderboard's
+    statuses (never KerasTuner's `get_best_*`, which can return a FAILED trial).
+
+    Raises:
+        ConfigError: no exportable trial, an unknown id, or a trial that did not complete;
+            the message names the run and the valid ids.
+    """
+    from autoseg import leaderboard
+
+    exportable = [r for r in rows if r.get("status") in EXPORTABLE_STATUSES]
+    statuses = ", ".join(f"{r['trial_id']} {r.get('status')}" for r in rows) or "no trials"
+    if not exportable:
+        raise ConfigError(
+            f"Run {rundir} has no COMPLETED trial to export ({statuses}). Run or resume "
+            "`autoseg search` until a trial completes."
+        )
+    valid = ", ".join(r["trial_id"] for r in exportable)
+    if trial == "best":
+        best = leaderboard.best_row(rows, objective, "max")
+        if best is None:
+            raise ConfigError(
+                f"Run {rundir}: no COMPLETED trial has a finite {objective} ({statuses}). "
+                f"Export one by id: {valid}."
+            )
+        return dict(best)
+    matches = [r for r in rows if r["trial_id"] == trial] or [
+        r for r in rows
+        if trial.isdigit() and r["trial_id"].isdigit() and int(r["trial_id"]) == int(trial)
+    ]
+    if not matches:
+        raise ConfigError(
+            f"Run {rundir} has no trial {trial!r}. Valid trial ids: {valid} (or `best`)."
+        )
+    row = matches[0]
+    if row.get("status") not in EXPORTABLE_STATUSES:
+        raise ConfigError(
+            f"Trial {row['trial_id']} of run {rundir} is {row.get('status')}, not COMPLETED: "
+            f"it has no trained model to export. Valid trial ids: {valid} (or `best`)."
+        )
+    return row
+
+
+def _trial_dir(rundir: Path, trial_id: str) -> Path:
+    from autoseg.tuner import TRIALS_DIR
+
+    return rundir / TRIALS_DIR / f"trial_{trial_id}"
+
+
+def read_trial(rundir: Path, trial_id: str) -> dict[str, Any]:
+    """KerasTuner's `trial.json` of a trial.
+
+    Raises:
+        ConfigError: the file is missing or damaged.
+    """
+    path = _trial_dir(rundir, trial_id) / "trial.json"
+    try:
+        trial = json.loads(path.read_text())
+        trial["hyperparameters"]["values"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is missing or damaged ({exc}); the trial cannot be rebuilt.") from None
+    return trial
+
+
+def trial_values(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial's hyperparameter values, without KerasTuner's `tuner/*` bookkeeping."""
+    return {k: v for k, v in trial["hyperparameters"]["values"].items() if not k.startswith("tuner/")}
+
+
+# --------------------------------------------------------------------------------------------
+# Models.
+
+
+def inference_model(model):
+    """The plain segmentation model to export: a pix2pix model's generator, else `model`."""
+    return getattr(model, "inference_model", model)
+
+
+def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str):
+    """Rebuilds a trial's model and loads its best-epoch checkpoint.
+
+    Returns:
+        The uncompiled inference model (a pix2pix trial's generator).
+
+    Raises:
+        ConfigError: the checkpoint is missing or does not fit the rebuilt model.
+    """
+    from autoseg.hypermodel import build_trial_model
+
+    trial = read_trial(rundir, trial_id)
+    checkpoint = _trial_dir(rundir, trial_id) / "checkpoint.weights.h5"
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"{checkpoint} is missing: trial {trial_id} of run {rundir} left no weights to export."
+        )
+    model = build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"))
+    try:
+        model.load_weights(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - h5py and Keras raise many kinds
+        raise ConfigError(
+            f"{checkpoint} does not load into trial {trial_id}'s rebuilt model "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})."
+        ) from None
+    return inference_model(model)
+
+
+def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: int,
+                      log: Callable[[str], None] = print):
+    """Retrains a trial's configuration on train + val for `epochs` epochs.
+
+    The run's recorded split is used; validation metrics during the refit are computed on
+    the val images, which the model now trains on, so they are not held out.
+
+    Returns:
+        `(model, record)`: the uncompiled inference model and what the refit did.
+
+    Raises:
+        ConfigError, DatasetError: the run's dataset is gone or changed its classes.
+    """
+    import keras
+    import keras_tuner as kt
+
+    from autoseg import budget
+    from autoseg.data.dataset import resolve_dataset
+    from autoseg.data import pipeline
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData, build_trial_model
+    from autoseg.search_space import validate_space
+
+    trial = read_trial(rundir, trial_id)
+    dataset = resolve_dataset(run["dataset"])
+    if list(dataset.classes) != list(run["classes"]):
+        raise ConfigError(
+            f"--refit: the dataset {run['dataset']} now has classes {dataset.classes}, but run "
+            f"{rundir} was searched with {run['classes']}. Refit on the dataset the run used."
+        )
+    split = run.get("split") or {}
+    train, val = split.get("train"), split.get("val")
+    if not train or not val:
+        train, val = pipeline.split_stems(dataset, run.get("val_fraction", 0.2), run.get("seed", 0))
+    stems = sorted(set(train) | set(val))
+    data = TrainingData(dataset, stems, list(val), seed=int(run.get("seed", 0)),
+                        memory_budget_bytes=budget.memory_budget_bytes())
+    space = validate_space(run["space"], f"{rundir / 'run.json'} (space)")
+    hypermodel = AutosegHyperModel(space, data)
+    hp = kt.HyperParameters.from_config(trial["hyperparameters"])
+    keras.utils.set_random_seed(int(run.get("seed", 0)))
+    log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} epochs")
+    trained = hypermodel.build(hp)
+    history = hypermodel.fit(hp, trained, epochs=epochs, verbose=0)
+    fresh = inference_model(
+        build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"))
+    )
+    fresh.set_weights(inference_model(trained).get_weights())
+    record = {
+        "epochs": len(history.history.get("loss", [])),
+        "images": len(stems),
+        "batch_size": hypermodel.last_fit.get("batch_size"),
+        "train_seconds": hypermodel.last_fit.get("train_seconds"),
+        "final_loss": float(history.history["loss"][-1]),
+        "note": "trained on train + val; `metrics` are the search trial's, on held-out val",
+    }
+    return fresh, record
+
+
+def write_formats(model, out: Path, formats: Sequence[str], explicit: bool = True,
+                  log: Callable[[str], None] = print) -> tuple[dict[str, str], dict[str, str]]:
+    """Writes `model` in each format into the folder `out`.
+
+    Args:
+        model: A plain Keras model, float32 `(H, W, 3)` in, `(H, W, C)` probabilities out.
+        out: An existing folder.
+        formats: Formats from `FORMATS`.
+        explicit: A format that fails to convert raises (True) or is skipped with its reason
+            (False: the user asked for "whatever is available").
+        log: Where a line per format goes.
+
+    Returns:
+        `(written, skipped)`: format -> file name in `out`, and format -> reason.
+
+    Raises:
+        RunError: a conversion failed and `explicit` is True.
+    """
+    out = Path(out)
+    written: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    saved_model = out / FORMAT_FILES["saved_model"]
+    scratch = None
+    for fmt in formats:
+        target = out / FORMAT_FILES[fmt]
+        try:
+            if fmt == "keras":
+                model.save(target)
+            elif fmt == "saved_model":
+                _export_saved_model(model, target)
+            elif fmt == "tflite":
+                source = saved_model
+                if "saved_model" not in written:
+                    scratch = scratch or Path(tempfile.mkdtemp(prefix=".saved_model.", dir=out))
+                    source = scratch / "saved_model"
+                    if not source.exists():
+                        _export_saved_model(model, source)
+                _export_tflite(source, target)
+            elif fmt == "onnx":
+                _export_onnx(model, target)
+        except Exception as exc:  # noqa: BLE001 - converters raise anything
+            reason = _conversion_failure(exc)
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+            if explicit:
+                if scratch:
+                    shutil.rmtree(scratch, ignore_errors=True)
+                raise RunError(
+                    f"Converting {model.name} to {fmt} failed: {reason}. Export the other "
+                    f"formats with --format {','.join(f for f in formats if f != fmt) or 'keras'}."
+                ) from None
+            skipped[fmt] = reason
+            log(f"[export] {fmt} left out: {reason}")
+            continue
+        written[fmt] = FORMAT_FILES[fmt]
+        log(f"[export] wrote {target.name}{'/' if target.is_dir() else ''}")
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return written, skipped
+
+
+def _conversion_failure(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("TF Select ops:", "Unsupported ops:", "not supported"):
+        for line in text.splitlines():
+            if marker in line:
+                return f"{type(exc).__name__}: {line.strip()[:300]}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def _export_saved_model(model, path: Path) -> None:
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def _export_tflite(saved_model: Path, path: Path) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    # float32 as trained: no quantisation, builtin ops only (a Flex-op model would not
+    # run in a plain TFLite or LiteRT interpreter).
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    atomic.write_bytes(path, converter.convert())
+
+
+def _export_onnx(model, path: Path) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    height, width, channels = model.input_shape[1:]
+    spec = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET)
+    finally:
+        logger.setLevel(level)
+    import onnx
+
+    onnx.checker.check_model(proto)
+    atomic.write_bytes(path, proto.SerializeToString())
+
+
+# --------------------------------------------------------------------------------------------
+# Checking the formats against each other.
+
+
+def sample_images(run: dict[str, Any], input_size: tuple[int, int], count: int = VERIFY_IMAGES):
+    """Images to compare the formats on: the run's val images, else synthetic ones.
+
+    Returns:
+        `(images, source)`: uint8 RGB arrays and a description of where they came from.
+    """
+    import numpy as np
+
+    from autoseg.data import pipeline
+    from autoseg.data.dataset import load_dataset
+    from autoseg.errors import AutosegError
+
+    try:
+        dataset = load_dataset(run["dataset"])
+        val = [s for s in (run.get("split") or {}).get("val") or [] if s in dataset.images]
+        stems = (val + [s for s in dataset.stems if s not in val])[:count]
+        images = [pipeline.read_image(dataset.image_path(s)) for s in stems]
+        if images:
+            return images, f"{len(images)} images of {run['dataset']}"
+    except (AutosegError, OSError, KeyError, TypeError):
+        pass
+    # Smooth random fields: like photos, they have regions a model would label as one class.
+    rng = np.random.default_rng(0)
+    height, width = input_size[0] * 3 // 2 + 1, input_size[1] * 3 // 2 + 3
+    images = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, (max(2, height // 8), max(2, width // 8), 3)).astype(np.float32)
+        images.append(np.clip(pipeline.resize_image(coarse, (height, width)), 0, 255).astype(np.uint8))
+    return images, f"{count} synthetic images (the run's dataset is not readable)"
+
+
+def verify_formats(model_dir: Path, formats: Sequence[str], images) -> dict[str, dict[str, float]]:
+    """Compares each format's class maps (through `autoseg.load`) with model.keras's.
+
+    Returns:
+        Format -> `{"differing_fraction", "max_abs_score_difference"}`.
+    """
+    import numpy as np
+
+    from autoseg.predict import load
+
+    reference = load(model_dir, "keras")
+    expected = [reference.predict_scores(image) for image in images]
+    results = {}
+    for fmt in formats:
+        if fmt == "keras":
+            continue
+        candidate = load(model_dir, fmt)
+        differing = total = 0
+        max_diff = 0.0
+        for image, ref_scores in zip(images, expected):
+            scores = candidate.predict_scores(image)
+            differing += int((scores.argmax(-1) != ref_scores.argmax(-1)).sum())
+            total += ref_scores.shape[0] * ref_scores.shape[1]
+            max_diff = max(max_diff, float(np.abs(scores - ref_scores).max()))
+        results[fmt] = {
+            "differing_fraction": differing / max(total, 1),
+            "max_abs_score_difference": max_diff,
+        }
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# The export.
+
+
+def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _row_metrics(row: dict[str, str], objective: str) -> dict[str, float]:
+    metrics = {}
+    for key, value in row.items():
+        if key == objective or (key.startswith("val_") and not key.startswith("hp:")):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            metrics[key] = number if math.isfinite(number) else None
+    return metrics
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def export(
+    trial: str = "best",
+    run: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    formats: str | Sequence[str] | None = None,
+    refit: bool = False,
+    overwrite: bool = False,
+    runs_dir: str | os.PathLike = "runs",
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Exports a trial of a search as a model folder (see the module docstring).
+
+    Args:
+        trial: "best" (the top COMPLETED or STOPPED trial by the run's objective) or a
+            trial id. Defaults to "best".
+        run: The run folder. Defaults to the run under `runs_dir` written last.
+        out: The model folder. Defaults to `exports/<run name>-<trial id>` (`-refit` added
+            with `refit`).
+        formats: Comma-separated or a list of keras, saved_model, tflite, onnx. Defaults to
+            all four when the `export` extra is installed, else the first three (with a note);
+            a format that fails to convert is then left out with a note, whereas a format
+            named here that fails is an error.
+        refit: Retrain the configuration on train + val for its best epoch count
+            (KerasTuner's `best_step + 1`) before export. Defaults to False.
+        overwrite: Replace `out` if it exists. Defaults to False.
+        runs_dir: Where runs live. Defaults to "runs".
+        log: Where progress lines go.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        ConfigError: no such run, no COMPLETED trial, an unknown trial id, an unknown format,
+            onnx without the `export` extra, or `out` exists without `overwrite`.
+        RunError: a named format failed to convert, or a format's class maps differ from
+            model.keras's on more than `MAX_DIFFERING_FRACTION` of the sample pixels.
+
+    Example:
+    ```python
+    result = autoseg.export.export("best", run="runs/weeds", formats="keras,tflite")
+    model = autoseg.load(result.out, format="tflite")
+    ```
+    """
+    from autoseg import leaderboard
+    from autoseg.hypermodel import trial_model_config
+    from autoseg.search import load_run
+
+    rundir = find_run(run, runs_dir)
+    run_config = load_run(rundir)
+    objective = run_config.get("objective", "val_mean_iou")
+    rows = _leaderboard_rows(rundir)
+    row = select_trial(rundir, rows, str(trial), objective)
+    trial_id = row["trial_id"]
+    names, explicit, notes = resolve_formats(formats)
+    if out is None:
+        out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{'-refit' if refit else ''}"
+    out = atomic.check_output_dir(out, overwrite)
+    trial_record = read_trial(rundir, trial_id)
+    values = trial_values(trial_record)
+    config = trial_model_config(values)
+
+    refit_record = None
+    if refit:
+        best_step = trial_record.get("best_step")
+        epochs = int(best_step) + 1 if isinstance(best_step, int) else _int_or_none(row.get("epochs"))
+        if not epochs:
+            raise ConfigError(
+                f"--refit: trial {trial_id} of run {rundir} records no best epoch "
+                "(trial.json best_step); export it without --refit."
+            )
+        model, refit_record = refit_trial_model(rundir, run_config, trial_id, epochs, log=log)
+    else:
+        model = load_trial_model(rundir, run_config, trial_id)
+
+    input_size = [int(d) for d in model.input_shape[1:3]]
+    metadata: dict[str, Any] = {
+        "format_version": METADATA_VERSION,
+        "classes": list(run_config["classes"]),
+        "palette": [[int(v) for v in c] for c in run_config["palette"]],
+        "ignore_index": int(run_config.get("ignore_index", 255)),
+        "input_size": input_size,
+        "policy": config["policy"],
+        "crop_scale": float(config["crop_scale"]),
+        "normalisation": NORMALISATION,
+        "model_name": config["model_name"],
+        "hyperparameters": values,
+        "objective": objective,
+        "metrics": _row_metrics(row, objective),
+        "epochs": _int_or_none(row.get("epochs")),
+        "params": int(model.count_params()),
+        "refit": refit_record,
+        "trial_id": trial_id,
+        "run": str(rundir.resolve()),
+        "dataset": run_config.get("dataset"),
+        "fingerprint": run_config.get("fingerprint"),
+        "split": run_config.get("split"),
+        "versions": package_versions(_PACKAGES + (_ONNX_PACKAGES if "onnx" in names else ())),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    log(
+        f"[export] trial {trial_id} of {rundir} ({config['model_name']}, {objective}="
+        f"{row.get(objective)}) -> {out}: {', '.join(names)}"
+    )
+    with atomic.output_dir(out, overwrite) as tmp:
+        written, skipped = write_formats(model, tmp, names, explicit=explicit, log=log)
+        if "keras" not in written:
+            # The reference the other formats are checked against; it is small.
+            written_keras, _ = write_formats(model, tmp, ["keras"], explicit=True, log=lambda _: None)
+            keras_is_extra = True
+        else:
+            written_keras, keras_is_extra = {}, False
+        notes += [f"{fmt} left out: {reason}" for fmt, reason in skipped.items()]
+        metadata["formats"] = {**written_keras, **written}
+        metadata["skipped_formats"] = skipped
+        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
+        images, source = sample_images(run_config, tuple(input_size))
+        checks = verify_formats(tmp, list(written), images)
+        bad = {f: c for f, c in checks.items() if c["differing_fraction"] > MAX_DIFFERING_FRACTION}
+        if bad:
+            detail = "; ".join(f"{f}: {c['differing_fraction']:.3%} of pixels" for f, c in bad.items())
+            raise RunError(
+                f"Exported formats disagree with model.keras on {source} ({detail}; at most "
+                f"{MAX_DIFFERING_FRACTION:.1%} allowed). Export without them: --format "
+                f"{','.join(f for f in written if f not in bad)}."
+            )
+        if keras_is_extra:
+            (tmp / FORMAT_FILES["keras"]).unlink()
+            metadata["formats"] = dict(written)
+        metadata["verification"] = {"images": source, "max_differing_fraction": MAX_DIFFERING_FRACTION,
+                                    "formats": checks}
+        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
+        shutil.copyfile(rundir / leaderboard.LEADERBOARD_FILE, tmp / leaderboard.LEADERBOARD_FILE)
+    for fmt, check in checks.items():
+        log(f"[export] {fmt}: {check['differing_fraction']:.4%} of pixels differ from model.keras "
+            f"({source})")
+    return ExportResult(out=Path(out), trial_id=trial_id, formats=metadata["formats"],
+                        metadata=metadata, notes=notes)
