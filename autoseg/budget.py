@@ -7,25 +7,59 @@ estimate is linear, and its constants were measured on the machines autoseg runs
     total = fixed + overhead + parameter_bytes + batch * per_sample
     overhead        = base + per_variable * trainable variables
     parameter_bytes = 4 * params * 4 bytes          (weights, gradients, Adam's two slots)
-    per_sample      = factor * activation_elements * bytes_per_element
+    per_sample      = factor * (activation_elements + temporary_elements) * bytes_per_element
 
 `activation_elements` is the per-sample sum of every layer output's elements: what the
-forward pass keeps for the backward pass, give or take. `factor` absorbs what that count
-misses (outputs that are freed early, per-op temporaries, gradient buffers alive at the peak).
+forward pass keeps for the backward pass, give or take. `temporary_elements` adds the large
+per-op temporaries that no layer outputs (dilated convolutions' space-to-batch copies).
+`factor` absorbs the rest (outputs freed early, smaller temporaries, gradient buffers alive
+at the peak).
 
-Calibration (``python benchmarks/memory.py``; CPU, TF 2.21, Keras 3.15, float32, Adam,
-`model.fit` of 2 steps on a tf.data dataset, peak RSS growth over build + compile + fit, one
-fresh process per configuration):
+Calibration: ``python benchmarks/memory.py --json run.json`` (CPU, TF 2.21, Keras 3.15,
+float32, Adam, the `ce` loss and the segmentation metrics, 2 `model.fit` steps on a tf.data
+dataset, peak-RSS growth over build + compile + fit, one fresh process per run). It runs
+every architecture at tiny widths at 32 px (the overhead set: 40-150 variables, activations
+negligible) and with its default backbone, narrowed to 32 filters, at 128 and 192 px x
+batch 2 and 8 (DeepLabV3+ with ResNet-50 at 128 px only: too slow here at 192), 24 runs in
+about 14 minutes on 2 loaded cores. The constants are the least-squares fit over two such
+runs (48 runs), ``benchmarks/memory.py --rows run1.json run2.json``:
 
-    __CALIBRATION__
+    measured - parameter_bytes = 43 MiB + 2.41 MiB x variables
+                                 + factor[family] x batch x (activation + temporary) x 4 B
+    factor: unet 0.84, segnet 0.99, deeplabv3plus 1.01, pix2pix 0.83; one common: 0.87
+    FIXED_BYTES: RSS before the model was 619-633 MiB in every run
 
-Within a family the measured growth is linear in batch; what differs between families is
-the per-op temporaries the layer outputs do not show. Those families get their own factor in
-`FAMILY_ACTIVATION_FACTORS`, keyed by `ArchitectureSpec.family`.
+A third run with these constants, not used in the fit, measured 0.88x to 1.09x the
+predicted growth (24 runs, 150 MiB to 2.1 GiB). The factor from a configuration's two batch
+sizes alone moves by about +-10% between runs on a loaded machine (U-Net 0.76-0.87,
+DeepLabV3+ 0.92-1.12), so the second decimal of a factor is noise; the family differences
+below are not.
 
-Only CPU was measured (no GPU here). On a GPU the same formula is used against the device's
-free memory; the host-side constants (`FIXED_BYTES`, `TRAINING_OVERHEAD_BYTES`) then make it
-conservative.
+Why the families differ:
+- DeepLabV3+: dilated convolutions run as space-to-batch copies that no layer outputs
+  (`temporary_elements`). At 128 px those copies (mostly ASPP's, rates 6-18 on an 8x8 map)
+  add 10.2M elements per sample to 16.7M of layer outputs; without them its factor was 1.70
+  (U-Net: 0.82). With them it is 1.01.
+- SegNet (0.99 vs U-Net's 0.84): index pooling and unpooling reshape and transpose the
+  full-resolution maps into windows and build one-hot masks from the indices; those
+  full-resolution temporaries are not layer outputs. Not counted op by op (they belong to
+  autoseg's own layers, not to Keras), hence the family's own factor.
+- Pix2Pix counts the generator once and the discriminator twice (`activation_elements`);
+  its factor (0.83) is close to its U-Net generator's.
+- The overhead, not the parameters, dominates small models: at 32 px, models of 44 to 241
+  trainable variables grow by 150 to 680 MiB beyond their parameter bytes, whatever their
+  parameter count (the traced train step holds forward, gradient and optimizer ops per
+  variable).
+
+Held-out check (`tests/test_budget.py`, slow lane, one fresh process per run): tiny models of
+every family at 64 and 128 px, batch 4, measured 0.90x-1.05x the prediction; wider ones at
+128 px, batch 8, where activations are about half the growth, 0.96x-1.06x, except
+DeepLabV3+ on MobileNetV2 at 1.18x. MobileNetV2 costs more than its variables and layer
+outputs show (U-Net on MobileNetV2 in the overhead set: 1.09x); that is not accounted for.
+
+Within a family the measured growth is linear in batch. Only CPU was measured (no GPU here).
+On a GPU the same formula is compared with the device's free memory; the host-side
+constants (`FIXED_BYTES`, the overhead) then make it conservative.
 
 This module imports TensorFlow and Keras only inside the functions that need them.
 """
@@ -45,25 +79,32 @@ from typing import Any, Iterable
 
 from autoseg.errors import BudgetError, ConfigError
 
-#: Per-sample activation bytes = factor x layer-output bytes, for families without their own.
-ACTIVATION_FACTOR = 1.0
+#: Per-sample bytes = factor x (layer-output + temporary) bytes, for families not below: the
+#: one common factor of the calibration fit (module docstring).
+ACTIVATION_FACTOR = 0.87
 
-#: Families whose measured factor differs from `ACTIVATION_FACTOR` (see the module docstring).
-FAMILY_ACTIVATION_FACTORS: dict[str, float] = {}
+#: The factor of each measured family (`ArchitectureSpec.family`), from the same fit with one
+#: factor per family. Why they differ: see the module docstring.
+FAMILY_ACTIVATION_FACTORS: dict[str, float] = {
+    "unet": 0.84,
+    "segnet": 0.99,
+    "deeplabv3plus": 1.01,
+    "pix2pix": 0.83,
+}
 
 #: Resident memory of a training process before any model exists: Python, TensorFlow, Keras,
 #: the tf.data runtime (RSS measured after those imports and building the dataset).
-FIXED_BYTES = 700 * 2**20
+FIXED_BYTES = 640 * 2**20
 
 #: What building and fitting any model adds regardless of its size and batch (the
 #: least-squares intercept of the calibration).
-TRAINING_OVERHEAD_BYTES = 30 * 2**20
+TRAINING_OVERHEAD_BYTES = 43 * 2**20
 
 #: What each trainable variable adds regardless of its size and the batch: the traced train
 #: step holds forward, gradient and optimizer ops per variable, and their kernels' state.
-#: Measured: models of 40 to 240 variables at 32 px grow by 150 to 730 MB whatever their
-#: parameter count, so this term, not the parameters, dominates small models.
-OVERHEAD_BYTES_PER_VARIABLE = int(2.8 * 2**20)
+#: Measured: at 32 px, models of 44 to 241 variables grow by 150 to 680 MiB beyond their
+#: parameter bytes whatever their parameter count: this term dominates small models.
+OVERHEAD_BYTES_PER_VARIABLE = int(2.41 * 2**20)
 
 #: Bytes per parameter during training: weights, gradients, Adam's two moment slots (float32).
 PARAMETER_COPIES = 4
@@ -95,7 +136,10 @@ def parse_size(value: str | int) -> int:
     >>> parse_size("8GB"), parse_size("512MiB"), parse_size("1.5GiB")
     (8000000000, 536870912, 1610612736)
     """
-    forms = "a positive number of bytes or a string such as '8GB', '512MB', '1.5GiB' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+    forms = (
+        "a positive number of bytes or a string such as '8GB', '512MB', '1.5GiB' "
+        "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+    )
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"A memory size must be {forms}. Received: {value!r}.")
     if isinstance(value, int):
@@ -164,7 +208,8 @@ def _training_passes(model: Any) -> list:
     return []
 
 
-def _activation_elements(model: Any, name: str) -> int:
+def _training_nodes(model: Any, name: str, calls: int = 1):
+    """Yields `(node, calls_per_step, model_name)` for every layer call training runs."""
     graph = _graph_of(model)
     extra = _training_passes(model)
     if graph is None and not extra:
@@ -175,28 +220,92 @@ def _activation_elements(model: Any, name: str) -> int:
                 "neither a built functional/Sequential model nor a model made of them. "
                 "Build it with a fixed input shape (e.g. `keras.Input((128, 128, 3))`)."
             )
-    total = sum(calls * _activation_elements(sub, f"{name}/{sub.name}") for sub, calls in extra)
+    for sub, sub_calls in extra:
+        yield from _training_nodes(sub, f"{name}/{sub.name}", calls * sub_calls)
     if graph is None:
-        return total
+        return
     for nodes in graph._nodes_by_depth.values():
         for node in nodes:
             operation = node.operation
             if node.is_input or type(operation).__name__ == "InputLayer":
                 continue
-            if operation is not None and operation is not model and _graph_of(operation) is not None:
-                total += _activation_elements(operation, f"{name}/{operation.name}")
-                continue
-            for tensor in node.outputs:
-                shape = tuple(tensor.shape)[1:]
-                if any(d is None for d in shape):
-                    raise ConfigError(
-                        f"Cannot count the activations of {name!r}: layer "
-                        f"{getattr(operation, 'name', operation)!r} has output shape "
-                        f"{tuple(tensor.shape)} with an unknown dimension. Build the model "
-                        "for a fixed input size (e.g. `input_shape=(128, 128, 3)`)."
-                    )
-                total += math.prod(int(d) for d in shape)
+            nested = operation is not model and _graph_of(operation) is not None
+            if operation is not None and nested:
+                yield from _training_nodes(operation, f"{name}/{operation.name}", calls)
+            else:
+                yield node, calls, name
+
+
+def _sample_shape(tensor, node, name: str) -> tuple[int, ...]:
+    shape = tuple(tensor.shape)[1:]
+    if any(d is None for d in shape):
+        raise ConfigError(
+            f"Cannot count the activations of {name!r}: layer "
+            f"{getattr(node.operation, 'name', node.operation)!r} has output shape "
+            f"{tuple(tensor.shape)} with an unknown dimension. Build the model "
+            "for a fixed input size (e.g. `input_shape=(128, 128, 3)`)."
+        )
+    return tuple(int(d) for d in shape)
+
+
+def _activation_elements(model: Any, name: str) -> int:
+    return sum(
+        calls * math.prod(_sample_shape(tensor, node, model_name))
+        for node, calls, model_name in _training_nodes(model, name)
+        for tensor in node.outputs
+    )
+
+
+def temporary_elements(model: Any) -> int:
+    """Per-sample elements of the per-op temporaries that the layer outputs do not show.
+
+    Counted today: dilated convolutions. TensorFlow runs a convolution with
+    `dilation_rate` r > 1 as space-to-batch, a dense convolution, batch-to-space. The
+    space-to-batch copy of the input is padded on each side by the dilated kernel's reach and
+    then up to a multiple of r, and both it and the convolution's padded output are kept for
+    the backward pass. On a small feature map with a large rate this dwarfs the layer's output:
+    DeepLabV3+'s ASPP at rate 18 on an 8x8 map of 2048 channels copies the input into a
+    54x54 one, 45 times its size. (Depthwise and separable convolutions: likewise, with the
+    depthwise channels.)
+
+    Args:
+        model: A built Keras model with a fixed input size.
+
+    Returns:
+        The number of elements, for one sample (0 for a model without dilated convolutions).
+
+    Raises:
+        ConfigError: as for `activation_elements`.
+    """
+    total = 0
+    for node, calls, _ in _training_nodes(model, getattr(model, "name", "model")):
+        layer = node.operation
+        rates = getattr(layer, "dilation_rate", None)
+        kernel = getattr(layer, "kernel_size", None)
+        if rates is None or kernel is None or all(int(r) == 1 for r in _as_tuple(rates)):
+            continue
+        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        x = tuple(node.input_tensors[0].shape)[1:]
+        spatial, in_channels = (x[1:], x[0]) if channels_first else (x[:-1], x[-1])
+        rates, kernel = _as_tuple(rates, len(spatial)), _as_tuple(kernel, len(spatial))
+        reach = [(k - 1) * r for k, r in zip(kernel, rates)]
+        same = str(getattr(layer, "padding", "valid")).lower() == "same"
+        pad = reach if same else [0] * len(reach)
+        padded = [-(-(size + p) // r) * r for size, p, r in zip(spatial, pad, rates)]
+        batched_out = [p - q for p, q in zip(padded, reach)]
+        if hasattr(layer, "depth_multiplier"):  # depthwise / separable: the depthwise part
+            mid_channels = in_channels * int(layer.depth_multiplier)
+        else:
+            mid_channels = int(node.outputs[0].shape[1 if channels_first else -1])
+        total += calls * (math.prod(padded) * in_channels + math.prod(batched_out) * mid_channels)
+        if hasattr(layer, "pointwise_kernel") or type(layer).__name__.startswith("Separable"):
+            total += calls * math.prod(spatial) * mid_channels  # depthwise result, not an output
     return total
+
+
+def _as_tuple(value, rank: int | None = None) -> tuple[int, ...]:
+    values = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),)
+    return values * rank if rank and len(values) == 1 else values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,18 +315,20 @@ class MemoryEstimate:
     Attributes:
         batch_size: The batch size estimated for.
         activation_elements: Per-sample layer-output elements (`activation_elements`).
+        temporary_elements: Per-sample per-op temporaries (`temporary_elements`).
         factor: The activation factor used.
         fixed_bytes: The process before any model exists (`FIXED_BYTES`).
         overhead_bytes: What building and fitting the model adds whatever the batch:
             `TRAINING_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VARIABLE * trainable variables`.
         parameter_bytes: Weights, gradients and Adam's two slots: 4 x params x 4 bytes.
-        per_sample_bytes: factor x activation elements x bytes per element.
+        per_sample_bytes: factor x (activation + temporary elements) x bytes per element.
         total_bytes: The predicted peak resident memory of the training process.
         growth_bytes: `total_bytes - fixed_bytes`: what the model adds to the process.
     """
 
     batch_size: int
     activation_elements: int
+    temporary_elements: int
     factor: float
     fixed_bytes: int
     overhead_bytes: int
@@ -227,7 +338,9 @@ class MemoryEstimate:
     growth_bytes: int = dataclasses.field(init=False)
 
     def __post_init__(self):
-        growth = self.overhead_bytes + self.parameter_bytes + self.batch_size * self.per_sample_bytes
+        growth = (
+            self.overhead_bytes + self.parameter_bytes + self.batch_size * self.per_sample_bytes
+        )
         object.__setattr__(self, "growth_bytes", int(growth))
         object.__setattr__(self, "total_bytes", int(self.fixed_bytes + growth))
 
@@ -239,7 +352,9 @@ def activation_factor(family: str | None = None) -> float:
 
 def _check_batch(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"A batch size must be a positive integer. Received: batch_size={batch_size!r}.")
+        raise ConfigError(
+            f"A batch size must be a positive integer. Received: batch_size={batch_size!r}."
+        )
     return batch_size
 
 
@@ -251,19 +366,28 @@ def _bytes_per_element(precision: str) -> int:
     return _BYTES_PER_ELEMENT[precision]
 
 
-def _estimate(elements: int, params: int, variables: int, batch_size: int, precision: str,
-              factor: float | None, family: str | None) -> MemoryEstimate:
+def _model_counts(model: Any) -> tuple[int, int, int, int]:
+    """`(activation elements, temporary elements, parameters, trainable variables)`."""
+    return (activation_elements(model), temporary_elements(model), int(model.count_params()),
+            len(model.trainable_weights))
+
+
+def _estimate(elements: int, temporaries: int, params: int, variables: int, batch_size: int,
+              precision: str, factor: float | None, family: str | None) -> MemoryEstimate:
     factor = activation_factor(family) if factor is None else float(factor)
     if not factor > 0:
         raise ConfigError(f"The activation factor must be positive. Received: factor={factor!r}.")
     return MemoryEstimate(
         batch_size=_check_batch(batch_size),
         activation_elements=int(elements),
+        temporary_elements=int(temporaries),
         factor=factor,
         fixed_bytes=FIXED_BYTES,
         overhead_bytes=TRAINING_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VARIABLE * int(variables),
         parameter_bytes=PARAMETER_COPIES * int(params) * 4,
-        per_sample_bytes=int(round(factor * elements * _bytes_per_element(precision))),
+        per_sample_bytes=int(round(
+            factor * (elements + temporaries) * _bytes_per_element(precision)
+        )),
     )
 
 
@@ -300,8 +424,7 @@ def estimate_training_memory(
     print(f"{estimate.total_bytes / 2**30:.1f} GiB")
     ```
     """
-    return _estimate(activation_elements(model), model.count_params(),
-                     len(model.trainable_weights), batch_size, precision, factor, family)
+    return _estimate(*_model_counts(model), batch_size, precision, factor, family)
 
 
 def admissible_batch_sizes(
@@ -325,7 +448,7 @@ def admissible_batch_sizes(
     Returns:
         The admissible batch sizes, ascending and without repeats; empty if none fits.
     """
-    counts = activation_elements(model), model.count_params(), len(model.trainable_weights)
+    counts = _model_counts(model)
     fitting = {
         b for b in (_check_batch(c) for c in candidates)
         if _estimate(*counts, b, precision, factor, family).total_bytes <= budget_bytes
@@ -486,7 +609,9 @@ class PeakMemory:
 
     def __init__(self, device: str | None = None, interval: float = 0.02):
         if device not in (None, "cpu", "gpu"):
-            raise ConfigError(f"`device` must be None, 'cpu' or 'gpu'. Received: device={device!r}.")
+            raise ConfigError(
+                f"`device` must be None, 'cpu' or 'gpu'. Received: device={device!r}."
+            )
         self.device = device
         self.interval = interval
         self.start_bytes = self.peak_bytes = self.growth_bytes = 0
