@@ -44,6 +44,7 @@ from autoseg.errors import ConfigError
 from autoseg.search_space import (
     Range,
     SearchSpace,
+    as_values,
     format_input_size,
     load_space,
     parse_input_size,
@@ -244,22 +245,20 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         input_size = tuple(int(d) for d in model.input_shape[1:3])
         policy, crop_scale = self.declare_policy(hp)
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
-        candidates = sorted(int(b) for b in _values(self.space.params["batch_size"]))
+        candidates = sorted(int(b) for b in as_values(self.space.params["batch_size"]))
         drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
         record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch)
+        family = registry.ARCHITECTURES.get(hp.get("model_name")).family
 
-        estimate = budget.estimate_training_memory(model, 1, family=_family_of(hp))
         limit = self.data.memory_budget_bytes
         fitting = (
-            budget.admissible_batch_sizes(model, candidates, limit, family=_family_of(hp))
+            budget.admissible_batch_sizes(model, candidates, limit, family=family)
             if limit else candidates
         )
         if not fitting:
-            record["message"] = (
-                f"does not fit the memory budget: predicted {estimate.total_bytes / 2**20:.0f} MB "
-                f"at batch 1 > budget {limit / 2**20:.0f} MB"
-            )
-            raise kt.errors.FailedTrialError(record["message"])
+            need = budget.estimate_training_memory(model, 1, family=family).total_bytes
+            _fail(record, f"does not fit the memory budget: predicted {need / 2**20:.0f} MB "
+                          f"at batch 1 > budget {limit / 2**20:.0f} MB")
         batch_size = max([b for b in fitting if b <= drawn_batch] or [min(fitting)])
         if batch_size != drawn_batch:
             record["message"] = f"batch {drawn_batch} is over the memory budget; trained with {batch_size}"
@@ -277,7 +276,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         for attempt in (0, 1):
             record["batch_size"] = batch_size
             record["predicted_peak_memory_bytes"] = int(
-                budget.estimate_training_memory(model, batch_size, family=_family_of(hp)).total_bytes
+                budget.estimate_training_memory(model, batch_size, family=family).total_bytes
             )
             train = pipeline.make_dataset(
                 self.data.dataset, self.data.train_stems, input_size=input_size, policy=policy,
@@ -298,8 +297,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 if not _is_out_of_memory(exc):
                     raise
                 if attempt == 1 or batch_size == 1:
-                    record["message"] = f"out of memory at batch {batch_size}: {str(exc).splitlines()[0]}"
-                    raise kt.errors.FailedTrialError(record["message"]) from None
+                    _fail(record, f"out of memory at batch {batch_size}: {str(exc).splitlines()[0]}")
                 batch_size = max(1, batch_size // 2)
                 record["message"] = f"out of memory at batch {batch_size * 2}; retried with {batch_size}"
                 gc.collect()
@@ -311,22 +309,20 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         record["stopped_by_budget"] = time_budget.stopped
         bad = [i for i, v in enumerate(losses_seen) if not math.isfinite(v)]
         if bad or not losses_seen:
-            record["message"] = (
-                f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
-                "try a lower learning_rate"
-            )
-            raise kt.errors.FailedTrialError(record["message"])
+            _fail(record, f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
+                          "try a lower learning_rate")
         return history
 
 
-def _values(value):
-    from autoseg.search_space import as_values
+def _fail(record: FitRecord, message: str):
+    """Fails the trial for a reason of its own configuration (memory, divergence).
 
-    return as_values(value)
-
-
-def _family_of(hp) -> str:
-    return registry.ARCHITECTURES.get(hp.get("model_name")).family
+    `configuration_failure` tells the tuner that the next trial may well succeed, so such
+    failures do not count towards stopping the search.
+    """
+    record["message"] = message
+    record["configuration_failure"] = True
+    raise kt.errors.FailedTrialError(message)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -120,7 +120,7 @@ def search(
     print(result.best["val_mean_iou"])
     ```
     """
-    from autoseg import budget, leaderboard, search_space
+    from autoseg import budget, search_space
     from autoseg.tuner import TUNERS, make_tuner
 
     if tuner not in TUNERS:
@@ -242,7 +242,6 @@ def _prepare_rundir(rundir: Path, config: dict, overwrite: bool) -> bool:
 def _preflight_memory(hypermodel, limit: int | None) -> None:
     """Raises BudgetError when not even the smallest model at batch 1 fits the budget."""
     import keras
-    import keras_tuner as kt
 
     from autoseg import budget, models, registry, search_space
 
@@ -265,7 +264,6 @@ def _preflight_memory(hypermodel, limit: int | None) -> None:
             f"needs {cheapest / 2**20:.0f} MB at batch 1 and input {smallest[1]}x{smallest[0]}. "
             "Raise --memory-budget or list smaller models/input sizes in the space."
         )
-    del kt
 
 
 def _result(rundir: Path, objective: str) -> SearchResult:

@@ -29,8 +29,6 @@ from autoseg import atomic, leaderboard
 
 TUNERS = ("hyperband", "bayesian", "random", "grid")
 TRIALS_DIR = "trials"
-#: Failures that are a configuration's own and say nothing about the next trial.
-OWN_FAILURES = ("does not fit the memory budget", "loss diverged", "out of memory")
 MAX_CONSECUTIVE_FAILURES = 3
 
 
@@ -120,8 +118,9 @@ class SearchRunMixin:
             if trial.status != "FAILED":
                 streak = 0
                 continue
-            message = _read_record(self.rundir, trial_id).get("message", "")
-            if not any(reason in message for reason in OWN_FAILURES):
+            # A configuration's own failure (over the memory budget, diverged, out of
+            # memory) says nothing about the next trial; anything else likely repeats.
+            if not _read_record(self.rundir, trial_id).get("configuration_failure"):
                 streak += 1
         if streak >= MAX_CONSECUTIVE_FAILURES:
             self.oracle.max_trials = len(self.oracle.trials)

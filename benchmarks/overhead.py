@@ -64,11 +64,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-CWFID_PALETTE = {(0, 0, 0): 0, (0, 255, 0): 1, (255, 0, 0): 2}
-CWFID_CLASSES = ["soil", "crop", "weed"]
+from bench_data import CWFID, canonical_dataset
 
 
 def parse_args(argv=None):
@@ -76,7 +73,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dataset",
         type=Path,
-        default=REPO.parent / "shared" / "datasets" / "cwfid_carrot_weed",
+        default=CWFID,
         help="CWFID (images/ + RGB masks/), a prepared dataset, or a raw folder for "
         "`prepare` such as sample/ (default: ../shared/datasets/cwfid_carrot_weed).",
     )
@@ -103,45 +100,6 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------------------------
 # The dataset.
-
-
-def colour_to_index(rgb: np.ndarray) -> np.ndarray:
-    """CWFID colour mask -> index mask; colours outside the palette become 255 (ignore)."""
-    index = np.full(rgb.shape[:2], 255, np.uint8)
-    for colour, label in CWFID_PALETTE.items():
-        index[(rgb == colour).all(axis=-1)] = label
-    return index
-
-
-def canonical_dataset(source: Path, tmp: Path):
-    """The canonical dataset of `source`, written under `tmp` unless already prepared."""
-    from autoseg.data.dataset import (
-        Dataset,
-        is_canonical,
-        load_dataset,
-        prepare,
-        write_dataset_yaml,
-    )
-
-    if is_canonical(source):
-        return load_dataset(source), "as prepared"
-    masks = sorted((source / "masks").glob("*.png")) if (source / "masks").is_dir() else []
-    if not masks:
-        return prepare(source, tmp / "dataset"), "via autoseg.data.dataset.prepare"
-    target = tmp / "dataset"
-    (target / "images").mkdir(parents=True)
-    (target / "masks").mkdir()
-    for mask_path in masks:
-        image = next((source / "images").glob(f"{mask_path.stem}.*"), None)
-        if image is None:
-            continue
-        (target / "images" / image.name).symlink_to(image.resolve())
-        rgb = np.asarray(Image.open(mask_path).convert("RGB"))
-        Image.fromarray(colour_to_index(rgb)).save(target / "masks" / mask_path.name)
-    write_dataset_yaml(
-        target, Dataset(root=target, classes=CWFID_CLASSES, palette=list(CWFID_PALETTE))
-    )
-    return load_dataset(target), "CWFID colour masks -> index masks (NumPy)"
 
 
 def space_dict(args, strength: float) -> dict:

@@ -22,11 +22,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-CWFID_PALETTE = {(0, 0, 0): 0, (0, 255, 0): 1, (255, 0, 0): 2}
+from bench_data import CWFID, canonical_dataset
 
 
 def parse_args(argv=None):
@@ -34,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dataset",
         type=Path,
-        default=REPO.parent / "shared" / "datasets" / "cwfid_carrot_weed",
+        default=CWFID,
         help="CWFID folder with images/ and RGB masks/, or a prepared dataset (default: "
         "../shared/datasets/cwfid_carrot_weed beside the repo).",
     )
@@ -49,38 +47,6 @@ def parse_args(argv=None):
         "shared machine only ever slow a run down)",
     )
     return parser.parse_args(argv)
-
-
-def colour_to_index(rgb: np.ndarray) -> np.ndarray:
-    """CWFID colour mask -> index mask; colours outside the palette become 255 (ignore)."""
-    index = np.full(rgb.shape[:2], 255, np.uint8)
-    for colour, label in CWFID_PALETTE.items():
-        index[(rgb == colour).all(axis=-1)] = label
-    return index
-
-
-def make_canonical(source: Path, target: Path) -> Path:
-    """Writes a canonical copy of CWFID into `target` (images linked, masks converted)."""
-    from autoseg.data.dataset import Dataset, write_dataset_yaml
-
-    (target / "images").mkdir(parents=True)
-    (target / "masks").mkdir()
-    for image in sorted((source / "images").glob("*.jpg")):
-        mask_path = source / "masks" / f"{image.stem}.png"
-        if not mask_path.is_file():
-            continue
-        (target / "images" / image.name).symlink_to(image.resolve())
-        rgb = np.asarray(Image.open(mask_path).convert("RGB"))
-        Image.fromarray(colour_to_index(rgb)).save(target / "masks" / f"{image.stem}.png")
-    write_dataset_yaml(
-        target,
-        Dataset(
-            root=target,
-            classes=["soil", "crop", "weed"],
-            palette=list(CWFID_PALETTE),
-        ),
-    )
-    return target
 
 
 def time_epochs(ds, epochs: int) -> list[tuple[float, float, int]]:
@@ -108,16 +74,12 @@ def main(argv=None) -> int:
     import cv2
     import tensorflow as tf
 
-    from autoseg.data.dataset import is_canonical, load_dataset
     from autoseg.data.pipeline import estimate_cache_bytes, make_dataset
 
     size = (args.size, args.size)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        if is_canonical(args.dataset):
-            dataset = load_dataset(args.dataset)
-        else:
-            dataset = load_dataset(make_canonical(args.dataset, Path(tmp) / "cwfid"))
+        dataset, _ = canonical_dataset(args.dataset, Path(tmp))
         stems = dataset.stems
         with Image.open(dataset.image_path(stems[0])) as im:
             photo_width, photo_height = im.size

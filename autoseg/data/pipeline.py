@@ -37,9 +37,9 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from autoseg.data.augment import build_augmentation, check_strength, reseed
+from autoseg.data import imageio
 from autoseg.data.dataset import Dataset
 from autoseg.errors import ConfigError, DatasetError
 
@@ -80,25 +80,13 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DatasetError: the file is unreadable or not a single-channel 8-bit index mask.
     """
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            mask = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path} is not a readable mask: {exc}") from None
-    if mask.ndim == 2 and mask.dtype == bool:
-        mask = mask.astype(np.uint8)
-    if (
-        mask.ndim != 2
-        or not np.issubdtype(mask.dtype, np.integer)
-        or (mask.dtype != np.uint8 and mask.size and not 0 <= mask.min() <= mask.max() <= 255)
-    ):
-        raise DatasetError(
-            f"{path} is a {mode} image of shape {mask.shape}; masks must be single-channel "
-            f"8-bit class indices (255 = ignore). Convert colour masks with `autoseg prepare`."
-        )
-    mask = mask.astype(np.uint8, copy=False)
-    return mask
+    return imageio.read_index_mask(path, _relative_name(path))
+
+
+def _relative_name(path: str | os.PathLike) -> str:
+    """`masks/017.png` for messages: the file and the dataset folder it sits in."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
 
 
 def load_example(dataset: Dataset, stem: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +101,9 @@ def load_example(dataset: Dataset, stem: str) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(dataset.image_path(stem))
     mask = read_mask(dataset.mask_path(stem))
     if image.shape[:2] != mask.shape:
-        raise DatasetError(
-            f"masks/{stem}.png is {mask.shape[1]}x{mask.shape[0]} but "
-            f"images/{Path(dataset.image_path(stem)).name} is "
-            f"{image.shape[1]}x{image.shape[0]}. Masks must match their image."
+        raise imageio.size_mismatch(
+            _relative_name(dataset.mask_path(stem)), mask.shape[::-1],
+            _relative_name(dataset.image_path(stem)), image.shape[1::-1],
         )
     return image, mask
 
@@ -516,20 +503,14 @@ def image_sizes(dataset: Dataset, stems: Sequence[str]) -> list[tuple[int, int]]
     """
     sizes = []
     for stem in stems:
-        image_path, mask_path = dataset.image_path(stem), dataset.mask_path(stem)
-        try:
-            with Image.open(image_path) as im:
-                image_size = im.size
-            with Image.open(mask_path) as im:
-                mask_size = im.size
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{dataset.root}: cannot read {stem}: {exc}") from None
+        image_name = _relative_name(dataset.image_path(stem))
+        mask_name = _relative_name(dataset.mask_path(stem))
+        with imageio.open_header(dataset.image_path(stem), image_name) as im:
+            image_size = im.size
+        with imageio.open_header(dataset.mask_path(stem), mask_name) as im:
+            mask_size = im.size
         if image_size != mask_size:
-            raise DatasetError(
-                f"masks/{stem}.png is {mask_size[0]}x{mask_size[1]} but "
-                f"images/{Path(image_path).name} is {image_size[0]}x{image_size[1]}. "
-                f"Masks must match their image."
-            )
+            raise imageio.size_mismatch(mask_name, mask_size, image_name, image_size)
         sizes.append((image_size[1], image_size[0]))
     return sizes
 
