@@ -162,6 +162,7 @@ def evaluate(
     format: str = "keras",
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    tile_overlap: int = 0,
 ) -> Evaluation:
     """Evaluates an exported model on a dataset and writes the results.
 
@@ -174,6 +175,8 @@ def evaluate(
         format: The model file to run (keras, saved_model, tflite, onnx). Defaults to keras.
         overwrite: Replace a non-empty `out` that is not an evaluation.
         log: Where progress lines go.
+        tile_overlap: Pixels shared by neighbouring tiles for a crop-policy model.
+            Defaults to 0, the tiling validation scored.
 
     Returns:
         An `Evaluation`.
@@ -207,7 +210,7 @@ def evaluate(
     out = Path(out) if out is not None else model_dir / f"eval-{Path(dataset).resolve().name}"
     overwrite = overwrite or (out / METRICS_FILE).is_file()
     atomic.check_output_dir(out, overwrite)
-    model = load(model_dir, format=format)
+    model = load(model_dir, format=format, tile_overlap=tile_overlap)
     for note in notes:
         log(f"Note: {note}")
     num_classes = len(data.classes)

@@ -23,7 +23,7 @@ the run's dataset, validation images first; synthetic ones when the dataset is g
 that disagrees on more than `MAX_DIFFERING_FRACTION` of the pixels fails the export. The
 results are recorded in `autoseg.json` under `verification`.
 
-A format that fails to convert (SegNet's argmax pooling has no TFLite builtin or ONNX op) is
+A format that fails to convert (a custom layer whose ops TFLite or ONNX lack) is
 an error when named with `formats`, and left out with a note when `formats` is the default.
 
 This module imports TensorFlow only inside its functions: `autoseg.predict` reads its

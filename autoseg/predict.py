@@ -300,7 +300,14 @@ class SegmentationModel:
         self.policy = metadata["policy"]
         self.crop_scale = float(metadata["crop_scale"]) if self.policy == "crop" else 1.0
         if self.policy == "crop":
-            pipeline.tile_positions(*self.input_size, *self.input_size, overlap=tile_overlap)
+            try:
+                pipeline.tile_positions(*self.input_size, *self.input_size, overlap=tile_overlap)
+            except ConfigError:
+                raise ConfigError(
+                    f"--tile-overlap must be an integer in [0, {min(self.input_size)}) for this "
+                    f"model's {self.input_size[1]}x{self.input_size[0]} tiles. "
+                    f"Received: {tile_overlap!r}."
+                ) from None
         self.tile_overlap = int(tile_overlap)
         self.batch_size = int(batch_size)
         self._runner = runner

@@ -41,14 +41,15 @@ def _odd_image(height=37, width=53, seed=3):
     return np.clip(image + rng.integers(-15, 15, image.shape), 0, 255).astype(np.uint8)
 
 
-def _manual_tiled_scores(keras_model, image, tile, scale):
+def _manual_tiled_scores(keras_model, image, tile, scale, overlap=0):
     """Tile-and-stitch written out by hand: scale, pad, tile, average overlaps, upsample."""
     height, width = image.shape[:2]
     sh, sw = max(1, round(height * scale)), max(1, round(width * scale))
     interpolation = cv2.INTER_AREA if sh <= height and sw <= width else cv2.INTER_LINEAR
     scaled = cv2.resize(image, (sw, sh), interpolation=interpolation).astype(np.float32)
-    ys = [0] if sh <= tile else list(range(0, sh - tile, tile)) + [sh - tile]
-    xs = [0] if sw <= tile else list(range(0, sw - tile, tile)) + [sw - tile]
+    step = tile - overlap
+    ys = [0] if sh <= tile else list(range(0, sh - tile, step)) + [sh - tile]
+    xs = [0] if sw <= tile else list(range(0, sw - tile, step)) + [sw - tile]
     canvas = np.zeros((max(sh, tile), max(sw, tile), 3), np.float32)
     canvas[:sh, :sw] = scaled
     total = np.zeros((canvas.shape[0], canvas.shape[1], 3), np.float64)
@@ -88,6 +89,27 @@ def test_crop_policy_prediction_equals_a_manual_tile_and_stitch(exported, keras_
     class_map = model.predict(image)
     assert class_map.shape == size and class_map.dtype == np.uint8
     np.testing.assert_array_equal(class_map, expected.argmax(-1))
+
+
+def test_tile_overlap_averages_the_scores_of_overlapping_tiles(exported, keras_model, tmp_path,
+                                                               capsys):
+    import autoseg
+    image = _odd_image(200, 151)
+    expected = _manual_tiled_scores(keras_model, image, 32, 0.5, overlap=12)
+    assert not np.allclose(expected, _manual_tiled_scores(keras_model, image, 32, 0.5), atol=1e-5)
+    model = autoseg.load(exported[2], tile_overlap=12)
+    np.testing.assert_allclose(model.predict_scores(image), expected, atol=1e-5)
+
+    cv2.imwrite(str(tmp_path / "photo.png"), image[..., ::-1])
+    assert main(["predict", str(exported[2]), str(tmp_path / "photo.png"), "--out",
+                 str(tmp_path / "out"), "--no-overlay", "--tile-overlap", "12"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "photo_mask.png")),
+                                  expected.argmax(-1))
+
+    assert main(["predict", str(exported[2]), str(tmp_path / "photo.png"), "--out",
+                 str(tmp_path / "out2"), "--tile-overlap", "32"]) == 2
+    assert "--tile-overlap must be an integer in [0, 32)" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_resize_policy_prediction_equals_a_manual_resize(exported, keras_model):

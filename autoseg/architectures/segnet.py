@@ -73,7 +73,11 @@ class MaxPoolingWithArgmax2D(layers.Layer):
         windows = ops.transpose(windows, (0, 1, 3, 5, 2, 4))
         windows = ops.reshape(windows, (-1, rows, cols, channels, p * p))
         pooled = ops.max(windows, axis=-1)
-        indices = ops.cast(ops.argmax(windows, axis=-1), "int32")
+        # The first position holding the maximum, found with integer ops only: Keras's float
+        # `argmax` guards against negative zeros with a bitcast, which TFLite and ONNX lack.
+        positions = ops.arange(p * p, dtype="int32")
+        candidates = ops.where(ops.equal(windows, ops.expand_dims(pooled, -1)), positions, p * p)
+        indices = ops.minimum(ops.min(candidates, axis=-1), p * p - 1)
         return pooled, indices
 
     def compute_output_shape(self, input_shape):

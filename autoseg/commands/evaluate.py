@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
                    help="results folder (default: MODEL_DIR/eval-<dataset name>)")
     p.add_argument("--format", choices=FORMATS, default="keras",
                    help="model file to run (default: keras)")
+    p.add_argument("--tile-overlap", type=int, default=0, metavar="PIXELS",
+                   help="pixels shared by neighbouring tiles for a crop-policy model; overlapping "
+                        "scores are averaged (default: 0, the tiling validation scored)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out that does not hold an earlier evaluation")
     p.set_defaults(run=run)
@@ -37,7 +40,8 @@ def run(args) -> int:
     from autoseg.evaluate import evaluate, format_report
 
     result = evaluate(args.model_dir, args.dataset, split=args.split, out=args.out,
-                      format=args.format, overwrite=args.overwrite)
+                      format=args.format, overwrite=args.overwrite,
+                      tile_overlap=args.tile_overlap)
     print(format_report(result))
     print(f"Wrote {result.out}/: metrics.json, confusion_matrix.csv, confusion_matrix.png, "
           "per_image.csv")

@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--format", choices=FORMATS, default="keras",
                    help="model file to run (default: keras; tflite and onnx are faster on CPU)")
+    p.add_argument("--tile-overlap", type=int, default=0, metavar="PIXELS",
+                   help="pixels shared by neighbouring tiles for a crop-policy model; overlapping "
+                        "scores are averaged (default: 0, the tiling validation scored)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="do not write <stem>_overlay.png")
     p.set_defaults(run=run)
@@ -32,7 +35,7 @@ def run(args) -> int:
     from autoseg.predict import collect_inputs, load, predict_files
 
     collect_inputs(args.inputs)  # usage errors before the model loads
-    model = load(args.model_dir, format=args.format)
+    model = load(args.model_dir, format=args.format, tile_overlap=args.tile_overlap)
     report = predict_files(model, args.inputs, args.out, with_overlay=args.overlay)
     done = len(report.written)
     print(f"Predicted {done} image(s) into {args.out}"
