@@ -281,7 +281,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             train = pipeline.make_dataset(
                 self.data.dataset, self.data.train_stems, input_size=input_size, policy=policy,
                 crop_scale=crop_scale, aug_strength=aug_strength, batch_size=batch_size,
-                training=True, seed=self.data.seed,
+                training=True, seed=self.data.seed, repeat=True,
             )
             val = pipeline.make_dataset(
                 self.data.dataset, self.data.val_stems, input_size=input_size, policy=policy,
@@ -290,8 +290,11 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             )
             try:
                 with budget.PeakMemory() as peak:
-                    history = model.fit(train, validation_data=val, epochs=epochs,
-                                        callbacks=callbacks, verbose=verbose, **kwargs)
+                    history = model.fit(
+                        train, validation_data=val, epochs=epochs, callbacks=callbacks,
+                        steps_per_epoch=pipeline.steps_per_pass(len(self.data.train_stems), batch_size),
+                        verbose=verbose, **kwargs,
+                    )
                 break
             except Exception as exc:  # noqa: BLE001 - only OOM is retried
                 if not _is_out_of_memory(exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -266,6 +267,37 @@ def test_pipeline_is_reproducible_per_seed_and_varies_per_epoch(tiny):
     assert_same_tensors(epoch2, collect(again))
     assert not np.array_equal(epoch1[0][0], epoch2[0][0])
     assert not np.array_equal(epoch1[0][0], collect(build(8))[0][0])
+
+
+def test_repeat_yields_whole_passes_each_reshuffled_and_reaugmented(tiny):
+    """An epoch of `steps_per_pass` batches of a repeated dataset is exactly one pass."""
+    steps = pipeline.steps_per_pass(len(tiny.stems), 4)
+    assert steps == 2 and pipeline.steps_per_pass(8, 4) == 2 and pipeline.steps_per_pass(5, None) == 5
+    kwargs = dict(input_size=(32, 32), aug_strength=1.0, batch_size=4, seed=3)
+    repeated = iter(make_dataset(tiny, tiny.stems, repeat=True, **kwargs))
+    passes = [[tuple(t.numpy() for t in next(repeated)) for _ in range(steps)] for _ in range(3)]
+    for batches in passes:
+        assert [image.shape[0] for image, _ in batches] == [4, 2]
+    # The same tensors as the un-repeated dataset iterated epoch by epoch.
+    finite = make_dataset(tiny, tiny.stems, **kwargs)
+    for batches in passes:
+        assert_same_tensors(batches, collect(finite))
+    assert not np.array_equal(passes[0][0][0], passes[1][0][0])
+    with pytest.raises(ConfigError, match="repeat=True needs"):
+        make_dataset(tiny, tiny.stems, input_size=(32, 32), policy="crop", training=False,
+                     repeat=True)
+
+
+def test_each_worker_thread_builds_its_augmentation_once(tiny, monkeypatch):
+    built = []
+    real = pipeline.build_augmentation
+    monkeypatch.setattr(pipeline, "build_augmentation",
+                        lambda *a, **k: built.append(threading.get_ident()) or real(*a, **k))
+    ds = make_dataset(tiny, tiny.stems, input_size=(32, 32), aug_strength=1.0, batch_size=2)
+    for _ in range(4):
+        collect(ds)
+    assert len(built) == len(set(built)), "a thread rebuilt its Compose"
+    assert len(built) <= 24  # far fewer than the 24 examples seen
 
 
 def test_augmentation_changes_every_epoch_even_unshuffled(tiny):

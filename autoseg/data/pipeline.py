@@ -33,7 +33,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -572,6 +572,11 @@ class _ExampleStore:
         self._cache = None
 
 
+def steps_per_pass(num_examples: int, batch_size: int | None) -> int:
+    """Batches in one pass over `num_examples` (the last batch may be smaller)."""
+    return num_examples if not batch_size else -(-num_examples // batch_size)
+
+
 def make_dataset(
     dataset: Dataset,
     stems: Sequence[str],
@@ -586,6 +591,7 @@ def make_dataset(
     cache: bool = True,
     shuffle: bool | None = None,
     cache_max_bytes: int | None = None,
+    repeat: bool = False,
 ):
     """Builds the `tf.data.Dataset` of `(image, mask)` for training or validation.
 
@@ -608,6 +614,10 @@ def make_dataset(
             Defaults to True.
         shuffle: Shuffle the images each epoch. Defaults to None (= `training`).
         cache_max_bytes: The cache budget. Defaults to None (`default_cache_max_bytes()`).
+        repeat: Repeat the (batched) passes without end; train with
+            `steps_per_epoch=steps_per_pass(len(stems), batch_size)` so that an epoch is one
+            pass. One iterator then lives through every epoch, instead of the pipeline
+            draining and restarting at each epoch's end. Defaults to False.
 
     Returns:
         A `tf.data.Dataset` of `(float32 (H, W, 3) in [0, 255], int32 (H, W))`, with a
@@ -680,14 +690,19 @@ def make_dataset(
             )
     store = _ExampleStore(prepare, use_cache)
 
-    augmentations = threading.local()  # an albumentations Compose is not thread-safe
+    # An albumentations Compose is not thread-safe: one per tf.data worker thread. A dict
+    # keyed by thread id, not a threading.local: tf.numpy_function runs on threads whose
+    # locals do not persist, and rebuilding the Compose tripled the per-image cost.
+    augmentations: dict[int, Any] = {}
 
     def augmentation():
-        if not hasattr(augmentations, "compose"):
-            augmentations.compose = build_augmentation(
+        key = threading.get_ident()
+        compose = augmentations.get(key)
+        if compose is None:
+            compose = augmentations[key] = build_augmentation(
                 strength, input_size=input_size, ignore_index=ignore_index
             )
-        return augmentations.compose
+        return compose
 
     def example(index, example_seed):
         image, mask = store.get(int(index))
@@ -743,6 +758,11 @@ def make_dataset(
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if batch_size is not None:
         ds = ds.batch(batch_size, drop_remainder=False)
+    if repeat:
+        if tiling:
+            raise ConfigError("repeat=True needs a known number of examples per pass; "
+                              "tiled validation (policy 'crop', training=False) has not.")
+        ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
     # tf.numpy_function ties its Python function to the global graph, so the function (and
     # the store it closes over) outlives the dataset; empty the cache when the dataset goes.
