@@ -19,6 +19,10 @@ _LAZY = {
     "resolve_dataset": "autoseg.data.dataset",
     "build_model": ("autoseg.models", "build"),
     "load": "autoseg.predict",
+    # The module itself, which is callable: `autoseg.search(...)` runs `search.search(...)`.
+    # A plain function could not keep the name: importing the submodule `autoseg.search`
+    # (as the CLI and tests do) rebinds the package attribute to the module.
+    "search": ("autoseg.search", None),
 }
 
 
@@ -27,7 +31,9 @@ def __getattr__(name):
     if target is None:
         raise AttributeError(f"module 'autoseg' has no attribute {name!r}")
     module, attr = target if isinstance(target, tuple) else (target, name)
-    value = getattr(importlib.import_module(module), attr)
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
     globals()[name] = value
     return value
 

@@ -61,6 +61,19 @@ Within a family the measured growth is linear in batch. Only CPU was measured (n
 On a GPU the same formula is compared with the device's free memory; the host-side
 constants (`FIXED_BYTES`, the overhead) then make it conservative.
 
+Precision (`precision=`): the calibration above is float32, 4 bytes per activation element.
+Under mixed precision (`mixed_float16`, `mixed_bfloat16`) layer outputs and temporaries are
+16-bit, so `bytes_per_element` is 2 and the per-sample term halves; parameters, gradients and
+Adam's slots stay float32 (`parameter_bytes` unchanged), as do the factor and the overhead.
+This is not calibrated (mixed precision only pays on a GPU, and none was measured): what it
+leaves out is small, the float32 classifier head (`num_classes` channels), BatchNormalization's
+float32 statistics and the per-step float16 copies of the weights (2 bytes per parameter).
+
+Replicas (`tf.distribute.MirroredStrategy`): every device holds the whole model and trains on
+its own per-replica batch, so the estimate at the per-replica batch size is compared with one
+device's budget. (Logical CPU devices, as the tests use, share one memory: the estimate then
+understates the process by the other replicas' share.)
+
 This module imports TensorFlow and Keras only inside the functions that need them.
 """
 
@@ -108,7 +121,10 @@ OVERHEAD_BYTES_PER_VARIABLE = int(2.41 * 2**20)
 
 #: Bytes per parameter during training: weights, gradients, Adam's two moment slots (float32).
 PARAMETER_COPIES = 4
-_BYTES_PER_ELEMENT = {"float32": 4, "mixed_float16": 2, "mixed_bfloat16": 2}
+
+#: Bytes per activation element of each precision (a Keras dtype policy name): mixed
+#: precision computes in 16 bits and keeps its variables in float32 (module docstring).
+BYTES_PER_ACTIVATION_ELEMENT = {"float32": 4, "mixed_float16": 2, "mixed_bfloat16": 2}
 
 _UNITS = {
     "b": 1,
@@ -320,8 +336,10 @@ class MemoryEstimate:
         fixed_bytes: The process before any model exists (`FIXED_BYTES`).
         overhead_bytes: What building and fitting the model adds whatever the batch:
             `TRAINING_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VARIABLE * trainable variables`.
-        parameter_bytes: Weights, gradients and Adam's two slots: 4 x params x 4 bytes.
-        per_sample_bytes: factor x (activation + temporary elements) x bytes per element.
+        parameter_bytes: Weights, gradients and Adam's two slots: 4 x params x 4 bytes
+            (float32 under mixed precision too).
+        per_sample_bytes: factor x (activation + temporary elements) x `bytes_per_element`.
+        bytes_per_element: Bytes per activation element: 4 (float32) or 2 (mixed precision).
         total_bytes: The predicted peak resident memory of the training process.
         growth_bytes: `total_bytes - fixed_bytes`: what the model adds to the process.
     """
@@ -334,6 +352,7 @@ class MemoryEstimate:
     overhead_bytes: int
     parameter_bytes: int
     per_sample_bytes: int
+    bytes_per_element: int = 4
     total_bytes: int = dataclasses.field(init=False)
     growth_bytes: int = dataclasses.field(init=False)
 
@@ -359,11 +378,11 @@ def _check_batch(batch_size: Any) -> int:
 
 
 def _bytes_per_element(precision: str) -> int:
-    if precision not in _BYTES_PER_ELEMENT:
+    if precision not in BYTES_PER_ACTIVATION_ELEMENT:
         raise ConfigError(
-            f"Unknown precision {precision!r}. Valid: {', '.join(_BYTES_PER_ELEMENT)}."
+            f"Unknown precision {precision!r}. Valid: {', '.join(BYTES_PER_ACTIVATION_ELEMENT)}."
         )
-    return _BYTES_PER_ELEMENT[precision]
+    return BYTES_PER_ACTIVATION_ELEMENT[precision]
 
 
 def _model_counts(model: Any) -> tuple[int, int, int, int]:
@@ -377,6 +396,7 @@ def _estimate(elements: int, temporaries: int, params: int, variables: int, batc
     factor = activation_factor(family) if factor is None else float(factor)
     if not factor > 0:
         raise ConfigError(f"The activation factor must be positive. Received: factor={factor!r}.")
+    element_bytes = _bytes_per_element(precision)
     return MemoryEstimate(
         batch_size=_check_batch(batch_size),
         activation_elements=int(elements),
@@ -385,9 +405,8 @@ def _estimate(elements: int, temporaries: int, params: int, variables: int, batc
         fixed_bytes=FIXED_BYTES,
         overhead_bytes=TRAINING_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VARIABLE * int(variables),
         parameter_bytes=PARAMETER_COPIES * int(params) * 4,
-        per_sample_bytes=int(round(
-            factor * (elements + temporaries) * _bytes_per_element(precision)
-        )),
+        per_sample_bytes=int(round(factor * (elements + temporaries) * element_bytes)),
+        bytes_per_element=element_bytes,
     )
 
 
@@ -404,8 +423,10 @@ def estimate_training_memory(
     Args:
         model: A built Keras model with a fixed input size.
         batch_size: The training batch size.
-        precision: "float32", "mixed_float16" or "mixed_bfloat16" (activations take 2 bytes;
-            parameters stay float32). Defaults to "float32".
+        precision: The Keras dtype policy training runs under: "float32" (4 bytes per
+            activation element, the calibrated case), "mixed_float16" or "mixed_bfloat16"
+            (2 bytes; parameters and optimizer state stay float32; not calibrated, see the
+            module docstring). Defaults to "float32".
         factor: The activation factor. Defaults to None: the family's calibrated factor.
         family: The model's family (`ArchitectureSpec.family`), which selects its factor.
             Defaults to None (`ACTIVATION_FACTOR`).

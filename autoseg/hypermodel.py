@@ -28,6 +28,7 @@ tuner.search(epochs=2)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import time
@@ -37,7 +38,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autoseg import budget, registry
+from autoseg import budget, devices, registry
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset, resolve_dataset
 from autoseg.errors import ConfigError
@@ -139,7 +140,12 @@ def set_batchnorm_momentum(model, momentum: float) -> None:
 
 
 class FitRecord(dict):
-    """What `fit` learned about a trial, for the leaderboard (a plain dict)."""
+    """What `fit` learned about a trial, for the leaderboard (a plain dict).
+
+    Among its keys: `precision` (the Keras dtype policy), `replicas`, `batch_size` (per
+    replica: what the memory budget bounds) and `global_batch_size` (batch_size x replicas:
+    what the dataset is batched at).
+    """
 
 
 class BaseSegmentationHyperModel(kt.HyperModel):
@@ -149,12 +155,21 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         space: A `SearchSpace`, a YAML path or a bundled space name.
         data: The `TrainingData` every trial trains on.
         verbose: Keras per-epoch progress (0, 1 or 2).
+        precision: "float32", "mixed" (Keras' `mixed_float16` policy while a trial's model
+            is built and compiled) or "auto" (mixed on a GPU, float32 on CPU); see
+            `autoseg.devices`. Defaults to "float32".
+
+    A model built under a `tf.distribute` strategy's scope (KerasTuner's
+    `distribution_strategy=`) trains on its replicas: the drawn batch size is then the
+    per-replica batch, bounded by the memory budget of one device, and the dataset is
+    batched at per-replica batch x replicas.
     """
 
     #: The family this hypermodel searches; None searches every model in the space.
     family: str | None = None
 
-    def __init__(self, space: SearchSpace | str | None, data: TrainingData, verbose: int = 0, **kwargs):
+    def __init__(self, space: SearchSpace | str | None, data: TrainingData, verbose: int = 0,
+                 precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(space, SearchSpace):
             space = load_space(space)
@@ -172,6 +187,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.space = dataclasses.replace(space, models=models)
         self.data = data
         self.verbose = verbose
+        self.precision = devices.resolve_precision(precision)  # a Keras policy name
         self.last_fit: FitRecord = FitRecord()
 
     # -- declaring hyperparameters -------------------------------------------------------
@@ -223,16 +239,20 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         loss_name = self._declare(hp, "loss", self.space.params["loss"])
         learning_rate = float(self._declare(hp, "learning_rate", self.space.params["learning_rate"]))
         dataset = self.data.dataset
-        model = models.build(model_name, dataset.num_classes, (*input_size, 3), **options)
-        set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
-        weights = self.data.class_weights if loss_name == "weighted_ce" else None
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-            loss=losses.get_loss(loss_name, dataset.num_classes, class_weights=weights,
-                                 ignore_index=dataset.ignore_index),
-            metrics=metrics.segmentation_metrics(dataset.classes, ignore_index=dataset.ignore_index),
-            jit_compile=False,  # 2-4x slower and 2x the memory on CPU; see README
-        )
+        # Layers keep the policy they are built with; compile wraps the optimizer in a
+        # LossScaleOptimizer when the model's policy is mixed_float16.
+        with devices.dtype_policy(self.precision):
+            model = models.build(model_name, dataset.num_classes, (*input_size, 3), **options)
+            set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
+            weights = self.data.class_weights if loss_name == "weighted_ce" else None
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                loss=losses.get_loss(loss_name, dataset.num_classes, class_weights=weights,
+                                     ignore_index=dataset.ignore_index),
+                metrics=metrics.segmentation_metrics(dataset.classes,
+                                                     ignore_index=dataset.ignore_index),
+                jit_compile=False,  # 2-4x slower and 2x the memory on CPU; see README
+            )
         return model
 
     def fit(self, hp, model, *args, **kwargs):
@@ -247,16 +267,23 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
         candidates = sorted(int(b) for b in as_values(self.space.params["batch_size"]))
         drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
-        record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch)
+        # Every replica holds the whole model and trains on its own batch: the batch size
+        # (drawn, bounded, recorded as `batch_size`) is per replica, the budget per device.
+        replicas = devices.num_replicas(getattr(model, "distribute_strategy", None))
+        record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch,
+                                           precision=self.precision, replicas=replicas)
         family = registry.ARCHITECTURES.get(hp.get("model_name")).family
+        estimate = functools.partial(budget.estimate_training_memory, model,
+                                     precision=self.precision, family=family)
 
         limit = self.data.memory_budget_bytes
         fitting = (
-            budget.admissible_batch_sizes(model, candidates, limit, family=family)
+            budget.admissible_batch_sizes(model, candidates, limit, precision=self.precision,
+                                          family=family)
             if limit else candidates
         )
         if not fitting:
-            need = budget.estimate_training_memory(model, 1, family=family).total_bytes
+            need = estimate(1).total_bytes
             _fail(record, f"does not fit the memory budget: predicted {need / 2**20:.0f} MB "
                           f"at batch 1 > budget {limit / 2**20:.0f} MB")
         batch_size = max([b for b in fitting if b <= drawn_batch] or [min(fitting)])
@@ -275,24 +302,27 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         start = time.time()
         for attempt in (0, 1):
             record["batch_size"] = batch_size
-            record["predicted_peak_memory_bytes"] = int(
-                budget.estimate_training_memory(model, batch_size, family=family).total_bytes
-            )
+            global_batch = record["global_batch_size"] = batch_size * replicas
+            record["predicted_peak_memory_bytes"] = int(estimate(batch_size).total_bytes)
+            # Keras splits each dataset batch across the replicas (`_even_replica_batches`).
             train = pipeline.make_dataset(
                 self.data.dataset, self.data.train_stems, input_size=input_size, policy=policy,
-                crop_scale=crop_scale, aug_strength=aug_strength, batch_size=batch_size,
+                crop_scale=crop_scale, aug_strength=aug_strength, batch_size=global_batch,
                 training=True, seed=self.data.seed, repeat=True,
             )
             val = pipeline.make_dataset(
                 self.data.dataset, self.data.val_stems, input_size=input_size, policy=policy,
-                crop_scale=crop_scale, aug_strength=0.0, batch_size=batch_size,
+                crop_scale=crop_scale, aug_strength=0.0, batch_size=global_batch,
                 training=False, seed=self.data.seed,
             )
+            if replicas > 1:
+                train, val = _even_replica_batches(train, val, global_batch, replicas,
+                                                   self.data.dataset.ignore_index)
             try:
                 with budget.PeakMemory() as peak:
                     history = model.fit(
                         train, validation_data=val, epochs=epochs, callbacks=callbacks,
-                        steps_per_epoch=pipeline.steps_per_pass(len(self.data.train_stems), batch_size),
+                        steps_per_epoch=pipeline.steps_per_pass(len(self.data.train_stems), global_batch),
                         verbose=verbose, **kwargs,
                     )
                 break
@@ -315,6 +345,30 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             _fail(record, f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
                           "try a lower learning_rate")
         return history
+
+
+def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):
+    """The batched `(image, mask)` datasets, re-cut so that every replica gets an equal share.
+
+    Keras splits each batch across the replicas, and TF 2.21 fails on unequal shares: the
+    first batch is averaged across replicas to build the model (an unequal split cannot be),
+    and a replica's empty share breaks its convolutions on CPU. So every training batch is
+    full (the repeated examples rebatched, the remainder dropped: an epoch is still
+    `steps_per_pass` batches), and each validation batch is padded to a multiple of
+    `replicas` with black images whose masks are all `ignore_index`, which the losses and
+    metrics count nowhere (the padded batch weighs a little more in `val_loss`).
+    """
+    import tensorflow as tf
+
+    train = train.unbatch().batch(global_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def pad(images, masks):
+        missing = -tf.shape(images)[0] % replicas
+        images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+        masks = tf.pad(masks, [[0, missing], [0, 0], [0, 0]], constant_values=ignore_index)
+        return images, masks
+
+    return train, val.map(pad)
 
 
 def _fail(record: FitRecord, message: str):
@@ -423,11 +477,14 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
 
     family = None
 
-    def __init__(self, space, data: TrainingData, verbose: int = 0, **kwargs):
-        super().__init__(space, data, verbose=verbose, **kwargs)
+    def __init__(self, space, data: TrainingData, verbose: int = 0, precision: str = "float32",
+                 **kwargs):
+        super().__init__(space, data, verbose=verbose, precision=precision, **kwargs)
         families = {registry.ARCHITECTURES.get(n).family for n in self.space.models}
         self.delegates = {
-            f: family_hypermodel_class(f)(self.space, data, verbose=verbose) for f in families
+            f: family_hypermodel_class(f)(self.space, data, verbose=verbose,
+                                          precision=self.precision)
+            for f in families
         }
 
     def _delegate(self, model_name: str) -> FamilyHyperModel:

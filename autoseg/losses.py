@@ -40,6 +40,20 @@ EPSILON = 1e-7
 """Probabilities are clipped to [EPSILON, 1] before a logarithm."""
 
 
+def replica_share(loss):
+    """A loss over one replica's batch, divided by the replicas in sync, as Keras' own are.
+
+    Under a `tf.distribute` strategy the replicas' gradients are summed, and Keras reports
+    the loss multiplied back by the replicas. A loss that is a mean over its replica's
+    share of the batch must therefore be divided by them, or the gradients and the reported
+    loss grow with the replicas. Outside any strategy (one replica) `loss` is unchanged.
+    """
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
+
+
 def _validate_num_classes(num_classes) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(
@@ -124,7 +138,7 @@ class SegmentationLoss(keras.losses.Loss):
                 y_true, y_pred, self.num_classes, self.ignore_index, sample_weight
             )
             num_valid = ops.sum(ops.cast(ops.greater(ops.sum(one_hot, axis=-1), 0), "float32"))
-            return self.compute(one_hot, y_pred, pixel_weight, num_valid)
+            return replica_share(self.compute(one_hot, y_pred, pixel_weight, num_valid))
 
     def call(self, y_true, y_pred):
         return self(y_true, y_pred)

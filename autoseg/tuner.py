@@ -11,10 +11,17 @@
   count towards stopping the search; three other failures in a row stop it (KerasTuner's
   rule), since those usually mean every trial will fail;
 - `keras.backend.clear_session()` and `gc.collect()` between trials.
+
+In a distributed search (`autoseg.distributed`) a worker's `oracle` is KerasTuner's
+`OracleClient`, which has no `trials`, `end_order` or settable `max_trials`: on a worker the
+mixin only runs trials and writes their records; the chief, which runs none, calls
+`stop_if_budget_spent`, `write_leaderboard`, `_check_failures` and the log lines from hooks on
+its oracle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -53,6 +60,10 @@ class SearchRunMixin:
 
     def pre_create_trial(self):
         super().pre_create_trial()
+        if not self._is_worker():  # a worker's budget is the chief's to enforce
+            self.stop_if_budget_spent()
+
+    def stop_if_budget_spent(self) -> None:
         if self.budget_spent():
             # The oracle stops when it has max_trials trials: no new trial is created.
             self.oracle.max_trials = len(self.oracle.trials)
@@ -63,12 +74,18 @@ class SearchRunMixin:
         super().on_trial_begin(trial)
         self._trial_start[trial.trial_id] = time.time()
         self._started_here += 1
-        number = len(self.oracle.trials)
+        self.log_trial_begin(trial)
+
+    def log_trial_begin(self, trial, worker: str | None = None) -> None:
+        # Trial ids count the trials created before (KerasTuner's numbering); a worker's
+        # OracleClient cannot count them.
+        number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else "?"
         total = f"/{self.planned_trials}" if self.planned_trials else ""
         config = ", ".join(
             f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
         )
-        self.log(f"[trial {number}{total}] {trial.trial_id} started: {config} ({self._clock()})")
+        where = f" on {worker}" if worker else ""
+        self.log(f"[trial {number}{total}] {trial.trial_id} started{where}: {config} ({self._clock()})")
 
     def run_trial(self, trial, *args, **kwargs):
         self.hypermodel.last_fit = {}
@@ -81,24 +98,43 @@ class SearchRunMixin:
         record["status"] = trial.status
         # Only a distributed search has workers worth naming (KerasTuner's tuner id).
         record["worker"] = self.tuner_id if os.environ.get("KERASTUNER_TUNER_ID") else None
+        # Written before the oracle hears of the end: a distributed chief writes the
+        # leaderboard as it does, and the message only travels here (not in KerasTuner's proto).
+        self._write_record(trial.trial_id, record)
         super().on_trial_end(trial)  # oracle.end_trial + save: the trial's status is final
         final = self.oracle.get_trial(trial.trial_id)
-        record["status"] = final.status
-        atomic.write_text(
-            Path(self.get_trial_dir(trial.trial_id)) / "autoseg.json",
-            json.dumps(record, indent=1, default=_json_default),
-        )
-        self.write_leaderboard()
-        score = final.score if final.status == "COMPLETED" else None
-        seconds = time.time() - self._trial_start.get(trial.trial_id, time.time())
-        outcome = (
-            f"{self.objective_name}={score:.4f}" if score is not None and math.isfinite(score)
-            else f"{final.status}: {record.get('message', '')}"
-        )
-        self.log(f"[trial] {trial.trial_id} ended in {seconds:.0f}s: {outcome} ({self._clock()})")
+        worker = self._is_worker()
+        if final.status != record["status"]:
+            record["status"] = final.status
+            if worker and final.status != "COMPLETED" and not record.get("message"):
+                # The chief gave up on this worker and ended the trial before it reported.
+                record["message"] = (f"the chief had ended this trial as {final.status} before "
+                                     "this worker reported it (see the chief's log)")
+            self._write_record(trial.trial_id, record)
+        if not worker:
+            self.write_leaderboard()
+        self.log_trial_end(trial.trial_id, final=final)
         keras.backend.clear_session()
         gc.collect()
-        self._check_failures()
+        if not worker:
+            self._check_failures()
+
+    def log_trial_end(self, trial_id: str, final=None, worker: str | None = None) -> None:
+        final = final or self.oracle.get_trial(trial_id)
+        record = read_record(self.rundir, trial_id)
+        score = final.score if final.status == "COMPLETED" else None
+        start = self._trial_start.pop(trial_id, None)  # unknown to a restarted chief
+        outcome = (
+            f"{self.objective_name}={score:.4f}" if score is not None and math.isfinite(score)
+            else f"{final.status}: {record.get('message') or _last_line(final.message)}"
+        )
+        where = f" on {worker}" if worker else ""
+        took = f" in {time.time() - start:.0f}s" if start is not None else ""
+        self.log(f"[trial] {trial_id} ended{where}{took}: {outcome} ({self._clock()})")
+
+    def _write_record(self, trial_id: str, record: dict) -> None:
+        atomic.write_text(record_path(self.rundir, trial_id),
+                          json.dumps(record, indent=1, default=_json_default))
 
     # -- records -------------------------------------------------------------------------
     def trial_rows(self) -> list[dict]:
@@ -120,7 +156,7 @@ class SearchRunMixin:
                 continue
             # A configuration's own failure (over the memory budget, diverged, out of
             # memory) says nothing about the next trial; anything else likely repeats.
-            if not _read_record(self.rundir, trial_id).get("configuration_failure"):
+            if not read_record(self.rundir, trial_id).get("configuration_failure"):
                 streak += 1
         if streak >= MAX_CONSECUTIVE_FAILURES:
             self.oracle.max_trials = len(self.oracle.trials)
@@ -139,7 +175,7 @@ def collect_rows(oracle, rundir: Path, objective: str) -> list[dict]:
     """Leaderboard rows from the oracle's trials and the trial records on disk."""
     rows = []
     for trial_id, trial in sorted(oracle.trials.items()):
-        record = _read_record(rundir, trial_id)
+        record = read_record(rundir, trial_id)
         status = trial.status
         if status == "COMPLETED" and record.get("stopped_by_budget"):
             status = "STOPPED"
@@ -184,10 +220,14 @@ def _value_at(observations, step):
     return float(obs.value[0]) if isinstance(obs.value, list) else float(obs.value)
 
 
-def _read_record(rundir: Path, trial_id: str) -> dict:
-    path = Path(rundir) / TRIALS_DIR / f"trial_{trial_id}" / "autoseg.json"
+def record_path(rundir: Path, trial_id: str) -> Path:
+    """`RUNDIR/trials/trial_<id>/autoseg.json`: autoseg's record of one trial."""
+    return Path(rundir) / TRIALS_DIR / f"trial_{trial_id}" / "autoseg.json"
+
+
+def read_record(rundir: Path, trial_id: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(record_path(rundir, trial_id).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -255,15 +295,45 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
         self.save()  # the parent queues the trial after saving; keep that on disk too
 
 
+def _adopt_tuner_state(project_dir: Path, tuner_id: str) -> None:
+    """Lets a run started in one process resume as a distributed chief, and back.
+
+    KerasTuner reloads the oracle only when `<project>/<tuner id>.json` exists ("tuner0"
+    in one process, "chief" distributed); without it, it would start afresh over the
+    existing trials. That file holds the tuner's (empty) state, so a copy of the other one
+    does.
+    """
+    own = project_dir / f"{tuner_id}.json"
+    if own.exists() or not (project_dir / "oracle.json").is_file():
+        return
+    for other in ("tuner0", "chief"):
+        source = project_dir / f"{other}.json"
+        if source.is_file():
+            atomic.write_text(own, source.read_text())
+            return
+
+
+def _forget_finished_retries(oracle) -> None:
+    """Keeps a reloaded oracle from running an ended trial again.
+
+    KerasTuner's `end_trial` saves the oracle before it drops the trial from
+    `ongoing_trials`; a process stopped in between leaves an ended trial there, and
+    `reload` queues every ongoing trial to run again.
+    """
+    ended = set(oracle.end_order)
+    oracle._retry_queue = [trial_id for trial_id in oracle._retry_queue if trial_id not in ended]
+
+
 def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction: str,
                max_trials: int | None, max_epochs: int, seed: int, overwrite: bool,
-               deadline: float | None, class_names, log=print, **tuner_kwargs):
+               deadline: float | None, class_names, log=print, cluster=None, **tuner_kwargs):
     """Builds a KerasTuner tuner of `kind` writing under `rundir/trials`.
 
     Args:
         kind: hyperband | bayesian | random | grid.
         max_trials: Trials at most (Hyperband: None lets its brackets decide).
         max_epochs: Epochs per trial at most (Hyperband's `max_epochs`).
+        cluster: An `autoseg.distributed.Cluster` for a distributed search, else None.
     """
     base = {
         "hyperband": kt.Hyperband,
@@ -293,8 +363,15 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
         )
     else:
         kwargs["max_trials"] = max_trials or 10
-    tuner = cls(**kwargs)
-    if kind == "hyperband" and max_trials:
+    with cluster.building(rundir) if cluster else contextlib.nullcontext():
+        if not (cluster and cluster.is_worker):
+            _adopt_tuner_state(Path(rundir) / TRIALS_DIR, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
+        tuner = cls(**kwargs)
+        if cluster:
+            cluster.attach(tuner)
+        if not (cluster and cluster.is_worker):
+            _forget_finished_retries(tuner.oracle)
+    if kind == "hyperband" and max_trials and not (cluster and cluster.is_worker):
         tuner.oracle.max_trials = max_trials  # Hyperband's brackets, cut at max_trials
     planned = max_trials if kind != "hyperband" else (max_trials or None)
     tuner._setup_run(rundir, deadline, class_names, objective, planned, log=log)

@@ -189,6 +189,9 @@ def test_validation_tiles_score_every_pixel_exactly_once(tmp_path, photo_size, c
     full_mask = resize_mask(read_mask(ds.mask_path("im0")), (h, w))
     positions = tile_positions(h, w, 32, 32)
     assert len(tiles) == len(positions)
+    batched = make_dataset(ds, ds.stems, input_size=(32, 32), policy="crop",
+                           crop_scale=crop_scale, training=False, batch_size=2)
+    assert int(batched.cardinality()) == -(-len(positions) // 2)  # known to Keras up front
     image_tiles = np.stack([image for image, _ in tiles])
     mask_tiles = np.stack([mask for _, mask in tiles])
     np.testing.assert_array_equal(stitch(image_tiles, positions, h, w), photo)

@@ -295,3 +295,25 @@ print(rss[2], rss[-1])
     assert done.returncode == 0, done.stderr[-3000:]
     early, last = (int(v) for v in done.stdout.split()[-2:])
     assert last < early * 1.15, (early, last)
+
+
+def test_the_python_api_is_autoseg_search(tiny_dataset, tmp_path):
+    """`autoseg.search(...)` is the search, before and after `import autoseg.search`."""
+    script = f"""
+import autoseg
+from autoseg.errors import ConfigError
+for attempt in range(2):
+    try:
+        autoseg.search({str(tiny_dataset)!r}, space="ci", out={str(tmp_path / 'run')!r}, tuner="nope")
+    except ConfigError as exc:
+        assert "--tuner 'nope' is unknown" in str(exc), exc
+    else:
+        raise SystemExit("no ConfigError")
+    import autoseg.search
+from autoseg import search
+assert search.search.__name__ == "search" and search.SearchResult
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

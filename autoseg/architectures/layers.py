@@ -132,7 +132,13 @@ def conv_block(
 
 
 def upsample(
-    x, factor: int = 2, *, method: str = "bilinear", filters: int | None = None, name: str
+    x,
+    factor: int = 2,
+    *,
+    method: str = "bilinear",
+    filters: int | None = None,
+    dtype: str | None = None,
+    name: str,
 ):
     """Upsamples `x` by an integer `factor`.
 
@@ -143,6 +149,7 @@ def upsample(
             (a learned `Conv2DTranspose` with kernel = stride = factor, `<name>_upconv`, as the
             original U-Net's "up-convolution"). Defaults to "bilinear".
         filters: Output channels for "transpose"; defaults to the input's channels.
+        dtype: The layer's dtype policy. Defaults to None (the global policy).
         name: The stage name.
 
     Returns:
@@ -153,10 +160,12 @@ def upsample(
     """
     if method == "transpose":
         return layers.Conv2DTranspose(
-            filters or x.shape[-1], factor, strides=factor, name=f"{name}_upconv"
+            filters or x.shape[-1], factor, strides=factor, dtype=dtype, name=f"{name}_upconv"
         )(x)
     if method in ("bilinear", "nearest"):
-        return layers.UpSampling2D(factor, interpolation=method, name=f"{name}_upsample")(x)
+        return layers.UpSampling2D(
+            factor, interpolation=method, dtype=dtype, name=f"{name}_upsample"
+        )(x)
     raise ValueError(
         f"`method` must be one of {UPSAMPLING_METHODS}. Received: method={method!r}"
     )
@@ -197,8 +206,11 @@ def decoder_block(
 def segmentation_head(x, num_classes: int, *, upsample_factor: int = 1, name: str = "head"):
     """1x1 conv to class logits, bilinear upsampling to the input size, float32 softmax.
 
-    Layers: `<name>_conv`, `<name>_upsample` (if `upsample_factor` > 1), and `predictions`
-    (softmax in float32, so mixed-precision models still output float32 probabilities).
+    Layers: `<name>_conv`, `<name>_upsample` (if `upsample_factor` > 1), and `predictions`.
+    All three are float32 whatever the global dtype policy: under mixed precision the
+    logits and the softmax stay out of float16's range and rounding (the Keras
+    mixed-precision guide's advice for the last layers), and the model still outputs
+    float32 probabilities. They hold `num_classes` channels, so this costs little.
 
     Args:
         x: Decoder features at stride `upsample_factor`.
@@ -209,7 +221,7 @@ def segmentation_head(x, num_classes: int, *, upsample_factor: int = 1, name: st
     Returns:
         `(batch, H, W, num_classes)` class probabilities.
     """
-    x = layers.Conv2D(num_classes, 1, name=f"{name}_conv")(x)
+    x = layers.Conv2D(num_classes, 1, dtype="float32", name=f"{name}_conv")(x)
     if upsample_factor > 1:
-        x = upsample(x, upsample_factor, method="bilinear", name=name)
+        x = upsample(x, upsample_factor, method="bilinear", dtype="float32", name=name)
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)

@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from autoseg.errors import ConfigError
+from autoseg.losses import replica_share
 from autoseg.registry import ARCHITECTURES, register_architecture, register_architecture_alias
 
 GENERATORS = ("unet", "segnet", "deeplabv3plus")
@@ -129,6 +130,12 @@ class Pix2Pix(keras.Model):
         self.disc_optimizer = keras.optimizers.Adam(
             self.disc_learning_rate, beta_1=0.5, name="disc_optimizer"
         )
+        if any(layer.compute_dtype == "float16" for layer in discriminator.layers):
+            # What compile() does for the generator's optimizer under mixed_float16. Read
+            # from the critic's layers, which a saved model restores, not the global policy.
+            self.disc_optimizer = keras.optimizers.LossScaleOptimizer(
+                self.disc_optimizer, name="disc_loss_scale_optimizer"
+            )
         # Built here, outside any traced function, so that its state exists before training
         # and loads back from a saved file.
         self.disc_optimizer.build(discriminator.trainable_variables)
@@ -172,12 +179,17 @@ class Pix2Pix(keras.Model):
 
     @staticmethod
     def _bce(target: float, logits):
-        return ops.mean(
+        return replica_share(ops.mean(
             ops.binary_crossentropy(ops.full_like(logits, target), logits, from_logits=True)
-        )
+        ))
 
     def _forward(self, x, y, sample_weight, training):
-        """Forward pass of both networks; returns probabilities and the four losses."""
+        """Forward pass of both networks; returns probabilities and the four losses.
+
+        Under a `tf.distribute` strategy the losses are this replica's share
+        (`autoseg.losses.replica_share`, as the compiled loss is), since the replicas'
+        gradients are summed; `_track` reports them multiplied back.
+        """
         probabilities = self.generator(x, training=training)
         seg_loss = self._compile_loss(y, probabilities, sample_weight)
         real, fake = self._critic_inputs(y, probabilities)
@@ -188,15 +200,17 @@ class Pix2Pix(keras.Model):
         g_loss = g_adv_loss + self.lambda_seg * seg_loss
         regularisation = self.generator.losses
         if regularisation:
-            g_loss = g_loss + ops.sum(ops.stack([ops.sum(r) for r in regularisation]))
+            penalty = ops.sum(ops.stack([ops.sum(r) for r in regularisation]))
+            g_loss = g_loss + replica_share(penalty)
         return probabilities, g_loss, seg_loss, g_adv_loss, d_loss
 
     def _track(self, x, g_loss, seg_loss, g_adv_loss, d_loss):
         batch_size = ops.shape(x)[0]
-        self._loss_tracker.update_state(g_loss, sample_weight=batch_size)
-        self.seg_loss_tracker.update_state(seg_loss, sample_weight=batch_size)
-        self.g_adv_loss_tracker.update_state(g_adv_loss, sample_weight=batch_size)
-        self.d_loss_tracker.update_state(d_loss, sample_weight=batch_size)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(g_loss * replicas, sample_weight=batch_size)
+        self.seg_loss_tracker.update_state(seg_loss * replicas, sample_weight=batch_size)
+        self.g_adv_loss_tracker.update_state(g_adv_loss * replicas, sample_weight=batch_size)
+        self.d_loss_tracker.update_state(d_loss * replicas, sample_weight=batch_size)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

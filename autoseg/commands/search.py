@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.devices import PRECISIONS, STRATEGIES
+
 TUNER_CHOICES = ("hyperband", "bayesian", "random", "grid")
 
 
@@ -27,11 +29,31 @@ def add_parser(subparsers) -> None:
                    help="no trial starts after this (e.g. 30m, 2h, 90s)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="training memory per trial, e.g. 8GB (default: free GPU memory, else available RAM)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="mixed: float16 compute with float32 weights, head and loss scaling; "
+                        "auto: mixed on a GPU, float32 on CPU (default: auto)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="mirrored: one replica per GPU, batch size per replica and memory "
+                        "budget per device; auto: mirrored with more than one GPU, else none "
+                        "(default: auto)")
     p.add_argument("--objective", default="val_mean_iou",
                    help="validation metric to maximise (default: val_mean_iou)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, tuner, augmentation")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--verbose", action="store_true", help="Keras per-epoch progress")
+    cluster = p.add_argument_group(
+        "distributed search (KerasTuner's chief/worker mode; RUNDIR on a shared filesystem; "
+        "see docs/cluster.md)"
+    )
+    cluster.add_argument("--role", choices=("chief", "worker"),
+                         help="chief: serve the oracle and write the leaderboard; worker: run trials")
+    cluster.add_argument("--oracle", metavar="HOST:PORT",
+                         help="where the chief listens (its address, or 0.0.0.0) and workers reach it")
+    cluster.add_argument("--worker-id", metavar="ID",
+                         help="this worker's name (default: worker-<hostname>-<pid>)")
+    cluster.add_argument("--oracle-timeout", metavar="DURATION",
+                         help="how long a worker waits for a silent chief and the chief for a "
+                              "silent worker, whose trial then fails (default: 2m)")
     p.set_defaults(run=run)
 
 
@@ -48,11 +70,22 @@ def run(args) -> int:
         max_epochs=args.max_epochs,
         time_budget=args.time_budget,
         memory_budget=args.memory_budget,
+        precision=args.precision,
+        strategy=args.strategy,
         objective=args.objective,
         seed=args.seed,
         overwrite=args.overwrite,
         verbose=args.verbose,
+        role=args.role,
+        oracle=args.oracle,
+        worker_id=args.worker_id,
+        oracle_timeout=args.oracle_timeout,
     )
+    if result.worker_id:
+        mine = [r["trial_id"] for r in result.rows if r.get("worker") == result.worker_id]
+        print(f"Worker {result.worker_id} done: ran trials {', '.join(mine) or 'none'}. "
+              f"The chief writes the leaderboard: {result.rundir / 'leaderboard.csv'}")
+        return 0
     print(format_table(result.rows, top=10))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
     best = result.best

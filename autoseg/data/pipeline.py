@@ -742,7 +742,12 @@ def make_dataset(
             return image, mask
 
         ds = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.unbatch()
+        # The tile count is known from the headers: telling tf.data lets Keras count the
+        # validation steps (instead of warning that the input "ran out of data").
+        tile_count = sum(
+            len(tile_positions(*scaled_size(h, w, crop_scale), height, width)) for h, w in sizes
+        )
+        ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(tile_count))
     else:
 
         def load(index, example_seed):

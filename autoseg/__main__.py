@@ -1,0 +1,7 @@
+"""`python -m autoseg ...`: the `autoseg` command."""
+
+import sys
+
+from autoseg.cli import main
+
+sys.exit(main())

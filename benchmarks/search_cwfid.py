@@ -1,0 +1,306 @@
+"""A time-budgeted search on CWFID against a plain U-Net trained under the same budget.
+
+Issue #4 §10. Arms, each in its own subprocess (its own TensorFlow, memory and threads):
+
+- `hyperband`: `autoseg.search(tuner="hyperband")` over `SPACE` with `--budget`.
+- `random`: `autoseg.search(tuner="random")` over the same space. Run after `hyperband`
+  (the default, sequential order), it gets the same number of *epochs* as hyperband spent
+  (`max_trials = hyperband epochs // max_epochs`, no time limit); run in parallel with
+  it (`--parallel`), the same *time* budget instead. The table says which.
+- `baseline`: the plain U-Net with fixed default settings, as a user without autoseg would
+  train it: `unet` depth 4, 32 filters, the whole photo resized to 384x288, cross-entropy,
+  Adam at a constant 1e-3, batch 4, no augmentation, `model.fit` until the budget is spent
+  (checked at epoch ends), the final weights.
+
+All arms use the same split: `pipeline.split_stems(val_fraction=0.2, seed)`, 8 of the 40
+photos held out. Each result is scored twice:
+- `val mIoU (search)`: the objective the search ranks by, at the model's input resolution
+  (the leaderboard's `val_mean_iou`; for the baseline, its last epoch's `val_mean_iou`);
+- `val mIoU (full res)`: the 8 held-out photos predicted at their own 1296x966 size through
+  `autoseg.predict` (tiling for the crop policy, scores upsampled bilinearly before the
+  argmax) and scored with `autoseg.metrics` against the original masks, for every arm alike.
+  The search arms pick their best trial on these same 8 photos, so their figure is
+  optimistic by that selection; the baseline makes no choice.
+
+Usage (from the repository root):
+```
+python benchmarks/search_cwfid.py                       # 60 min per arm, one arm at a time
+python benchmarks/search_cwfid.py --budget 20m --arms hyperband,baseline --parallel
+python benchmarks/search_cwfid.py --report              # print the table of finished arms
+```
+Results go to `--out` (default `/tmp/autoseg_search_cwfid`): one run folder and one
+`<arm>.json` per arm; a finished arm is not run again unless `--rerun`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import CWFID, canonical_dataset  # noqa: E402
+
+ARMS = ("hyperband", "random", "baseline")
+SEED = 0
+VAL_FRACTION = 0.2
+
+#: The searched space: U-Nets, with what the dataset's fingerprint suggests for input size
+#: (auto: 128 and 256), policy (auto: crop, the photos are 1296x966) and losses (auto: crop
+#: covers 1.6% of the pixels, so weighted_ce and focal join ce and ce_dice). Half-size crops
+#: only: at full size a 256 crop sees too little of a plant, and validation tiles cost 4x.
+SPACE = {
+    "description": "CWFID benchmark: U-Nets, fingerprint-driven sizes, policy and losses.",
+    "models": {"unet": {"depth": 4, "filters": [16, 32], "backbone": "none"}},
+    "input_size": "auto",
+    "policy": "auto",
+    "crop_scale": [0.5],
+    "batch_size": [4, 8],
+    "loss": "auto",
+    "aug_strength": [0.25, 0.5],
+    "learning_rate": {"min": 0.0003, "max": 0.003, "sampling": "log"},
+    "max_epochs": 40,
+}
+
+BASELINE = {"depth": 4, "filters": 32, "input_size": (288, 384), "batch_size": 4,
+            "learning_rate": 1e-3}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", default="60m", help="time budget per arm (default: 60m)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    parser.add_argument("--out", default="/tmp/autoseg_search_cwfid", help="results folder")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the arms at once, each pinned to its own share of the cores")
+    parser.add_argument("--rerun", action="store_true", help="run finished arms again")
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument("--arm", help=argparse.SUPPRESS)  # a subprocess runs one arm
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.arm:
+        return run_arm(args.arm, out, args.budget, args.threads)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}; valid arms: {', '.join(ARMS)}")
+    if not args.report:
+        if not CWFID.is_dir():
+            print(f"CWFID is not at {CWFID}; nothing to run.")
+            return 1
+        dataset_root(out)  # prepare once, before arms start
+        todo = [a for a in arms if args.rerun or not (out / f"{a}.json").is_file()]
+        if args.parallel:
+            launch_parallel(todo, out, args.budget)
+        else:
+            for arm in sorted(todo, key=ARMS.index):  # random after hyperband: equal epochs
+                subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
+                                "--budget", args.budget], check=True)
+    print(report(out, arms))
+    return 0
+
+
+def launch_parallel(arms, out: Path, budget: str) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // max(1, len(arms)))
+    procs = []
+    for i, arm in enumerate(arms):
+        mine = cores[(i * share) % len(cores):][:share] or cores[:1]
+        cmd = ["taskset", "-c", ",".join(map(str, mine)), sys.executable, __file__, "--arm",
+               arm, "--out", str(out), "--budget", budget, "--threads", str(len(mine))]
+        env = {**os.environ, "SEARCH_CWFID_PARALLEL": "1"}
+        with open(out / f"{arm}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    for proc in procs:
+        proc.wait()
+
+
+def dataset_root(out: Path) -> Path:
+    """CWFID prepared once into `out/data/dataset` (by `autoseg prepare`), then reused."""
+    from autoseg.data.dataset import is_canonical
+
+    prepared = out / "data" / "dataset"
+    if is_canonical(prepared):
+        return prepared
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    ds, _ = canonical_dataset(CWFID, out / "data")
+    return Path(ds.root)
+
+
+# --------------------------------------------------------------------------------------------
+# One arm, in its own process.
+
+
+def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    from autoseg.data.dataset import load_dataset
+    from autoseg.search import parse_duration
+
+    ds = load_dataset(dataset_root(out))
+    seconds = parse_duration(budget)
+    start = time.time()
+    load_before = os.getloadavg()[0]
+    if arm == "baseline":
+        result = run_baseline(ds, out, seconds)
+    else:
+        result = run_search(arm, ds, out, seconds)
+    result.update(arm=arm, budget_seconds=seconds, wall_seconds=round(time.time() - start, 1),
+                  load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+                  threads=threads or None)
+    (out / f"{arm}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
+    import autoseg
+    from autoseg import export
+    from autoseg.hypermodel import trial_model_config
+    from autoseg.search import load_run
+
+    kwargs = dict(space=SPACE, out=out / arm, tuner=arm, seed=SEED, overwrite=True,
+                  val_fraction=VAL_FRACTION)
+    hyperband = out / "hyperband.json"
+    equal = "time"
+    if arm == "random" and hyperband.is_file() and not os.environ.get("SEARCH_CWFID_PARALLEL"):
+        spent = json.loads(hyperband.read_text())["epochs_total"]
+        kwargs["max_epochs"] = min(SPACE["max_epochs"], spent)
+        kwargs["max_trials"] = max(1, spent // kwargs["max_epochs"])
+        equal = f"epochs ({spent}, as hyperband)"
+    else:
+        kwargs["time_budget"] = seconds
+        if arm == "random":
+            kwargs["max_trials"] = 1000  # the budget decides
+    result = autoseg.search(ds.root, **kwargs)
+    rows = result.rows
+    best = result.best
+    run = load_run(result.rundir)
+    model = export.load_trial_model(result.rundir, run, best["trial_id"])
+    config = trial_model_config(export.trial_values(export.read_trial(result.rundir, best["trial_id"])))
+    scores = full_resolution_scores(model, ds, run["split"]["val"], config)
+    return {
+        "equal": equal,
+        "trials": {s: sum(1 for r in rows if r["status"] == s) for s in {r["status"] for r in rows}},
+        "epochs_total": sum(int(float(r.get("epochs") or 0)) for r in rows),
+        "best": {k: best.get(k) for k in best if k in ("trial_id", "model_name", "epochs") or
+                 "/" in k or k in ("input_size", "policy", "crop_scale", "batch_size", "loss",
+                                   "aug_strength", "learning_rate")},
+        "search_val_mean_iou": _float(best.get("val_mean_iou")),
+        "search_val_iou": {c: _float(best.get(f"val_iou_{c}")) for c in ds.classes},
+        **scores,
+    }
+
+
+def _float(value):
+    try:
+        return round(float(value), 4)
+    except (TypeError, ValueError):
+        return None
+
+
+def run_baseline(ds, out: Path, seconds: float) -> dict:
+    import keras
+
+    from autoseg import losses, metrics, models
+    from autoseg.data import pipeline
+    from autoseg.hypermodel import TimeBudget
+
+    keras.utils.set_random_seed(SEED)
+    train, val = pipeline.split_stems(ds, val_fraction=VAL_FRACTION, seed=SEED)
+    height, width = BASELINE["input_size"]
+    model = models.build("unet", ds.num_classes, (height, width, 3), depth=BASELINE["depth"],
+                         filters=BASELINE["filters"], backbone="none")
+    model.compile(
+        optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]),
+        loss=losses.get_loss("ce", ds.num_classes, ignore_index=ds.ignore_index),
+        metrics=metrics.segmentation_metrics(ds.classes, ignore_index=ds.ignore_index),
+    )
+    batch = BASELINE["batch_size"]
+    train_ds = pipeline.make_dataset(ds, train, input_size=(height, width), batch_size=batch,
+                                     training=True, seed=SEED, repeat=True)
+    val_ds = pipeline.make_dataset(ds, val, input_size=(height, width), batch_size=batch,
+                                   training=False, seed=SEED)
+    deadline = time.time() + seconds
+    history = model.fit(train_ds, validation_data=val_ds, epochs=100000, verbose=2,
+                        steps_per_epoch=pipeline.steps_per_pass(len(train), batch),
+                        callbacks=[TimeBudget(deadline)])
+    logs = history.history
+    config = {"input_size": (height, width), "policy": "resize", "crop_scale": 1.0}
+    scores = full_resolution_scores(model, ds, list(val), config)
+    return {
+        "equal": "time",
+        "epochs_total": len(logs["loss"]),
+        "search_val_mean_iou": _float(logs["val_mean_iou"][-1]),
+        "search_val_iou": {c: _float(logs[f"val_iou_{c}"][-1]) for c in ds.classes},
+        "val_mean_iou_curve": [round(v, 4) for v in logs["val_mean_iou"]],
+        **scores,
+    }
+
+
+def full_resolution_scores(model, ds, stems, config) -> dict:
+    """mIoU and per-class IoU of `stems` predicted at full size through `autoseg.predict`."""
+    import numpy as np
+
+    from autoseg.data.pipeline import load_example
+    from autoseg.metrics import confusion_matrix, scores_from_confusion
+    from autoseg.predict import SegmentationModel
+
+    metadata = {
+        "classes": list(ds.classes), "palette": [list(c) for c in ds.palette],
+        "ignore_index": ds.ignore_index, "input_size": list(config["input_size"]),
+        "policy": config["policy"], "crop_scale": config["crop_scale"],
+    }
+    runner = lambda batch: np.asarray(model(batch, training=False))  # noqa: E731
+    segmenter = SegmentationModel(Path("."), metadata, runner, "keras")
+    total = np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    for stem in stems:
+        image, mask = load_example(ds, stem)
+        total += confusion_matrix(mask, segmenter.predict(image), ds.num_classes,
+                                  ignore_index=ds.ignore_index)
+    scores = scores_from_confusion(total)
+    return {
+        "full_res_mean_iou": round(float(scores["mean_iou"]), 4),
+        "full_res_iou": {c: round(float(v), 4) for c, v in zip(ds.classes, scores["per_class_iou"])},
+        "full_res_pixel_accuracy": round(float(scores["pixel_accuracy"]), 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The table.
+
+
+def report(out: Path, arms) -> str:
+    rows = [json.loads((out / f"{a}.json").read_text()) for a in arms if (out / f"{a}.json").is_file()]
+    if not rows:
+        return "No finished arm yet."
+    classes = list(rows[0]["full_res_iou"])
+    head = ("| arm | budget | equal | trials | epochs | val mIoU (search) | val mIoU (full res) | "
+            + " | ".join(f"IoU {c}" for c in classes) + " | best configuration | load |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        trials = ", ".join(f"{n} {s}" for s, n in sorted(r.get("trials", {}).items())) or "1"
+        best = r.get("best") or {}
+        config = ", ".join(f"{k}={v}" for k, v in best.items() if k not in ("trial_id", "epochs")
+                           and v not in (None, "")) or "unet d4 f32, 384x288 resize, ce, lr 1e-3, b4"
+        lines.append(
+            f"| {r['arm']} | {r['budget_seconds'] / 60:.0f} min | {r['equal']} | {trials} | "
+            f"{r['epochs_total']} | {r['search_val_mean_iou']} | **{r['full_res_mean_iou']}** | "
+            + " | ".join(str(r["full_res_iou"][c]) for c in classes)
+            + f" | {config} | {r['load_average'][0]}->{r['load_average'][1]} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

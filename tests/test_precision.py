@@ -1,0 +1,187 @@
+"""Mixed precision: the policy while a trial builds, a float32 head, loss scaling, a halved
+activation estimate, and float32 by default on CPU.
+
+Every registered architecture (the fast cases of `test_models`) is built under
+`mixed_float16`: its convolutions compute in float16, its head in float32, it trains a step
+with a finite loss through Keras' automatic `LossScaleOptimizer`, round-trips through
+`.keras`, and its weights load into the float32 model that export rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from autoseg import budget, devices, models  # noqa: E402
+from autoseg.errors import ConfigError  # noqa: E402
+from test_models import FAST_CASES, NUM_CLASSES, _all_layers, _images, check_output_contract  # noqa: E402
+
+MIXED = "mixed_float16"
+#: The float32 layers of a mixed model: the shared head, and the critic's patch logits.
+FLOAT32_LAYERS = {"head_conv", "head_upsample", "predictions", "pix2pix_disc_logits"}
+
+
+def _options(case) -> dict:
+    options = case.options()
+    if case.name == "pix2pix":  # float16 is emulated on CPU: narrow the default generator too
+        unet = next(c for c in FAST_CASES if c.id == "unet-none")
+        options["generator_options"] = unet.options()
+    return options
+
+
+def _build(case, policy: str):
+    keras.utils.set_random_seed(0)
+    with devices.dtype_policy(policy):
+        return models.build(case.name, NUM_CLASSES, case.input_shape(), **_options(case))
+
+
+@pytest.fixture(scope="module", params=FAST_CASES, ids=[c.id for c in FAST_CASES])
+def mixed(request):
+    return request.param, _build(request.param, MIXED)
+
+
+def _convolutions(model):
+    return [layer for layer in _all_layers(model)
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose
+                          | keras.layers.DepthwiseConv2D)]
+
+
+def test_dtype_policy_is_restored_after_the_block_even_on_error():
+    assert keras.config.dtype_policy().name == "float32"
+    with pytest.raises(RuntimeError):
+        with devices.dtype_policy(MIXED):
+            assert keras.config.dtype_policy().name == MIXED
+            raise RuntimeError("a failing build")
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_mixed_model_computes_in_float16_with_a_float32_head(mixed):
+    case, model = mixed
+    assert keras.config.dtype_policy().name == "float32"  # nothing leaked from the build
+    convolutions = _convolutions(model)
+    body = [c for c in convolutions if c.name not in FLOAT32_LAYERS]
+    assert body and all(c.compute_dtype == "float16" for c in body), [
+        (c.name, c.compute_dtype) for c in body if c.compute_dtype != "float16"
+    ]
+    assert all(c.variable_dtype == "float32" for c in convolutions)
+    head = {layer.name: layer.compute_dtype for layer in _all_layers(model)
+            if layer.name in FLOAT32_LAYERS}
+    assert {"head_conv", "predictions"} <= set(head)
+    assert set(head.values()) == {"float32"}, head
+    check_output_contract(case, model)  # float32 output, probabilities summing to 1
+
+
+def test_mixed_model_trains_a_step_with_loss_scaling(mixed):
+    case, model = mixed
+    # Outside the policy block: compile reads the model's own policy.
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  jit_compile=False, run_eagerly=True)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    if hasattr(model, "disc_optimizer"):  # Pix2Pix trains its critic with a second optimizer
+        assert isinstance(model.disc_optimizer, keras.optimizers.LossScaleOptimizer)
+    height, width, _ = case.input_shape()
+    labels = np.random.default_rng(1).integers(0, NUM_CLASSES, (2, height, width))
+    before = {v.path: np.array(v) for v in model.trainable_variables if "kernel" in v.path}
+    logs = model.train_on_batch(_images(case), labels, return_dict=True)
+    assert np.isfinite(float(logs["loss"])) and float(logs["loss"]) > 0, logs
+    moved = [p for p, v in before.items()
+             if not np.array_equal(v, np.array(next(w for w in model.trainable_variables
+                                                     if w.path == p)))]
+    assert moved, "no kernel moved: the scaled gradients were all skipped"
+
+
+# A float32 Pix2Pix's critic optimizer has no loss scale to load (export keeps the generator).
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer 'disc_optimizer'")
+def test_mixed_model_round_trips_and_its_weights_load_into_float32(mixed, tmp_path):
+    case, model = mixed
+    images = _images(case, seed=5)
+    expected = np.asarray(model(images, training=False))
+    path = tmp_path / f"{case.id}.keras"
+    model.save(path)
+    # As predict loads it. (Compiled, the loaded model would get a plain Adam and skip the
+    # saved LossScaleOptimizer's state: Keras does not save a functional model's policy.)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert {c.compute_dtype for c in _convolutions(loaded)} == {"float16", "float32"}
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected, atol=1e-5)
+    # What export does: rebuild in float32 and load the checkpoint's weights.
+    weights = tmp_path / f"{case.id}.weights.h5"
+    model.save_weights(weights)
+    plain = _build(case, "float32")
+    plain.load_weights(weights)
+    assert {c.compute_dtype for c in _convolutions(plain)} == {"float32"}
+    np.testing.assert_allclose(np.asarray(plain(images, training=False)), expected, atol=0.02)
+
+
+def test_mixed_estimate_halves_activations_and_keeps_float32_parameters():
+    case = next(c for c in FAST_CASES if c.id == "unet-none")
+    model = _build(case, MIXED)
+    full = budget.estimate_training_memory(model, 4, family="unet")
+    half = budget.estimate_training_memory(model, 4, precision=MIXED, family="unet")
+    assert (full.bytes_per_element, half.bytes_per_element) == (4, 2)
+    assert half.per_sample_bytes == pytest.approx(full.per_sample_bytes / 2, abs=1)
+    assert half.parameter_bytes == full.parameter_bytes == 16 * model.count_params()
+    assert half.overhead_bytes == full.overhead_bytes
+    assert half.total_bytes < full.total_bytes
+    assert budget.admissible_batch_sizes(model, [1, 2, 4, 8, 16], full.total_bytes,
+                                         precision=MIXED, family="unet")[-1] > 4
+
+
+def test_auto_is_float32_on_cpu_and_names_are_checked():
+    if devices.gpu_count():
+        pytest.skip("a GPU is visible: auto means mixed there")
+    assert devices.resolve_precision("auto") == "float32"
+    assert devices.resolve_precision("float32") == "float32"
+    assert devices.resolve_precision("mixed") == MIXED
+    with pytest.raises(ConfigError, match=r"--precision 'half' is unknown\. Valid values: "
+                                          r"auto, float32, mixed"):
+        devices.resolve_precision("half")
+
+
+def test_search_rejects_an_unknown_precision_before_anything(tiny_dataset, tmp_path):
+    from autoseg.search import search
+
+    with pytest.raises(ConfigError, match="--precision 'fp16' is unknown"):
+        search(tiny_dataset, space="ci", out=tmp_path / "run", precision="fp16")
+    assert not (tmp_path / "run").exists()
+
+
+def test_hypermodel_builds_mixed_trains_and_records_the_precision(tiny_dataset):
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    data = TrainingData.from_path(tiny_dataset, memory_budget_bytes=64 * 2**30)
+    hypermodel = AutosegHyperModel(space="ci", data=data, precision="mixed")
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    assert keras.config.dtype_policy().name == "float32"
+    assert model.dtype_policy.name == MIXED and model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = hypermodel.fit(hp, model, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
+    record = hypermodel.last_fit
+    assert record["precision"] == MIXED
+    assert record["replicas"] == 1 and record["global_batch_size"] == record["batch_size"]
+    estimate = budget.estimate_training_memory(model, record["batch_size"], family="unet")
+    assert record["predicted_peak_memory_bytes"] < estimate.total_bytes  # float32's
+    json.dumps(record)  # goes to autoseg.json as is
+
+
+def test_search_with_mixed_precision_records_it_per_run_and_per_trial(tiny_dataset, tmp_path):
+    from autoseg.search import search
+
+    rundir = tmp_path / "run"
+    result = search(tiny_dataset, space="ci", out=rundir, tuner="random", max_trials=1,
+                    max_epochs=1, precision="mixed", log=lambda line: None)
+    assert result.counts == {"COMPLETED": 1}
+    run = json.loads((rundir / "run.json").read_text())
+    assert (run["precision"], run["strategy"], run["replicas"]) == (MIXED, "none", 1)
+    (record_file,) = (rundir / "trials").glob("trial_*/autoseg.json")
+    record = json.loads(record_file.read_text())
+    assert record["precision"] == MIXED and record["status"] == "COMPLETED"
+    assert 0.0 <= float(result.best["val_mean_iou"]) <= 1.0
+    assert keras.config.dtype_policy().name == "float32"
