@@ -54,6 +54,7 @@ import keras_tuner as kt
 
 from autoseg import atomic
 from autoseg.errors import ConfigError, RunError
+from autoseg.search import format_duration, parse_duration
 
 ROLES = ("chief", "worker")
 CHIEF_ID = "chief"
@@ -91,8 +92,6 @@ def plan(role: str | None = None, oracle: str | None = None, worker_id: str | No
     Raises:
         ConfigError: a bad option, naming it and the fix.
     """
-    from autoseg.search import parse_duration
-
     if role is None and oracle is None and worker_id is None and oracle_timeout is None:
         if ENV_ORACLE_IP not in os.environ:
             return None
@@ -200,13 +199,6 @@ def _check_can_listen(host: str, port: int) -> None:
                 "must be an address of the chief's machine (or 0.0.0.0 for all of them; workers "
                 "then use the chief's hostname), and PORT free: another chief may be using it."
             ) from None
-
-
-def _human(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 # -- heartbeats ---------------------------------------------------------------------------
@@ -352,7 +344,7 @@ class Cluster:
 
         liveness = _Liveness(heartbeat_path(rundir, CHIEF_ID))
         self.log(f"[search] worker {self.tuner_id}: waiting for the chief at {self.address} "
-                 f"(--oracle-timeout {_human(self.timeout)})")
+                 f"(--oracle-timeout {format_duration(self.timeout)})")
         channel = _channel(self.address)
         try:
             while True:
@@ -376,7 +368,7 @@ class Cluster:
 
     def _no_chief_message(self, rundir: Path) -> str:
         message = (
-            f"no chief answered at {self.address} within {_human(self.timeout)} "
+            f"no chief answered at {self.address} within {format_duration(self.timeout)} "
             "(--oracle-timeout). Start the chief first (autoseg search ... --role chief "
             f"--oracle {self.address}), check that --oracle is the chief's host and port as "
             "seen from this machine, or wait longer with --oracle-timeout."
@@ -505,7 +497,8 @@ class _PatientStub:
             if silent > timeout:
                 raise ChiefLostError(
                     f"the chief at {self._cluster.address} stopped responding ({name}: no answer "
-                    f"and no heartbeat for {_human(silent)}, --oracle-timeout {_human(timeout)}). "
+                    f"and no heartbeat for {format_duration(silent)}, "
+                    f"--oracle-timeout {format_duration(timeout)}). "
                     "Restart the chief with the same command: it resumes the run, and workers "
                     "rejoin it."
                 )
@@ -626,7 +619,7 @@ class _ChiefService:
             self.oracle.tuner_ids.add(tuner_id)
             self._restored.add(tuner_id)
             self.log(f"[search] resuming: trial {trial_id} is with worker {tuner_id}; waiting "
-                     f"up to {_human(self.cluster.timeout)} for a sign of it")
+                     f"up to {format_duration(self.cluster.timeout)} for a sign of it")
 
     # -- the hooks (under the oracle's lock) ----------------------------------------------
     def create_trial(self, tuner_id):
@@ -705,7 +698,7 @@ class _ChiefService:
             self.log(f"[search] worker {tuner_id} did not come back after the chief restarted; "
                      f"trial {trial.trial_id} will run again")
             return
-        message = f"worker {tuner_id} stopped responding (no heartbeat for {_human(silent)})"
+        message = f"worker {tuner_id} stopped responding (no heartbeat for {format_duration(silent)})"
         record = read_record(self.rundir, trial.trial_id)
         record.update(status="FAILED", message=message, worker=tuner_id)
         atomic.write_text(record_path(self.rundir, trial.trial_id), json.dumps(record, indent=1))

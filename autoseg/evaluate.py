@@ -154,6 +154,43 @@ def choose_stems(dataset, metadata: dict[str, Any], split: str) -> tuple[list[st
     ]
 
 
+def score_images(model, data, stems, log: Callable[[str], None] = print):
+    """Predicts each image of `stems` at its own size and counts it against its mask.
+
+    Args:
+        model: A `SegmentationModel` (from `autoseg.load`).
+        data: The dataset holding the images and masks.
+        stems: The images to score.
+        log: Where a progress line goes every 10 images.
+
+    Returns:
+        `(confusion, per_image)`: the `(C, C)` confusion matrix over all images, and one
+        `{"stem", "pixels", "pixel_accuracy", "mean_iou"}` per image.
+    """
+    from autoseg.data import pipeline
+    from autoseg.metrics import confusion_matrix, scores_from_confusion
+
+    num_classes = len(data.classes)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    per_image = []
+    start = time.perf_counter()
+    for number, stem in enumerate(stems, start=1):
+        image, mask = pipeline.load_example(data, stem)
+        image_cm = confusion_matrix(mask, model.predict(image), num_classes,
+                                    ignore_index=data.ignore_index)
+        confusion += image_cm
+        image_scores = scores_from_confusion(image_cm)
+        per_image.append({
+            "stem": stem,
+            "pixels": int(image_cm.sum()),
+            "pixel_accuracy": image_scores["pixel_accuracy"],
+            "mean_iou": image_scores["mean_iou"],
+        })
+        if number == len(stems) or number % 10 == 0:
+            log(f"[evaluate {number}/{len(stems)}] {time.perf_counter() - start:.1f}s")
+    return confusion, per_image
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     dataset: str | os.PathLike,
@@ -192,9 +229,8 @@ def evaluate(
     result.scores["mean_iou"]
     ```
     """
-    from autoseg.data import pipeline
     from autoseg.data.dataset import resolve_dataset
-    from autoseg.metrics import confusion_matrix, scores_from_confusion
+    from autoseg.metrics import scores_from_confusion
     from autoseg.predict import load, read_metadata
 
     model_dir = Path(model_dir)
@@ -213,24 +249,7 @@ def evaluate(
     model = load(model_dir, format=format, tile_overlap=tile_overlap)
     for note in notes:
         log(f"Note: {note}")
-    num_classes = len(data.classes)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    per_image = []
-    start = time.perf_counter()
-    for number, stem in enumerate(stems, start=1):
-        image, mask = pipeline.load_example(data, stem)
-        predicted = model.predict(image)
-        image_cm = confusion_matrix(mask, predicted, num_classes, ignore_index=data.ignore_index)
-        confusion += image_cm
-        image_scores = scores_from_confusion(image_cm)
-        per_image.append({
-            "stem": stem,
-            "pixels": int(image_cm.sum()),
-            "pixel_accuracy": image_scores["pixel_accuracy"],
-            "mean_iou": image_scores["mean_iou"],
-        })
-        if number == len(stems) or number % 10 == 0:
-            log(f"[evaluate {number}/{len(stems)}] {time.perf_counter() - start:.1f}s")
+    confusion, per_image = score_images(model, data, stems, log=log)
     result = Evaluation(
         dataset=data.root, split=split, split_source=source, stems=stems,
         classes=list(data.classes), confusion=confusion,

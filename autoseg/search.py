@@ -73,6 +73,14 @@ def parse_duration(value: str | int | float | None, option: str = "--time-budget
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds -> `"1h5m3s"`, `"2m"`, `"3s"`: the form `parse_duration` reads back."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
 def default_rundir(dataset_path: str | Path) -> Path:
     return Path("runs") / Path(dataset_path).resolve().name
 

@@ -33,6 +33,7 @@ import keras
 import keras_tuner as kt
 
 from autoseg import atomic, leaderboard
+from autoseg.search import format_duration
 
 TUNERS = ("hyperband", "bayesian", "random", "grid")
 TRIALS_DIR = "trials"
@@ -165,9 +166,9 @@ class SearchRunMixin:
 
     def _clock(self) -> str:
         elapsed = time.time() - self.search_start
-        text = f"elapsed {_duration(elapsed)}"
+        text = f"elapsed {format_duration(elapsed)}"
         if self.deadline is not None:
-            text += f", budget left {_duration(max(0.0, self.deadline - time.time()))}"
+            text += f", budget left {format_duration(max(0.0, self.deadline - time.time()))}"
         return text
 
 
@@ -239,13 +240,6 @@ def _last_line(message) -> str:
 
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 def _json_default(value):

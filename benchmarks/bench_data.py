@@ -16,13 +16,21 @@ def canonical_dataset(source: Path, tmp: Path):
     """`(Dataset, how)`: `source` as it is if prepared, else prepared into `tmp/dataset`.
 
     Colour-mask sources (images/ + masks/, as CWFID) are prepared with the CWFID palette;
-    anything else (Labelme folders such as sample/) with `prepare`'s auto-detection.
+    anything else (Labelme folders such as sample/) with `prepare`'s auto-detection. A
+    `tmp/dataset` prepared by an earlier run is reused. `tmp` must lie outside the
+    repository: the shared datasets' licences forbid copying them into it.
     """
     from autoseg.data.dataset import is_canonical, load_dataset, prepare
 
-    source, tmp = Path(source), Path(tmp)
+    source, tmp = Path(source), Path(tmp).resolve()
     if is_canonical(source):
         return load_dataset(source), "as prepared"
+    if tmp.is_relative_to(REPO):
+        raise SystemExit(f"{tmp} is inside the repository; prepare datasets outside it "
+                         "(their licences forbid redistribution).")
+    if is_canonical(tmp / "dataset"):
+        return load_dataset(tmp / "dataset"), "prepared by an earlier run"
+    tmp.mkdir(parents=True, exist_ok=True)
     if (source / "masks").is_dir():
         palette = tmp / "palette.yaml"
         palette.write_text(yaml.safe_dump(CWFID_PALETTE, sort_keys=False))

@@ -83,7 +83,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.arm:
         return run_arm(args.arm, out, args.budget, args.threads)
     arms = [a for a in args.arms.split(",") if a]
@@ -122,13 +121,7 @@ def launch_parallel(arms, out: Path, budget: str) -> None:
 
 
 def dataset_root(out: Path) -> Path:
-    """CWFID prepared once into `out/data/dataset` (by `autoseg prepare`), then reused."""
-    from autoseg.data.dataset import is_canonical
-
-    prepared = out / "data" / "dataset"
-    if is_canonical(prepared):
-        return prepared
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    """CWFID, read from ../shared, prepared once into `out/data/dataset`, then reused."""
     ds, _ = canonical_dataset(CWFID, out / "data")
     return Path(ds.root)
 
@@ -249,11 +242,11 @@ def run_baseline(ds, out: Path, seconds: float) -> dict:
 
 
 def full_resolution_scores(model, ds, stems, config) -> dict:
-    """mIoU and per-class IoU of `stems` predicted at full size through `autoseg.predict`."""
+    """mIoU and per-class IoU of `stems` predicted at full size, as `autoseg evaluate` does."""
     import numpy as np
 
-    from autoseg.data.pipeline import load_example
-    from autoseg.metrics import confusion_matrix, scores_from_confusion
+    from autoseg.evaluate import score_images
+    from autoseg.metrics import scores_from_confusion
     from autoseg.predict import SegmentationModel
 
     metadata = {
@@ -263,12 +256,8 @@ def full_resolution_scores(model, ds, stems, config) -> dict:
     }
     runner = lambda batch: np.asarray(model(batch, training=False))  # noqa: E731
     segmenter = SegmentationModel(Path("."), metadata, runner, "keras")
-    total = np.zeros((ds.num_classes, ds.num_classes), np.int64)
-    for stem in stems:
-        image, mask = load_example(ds, stem)
-        total += confusion_matrix(mask, segmenter.predict(image), ds.num_classes,
-                                  ignore_index=ds.ignore_index)
-    scores = scores_from_confusion(total)
+    confusion, _ = score_images(segmenter, ds, stems, log=lambda _: None)
+    scores = scores_from_confusion(confusion)
     return {
         "full_res_mean_iou": round(float(scores["mean_iou"]), 4),
         "full_res_iou": {c: round(float(v), 4) for c, v in zip(ds.classes, scores["per_class_iou"])},
