@@ -340,6 +340,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         losses_seen = history.history.get("loss", [])
         record["epochs"] = len(losses_seen)
         record["stopped_by_budget"] = time_budget.stopped
+        record["epoch_seconds"] = time_budget.epoch_seconds  # Hyperband's cost model reads it
         bad = [i for i, v in enumerate(losses_seen) if not math.isfinite(v)]
         if bad or not losses_seen:
             _fail(record, f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
@@ -399,14 +400,18 @@ class TimeBudget(keras.callbacks.Callback):
         self.stopped = False
         self._epoch_start = None
         self._longest = 0.0
+        self.epoch_seconds: list[float] = []  # each epoch with its validation
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.deadline is None or self._epoch_start is None:
+        if self._epoch_start is None:
             return
         now = time.time()
+        self.epoch_seconds.append(round(now - self._epoch_start, 3))
+        if self.deadline is None:
+            return
         self._longest = max(self._longest, now - self._epoch_start)
         if now + self._longest > self.deadline:
             self.stopped = True

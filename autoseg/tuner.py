@@ -10,7 +10,9 @@
 - failures that are the configuration's own (over the memory budget, diverged) do not
   count towards stopping the search; three other failures in a row stop it (KerasTuner's
   rule), since those usually mean every trial will fail;
-- `keras.backend.clear_session()` and `gc.collect()` between trials.
+- each trial's build and fit in its own process (`autoseg.trial_process`: Keras keeps every
+  fit's traced graphs, ~50 MB a trial), and `keras.backend.clear_session()` and
+  `gc.collect()` between trials for those that run in this one.
 
 In a distributed search (`autoseg.distributed`) a worker's `oracle` is KerasTuner's
 `OracleClient`, which has no `trials`, `end_order` or settable `max_trials`: on a worker the
@@ -22,6 +24,7 @@ its oracle.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -32,7 +35,8 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from autoseg import atomic, leaderboard
+from autoseg import atomic, leaderboard, trial_process
+from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle
 from autoseg.search import format_duration
 
 TUNERS = ("hyperband", "bayesian", "random", "grid")
@@ -90,6 +94,9 @@ class SearchRunMixin:
 
     def run_trial(self, trial, *args, **kwargs):
         self.hypermodel.last_fit = {}
+        if (trial_process.enabled() and self.distribution_strategy is None
+                and self.executions_per_trial == 1):
+            return trial_process.run_trial(self, trial, *args, **kwargs)
         return super().run_trial(trial, *args, **kwargs)
 
     def on_trial_end(self, trial):
@@ -330,7 +337,7 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
         cluster: An `autoseg.distributed.Cluster` for a distributed search, else None.
     """
     base = {
-        "hyperband": kt.Hyperband,
+        "hyperband": BudgetHyperband,  # with BudgetHyperbandOracle below
         "bayesian": kt.BayesianOptimization,
         "random": kt.RandomSearch,
         "grid": kt.Tuner,  # with ResumableGridSearchOracle below
@@ -349,7 +356,11 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
         **tuner_kwargs,
     )
     if kind == "hyperband":
-        kwargs.update(max_epochs=max_epochs, factor=3)
+        kwargs["oracle"] = BudgetHyperbandOracle(
+            objective=kwargs.pop("objective"), max_epochs=max_epochs, factor=3,
+            seed=kwargs.pop("seed"),
+            max_consecutive_failed_trials=kwargs.pop("max_consecutive_failed_trials"),
+        )
     elif kind == "grid":
         kwargs["oracle"] = ResumableGridSearchOracle(
             objective=kwargs.pop("objective"), max_trials=max_trials or 10, seed=kwargs.pop("seed"),
@@ -365,8 +376,10 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
             cluster.attach(tuner)
         if not (cluster and cluster.is_worker):
             _forget_finished_retries(tuner.oracle)
-    if kind == "hyperband" and max_trials and not (cluster and cluster.is_worker):
-        tuner.oracle.max_trials = max_trials  # Hyperband's brackets, cut at max_trials
+    if kind == "hyperband" and not (cluster and cluster.is_worker):
+        tuner.oracle.set_budget(deadline, functools.partial(read_record, Path(rundir)))
+        if max_trials:
+            tuner.oracle.max_trials = max_trials  # Hyperband's brackets, cut at max_trials
     planned = max_trials if kind != "hyperband" else (max_trials or None)
     tuner._setup_run(rundir, deadline, class_names, objective, planned, log=log)
     return tuner

@@ -127,8 +127,12 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_diverging_trial_fails_with_a_reason_and_the_search_goes_on(tiny_dataset, tmp_path):
+def test_diverging_trial_fails_with_a_reason_and_the_search_goes_on(tiny_dataset, tmp_path,
+                                                                    monkeypatch):
     import keras
+
+    # The exploding loss is registered here, in this process only.
+    monkeypatch.setenv("AUTOSEG_TRIAL_PROCESS", "0")
 
     from autoseg import registry, search
     from autoseg.losses import CrossEntropyLoss
@@ -271,13 +275,9 @@ def test_time_budget_stops_starting_trials(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak: each model.fit leaves ~45 MB (tiny U-Net) in TF's runtime even after "
-    "clear_session() + gc; measured 1.06 -> 2.26 GB over 20 trials. Removing the traced "
-    "functions from the eager context does not free it. Fix: run trials in worker processes.",
-)
 def test_memory_stays_flat_over_many_trials(tiny_dataset, tmp_path):
+    """Under 15% growth over 20 trials. In one process Keras keeps each fit's traced graphs
+    (~50 MB a trial: 1.06 -> 2.26 GB here), so each trial runs in its own process."""
     script = f"""
 import resource, sys
 from autoseg import search

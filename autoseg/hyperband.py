@@ -1,0 +1,255 @@
+"""Hyperband that fits its brackets into the time budget, then trains the winner further.
+
+KerasTuner's Hyperband plans in epochs and always opens with its most exploratory bracket:
+with `max_epochs: 40` that is 34 trials of 2 epochs, then 12 of 5, and so on. Each trial also
+pays a fixed cost (build, tracing, validation, checkpoint; ~20-30 s on CPU), so under a
+budget of tens of minutes it never gets past the short trials (RESULTS.md, CWFID).
+
+`BudgetHyperbandOracle` is KerasTuner's `HyperbandOracle` (same brackets, rounds and
+continued trials) with a plan made from measured costs whenever there is a deadline:
+
+1. **Probe.** The first `PROBES` trials are Hyperband's cheapest (round 0 of its first
+   bracket). Their wall times and per-epoch times (`epoch_seconds` in each trial's record)
+   give the cost model: a trial of n epochs costs `overhead + n x seconds_per_epoch`
+   (means over the trials measured; configurations differ several-fold, so one probe is
+   not enough).
+2. **Explore.** It picks one bracket whose estimated cost fits `explore_share` of the time
+   left: the most exploratory one at `max_epochs`, else at `max_epochs / factor`, and so on
+   (at least `factor` epochs), with the time multiplied by the number of workers seen.
+   Probe trials that match the bracket's first round count in it.
+3. **Exploit.** When the bracket is done, the best completed trial is continued from its
+   checkpoint (Hyperband's own continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as
+   many epochs as the time left allows, at its own measured epoch time, and again while
+   time is left. The cosine learning-rate schedule restarts over the longer run. These trials
+   may exceed `max_epochs`: under a deadline, that bounds the exploration, and the budget
+   bounds the rest. This phase runs one trial at a time: other distributed workers idle.
+
+Without a deadline it is KerasTuner's Hyperband unchanged. The plan and the measured wall
+times are saved with the oracle, so a resumed search keeps them; the deadline is not (each
+process's budget counts from its own start).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import keras_tuner as kt
+
+#: Share of the time left that the exploration bracket may take; the rest trains its winner.
+EXPLORE_SHARE = 0.5
+
+#: Trials measured before the plan is made.
+PROBES = 3
+
+REFINE_BRACKET = -1  # `tuner/bracket` of a continuation trial beyond the plan
+
+
+class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
+    """`HyperbandOracle` planned against a deadline (see the module docstring).
+
+    Args:
+        explore_share: Share of the remaining time the exploration bracket may use.
+        **kwargs: `HyperbandOracle`'s (objective, max_epochs, factor, seed, ...).
+
+    Call `set_budget(deadline, record_reader)` before the search: `deadline` is a
+    `time.time()` value or None, `record_reader(trial_id)` returns the trial's autoseg record
+    (a dict with `epoch_seconds` and `epochs`), as `autoseg.tuner.read_record` does.
+    """
+
+    def __init__(self, *args, explore_share: float = EXPLORE_SHARE, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.explore_share = float(explore_share)
+        self.configured_max_epochs = self.max_epochs
+        self.deadline: float | None = None
+        self.read_record = lambda trial_id: {}
+        self.clock = time.time
+        self.plan: dict | None = None
+        self.wall_seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def set_budget(self, deadline: float | None, read_record) -> None:
+        self.deadline = deadline
+        self.read_record = read_record
+
+    # -- timing ----------------------------------------------------------------------------
+    def create_trial(self, tuner_id):
+        trial = super().create_trial(tuner_id)
+        if trial.status == kt.engine.trial.TrialStatus.RUNNING:
+            self._started[trial.trial_id] = self.clock()
+        return trial
+
+    def end_trial(self, trial):
+        start = self._started.pop(trial.trial_id, None)
+        if start is not None:
+            self.wall_seconds[trial.trial_id] = round(self.clock() - start, 2)
+        super().end_trial(trial)
+
+    def costs(self) -> tuple[float, float] | None:
+        """(overhead seconds per trial, seconds per epoch): means over the measured trials.
+
+        Means, not medians: a bracket's cost is its trials' expected cost, and per-epoch
+        times are skewed by the few large configurations (4x the pixels, 4x the filters).
+        """
+        overheads, epochs = [], []
+        for trial_id, wall in self.wall_seconds.items():
+            per_epoch = _epoch_seconds(self.read_record(trial_id))
+            if per_epoch is None:
+                continue
+            seconds, count = per_epoch
+            epochs.append(seconds)
+            overheads.append(max(0.0, wall - seconds * count))
+        if not epochs:
+            return None
+        return statistics.fmean(overheads), statistics.fmean(epochs)
+
+    # -- the plan --------------------------------------------------------------------------
+    def bracket_cost(self, bracket_num: int, max_epochs: int, overhead: float,
+                     per_epoch: float) -> float:
+        """Estimated seconds for one bracket of Hyperband at `max_epochs`."""
+        saved = self.max_epochs
+        self.max_epochs = max_epochs
+        try:
+            total, before = 0.0, 0
+            for round_num in range(self._get_num_rounds(bracket_num)):
+                size = self._get_size(bracket_num, round_num)
+                epochs = self._get_epochs(bracket_num, round_num)
+                total += size * (overhead + (epochs - before) * per_epoch)
+                before = epochs
+            return total
+        finally:
+            self.max_epochs = saved
+
+    def choose_bracket(self, seconds: float, overhead: float, per_epoch: float) -> tuple[int, int]:
+        """(max_epochs, bracket): the most exploratory bracket that fits `seconds`."""
+        max_epochs = self.configured_max_epochs
+        while True:
+            saved = self.max_epochs
+            self.max_epochs = max_epochs
+            top = self._get_num_brackets() - 1
+            self.max_epochs = saved
+            for bracket in range(top, -1, -1):
+                if self.bracket_cost(bracket, max_epochs, overhead, per_epoch) <= seconds:
+                    return max_epochs, bracket
+            smaller = math.ceil(max_epochs / self.factor)
+            if smaller < self.factor or smaller == max_epochs:
+                return max_epochs, 0  # nothing fits: the cheapest; the budget cuts it
+            max_epochs = smaller
+
+    def _make_plan(self) -> None:
+        costs = self.costs()
+        if costs is None or len(self.wall_seconds) < PROBES:
+            return
+        overhead, per_epoch = costs
+        left = max(0.0, self.deadline - self.clock())
+        # Distributed workers run a bracket's trials side by side.
+        workers = max(1, len(self.tuner_ids))
+        max_epochs, bracket = self.choose_bracket(left * self.explore_share * workers,
+                                                  overhead, per_epoch)
+        self.plan = {
+            "max_epochs": max_epochs, "bracket": bracket,
+            "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
+            "overhead_seconds": round(overhead, 2), "seconds_per_epoch": round(per_epoch, 3),
+            "seconds_left": round(left, 1), "workers": workers,
+        }
+        self.max_epochs = max_epochs
+        # Probe trials that trained this bracket's first-round epochs from scratch join it.
+        first_epochs = self._get_epochs(bracket, 0)
+        probes = [
+            {"past_id": None, "id": trial_id}
+            for trial_id, trial in sorted(self.trials.items())
+            if trial.hyperparameters.values.get("tuner/initial_epoch") == 0
+            and trial.hyperparameters.values.get("tuner/epochs") == first_epochs
+            and trial.status in ("COMPLETED", "RUNNING")
+        ][: self._get_size(bracket, 0)]
+        rounds = [[] for _ in range(self._get_num_rounds(bracket))]
+        rounds[0] = probes
+        self._brackets = [{"bracket_num": bracket, "rounds": rounds}]
+        # KerasTuner moves on to the next bracket when this one cannot give a trial; as its
+        # last bracket of the last iteration, this one waits (IDLE) or ends (STOPPED) instead.
+        self._current_bracket = 0
+        self._current_iteration = 0
+        self.hyperband_iterations = 1
+
+    def populate_space(self, trial_id):
+        if self.deadline is None:
+            return super().populate_space(trial_id)
+        if self.plan is None:
+            self._make_plan()
+        result = super().populate_space(trial_id)
+        if self.plan is not None and result["status"] == "STOPPED":
+            return self._continue_best(trial_id)
+        return result
+
+    def _continue_best(self, trial_id):
+        """Continues the best completed trial for the epochs the time left allows."""
+        stopped = {"status": "STOPPED"}
+        if self.ongoing_trials:
+            return {"status": "IDLE"}
+        costs = self.costs()
+        best = self._best_completed()
+        if costs is None or best is None:
+            return stopped
+        overhead = costs[0]
+        record = self.read_record(best.trial_id)
+        own = _epoch_seconds(record)
+        per_epoch = own[0] if own else costs[1]
+        more = int((self.deadline - self.clock() - overhead) // per_epoch)
+        if more < 1:
+            return stopped
+        values = best.hyperparameters.values.copy()
+        reached = int(values.get("tuner/initial_epoch", 0)) + int(record.get("epochs") or
+                                                                  values.get("tuner/epochs", 0))
+        values.update({
+            "tuner/trial_id": best.trial_id, "tuner/initial_epoch": reached,
+            "tuner/epochs": reached + more, "tuner/bracket": REFINE_BRACKET,
+            "tuner/round": int(values.get("tuner/round", 0)) + 1,
+        })
+        return {"status": "RUNNING", "values": values}
+
+    def _best_completed(self):
+        done = [t for t in self.trials.values()
+                if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+        if not done:
+            return None
+        pick = max if self.objective.direction == "max" else min
+        return pick(done, key=lambda t: t.score)
+
+    # -- state -----------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        state["autoseg_budget"] = {
+            "plan": self.plan, "wall_seconds": self.wall_seconds,
+            "configured_max_epochs": self.configured_max_epochs,
+            "explore_share": self.explore_share,
+        }
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        saved = state.get("autoseg_budget") or {}
+        self.plan = saved.get("plan")
+        self.wall_seconds = dict(saved.get("wall_seconds") or {})
+        self.configured_max_epochs = saved.get("configured_max_epochs", self.max_epochs)
+        self.explore_share = saved.get("explore_share", self.explore_share)
+
+
+def _epoch_seconds(record: dict) -> tuple[float, int] | None:
+    """(steady seconds per epoch, epochs trained) from a trial record, or None.
+
+    The first epoch also traces the model's functions; the others show the steady rate.
+    """
+    seconds = [float(s) for s in (record.get("epoch_seconds") or []) if s is not None]
+    if not seconds:
+        return None
+    steady = seconds[1:] or seconds
+    return statistics.median(steady), len(seconds)
+
+
+class BudgetHyperband(kt.Hyperband):
+    """KerasTuner's `Hyperband` tuner (continued trials load their checkpoint) over a given
+    oracle, normally a `BudgetHyperbandOracle`."""
+
+    def __init__(self, hypermodel=None, *, oracle, **kwargs):
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)

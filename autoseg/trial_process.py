@@ -1,0 +1,177 @@
+"""Each trial's build and fit in a fresh Python process, so a long search keeps its memory.
+
+Keras 3.15 / TF 2.21 keep every `model.fit`'s traced graphs alive after
+`keras.backend.clear_session()` and `gc.collect()`: ~45-60 MB per trial, in plain Keras too
+(upstream: keras-team/keras#17458, tensorflow/tensorflow#61791, still open). Over a search of
+a hundred trials that is gigabytes. A process per trial returns all of it to the system.
+
+The search's process keeps KerasTuner's loop, the oracle and every file it writes; the trial's
+process does what KerasTuner's `Tuner.run_trial` does for one execution: build the model
+(Hyperband's continued trials load their past trial's checkpoint), fit it through the
+HyperModel with the given callbacks plus KerasTuner's `SaveBestEpoch` checkpoint, save the
+build config, and send back the history, the HyperModel's `last_fit` record and the
+hyperparameters `fit` declared (batch size, augmentation), which join the trial's. A
+`FailedTrialError` (over the memory budget, diverged) comes back as one. The trial's process
+dies with the search's process (`PR_SET_PDEATHSIG`), so a killed search leaves no orphan.
+
+Costs ~4 s per trial on 2 CPU cores (a fresh interpreter imports TensorFlow and Keras).
+Trials run in the search's own process when `AUTOSEG_TRIAL_PROCESS=0`, when the tuner has a
+`tf.distribute` strategy (it cannot cross a process boundary), or from plain KerasTuner code.
+Architectures, losses or metrics registered at run time (not by importing autoseg) exist
+only in the search's process: use `AUTOSEG_TRIAL_PROCESS=0` with those.
+
+Run as `python -m autoseg.trial_process SPEC RESULT` (pickles written by `run_trial`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
+
+
+def enabled() -> bool:
+    """Whether trials run in their own process (`AUTOSEG_TRIAL_PROCESS`, default 1)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def run_trial(tuner, trial, *args, **kwargs):
+    """KerasTuner's `Tuner.run_trial` for one execution, with build and fit in a child process.
+
+    Returns:
+        `[keras.callbacks.History]`, as KerasTuner's own run_trial does.
+
+    Raises:
+        keras_tuner.errors.FailedTrialError: the trial's configuration failed (the child's
+            `last_fit` record, with the reason, is on `tuner.hypermodel.last_fit`).
+        RuntimeError: anything else, with the child's traceback, or its exit status.
+    """
+    import keras
+    import keras_tuner as kt
+    from keras_tuner.src.engine import tuner_utils
+
+    from autoseg.hypermodel import FitRecord
+
+    callbacks = tuner._deepcopy_callbacks(kwargs.pop("callbacks", []))
+    # KerasTuner's `_configure_tensorboard_dir`, less its HParams callback, whose summary
+    # writer cannot be pickled: the trial's process adds that one.
+    hparams_dirs = []
+    for callback in callbacks:
+        if callback.__class__.__name__ == "TensorBoard":
+            callback.log_dir = tuner._get_tensorboard_dir(callback.log_dir, trial.trial_id, 0)
+            hparams_dirs.append(callback.log_dir)
+    callbacks.append(tuner_utils.SaveBestEpoch(objective=tuner.oracle.objective,
+                                               filepath=tuner._get_checkpoint_fname(trial.trial_id)))
+    values = trial.hyperparameters.values
+    if "tuner/epochs" in values:  # what KerasTuner's Hyperband.run_trial passes on
+        kwargs["epochs"] = values["tuner/epochs"]
+        kwargs["initial_epoch"] = values["tuner/initial_epoch"]
+    past = values.get("tuner/trial_id")
+    spec = {
+        "hypermodel": tuner.hypermodel,
+        "hyperparameters": trial.hyperparameters,
+        "trial_id": trial.trial_id,
+        "hparams_dirs": hparams_dirs,
+        "past_checkpoint": tuner._get_checkpoint_fname(past) if past else None,
+        "build_config": tuner._get_build_config_fname(trial.trial_id),
+        "args": args,
+        "kwargs": {**kwargs, "callbacks": callbacks},
+    }
+    trial_dir = Path(tuner.get_trial_dir(trial.trial_id))
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".process-", dir=trial_dir) as scratch:
+        spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
+        spec_path.write_bytes(pickle.dumps(spec))
+        code = subprocess.call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
+                                str(result_path)])
+        result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
+
+    if result is None:
+        tuner.hypermodel.last_fit = FitRecord(message=_death(code))
+        if code == -signal.SIGKILL:  # the kernel's OOM killer: this configuration's own
+            tuner.hypermodel.last_fit["configuration_failure"] = True
+            raise kt.errors.FailedTrialError(_death(code))
+        raise RuntimeError(_death(code))
+    tuner.hypermodel.last_fit = FitRecord(result.get("record") or {})
+    # What `fit` drew (batch size, augmentation, crop scale) was declared on the child's copy.
+    drawn = result["hyperparameters"]
+    trial.hyperparameters.merge(drawn, overwrite=False)
+    trial.hyperparameters.values.update(drawn.values)
+    if "error" in result:
+        if result["failed_trial"]:
+            raise kt.errors.FailedTrialError(result["error"])
+        raise RuntimeError(f"in the trial's process:\n{result['traceback']}")
+    history = keras.callbacks.History()
+    history.history = result["history"]
+    history.epoch = list(range(len(next(iter(result["history"].values()), []))))
+    return [history]
+
+
+def _death(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"the trial's process was killed by {name}{hint}"
+    return f"the trial's process exited with status {code} without a result"
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(spec_path: str, result_path: str) -> int:
+    _die_with_parent()
+    import autoseg  # noqa: F401 - sets TF's log level and albumentations' switch first
+    import autoseg.losses  # noqa: F401 - the registries the search's process has filled
+    import autoseg.metrics  # noqa: F401
+    import autoseg.models  # noqa: F401
+    import keras_tuner as kt
+    from keras_tuner.src import utils as kt_utils
+
+    from autoseg import atomic
+
+    spec = pickle.loads(Path(spec_path).read_bytes())
+    hypermodel, hp = spec["hypermodel"], spec["hyperparameters"]
+    result: dict = {}
+    try:
+        if spec["hparams_dirs"]:
+            from keras_tuner.src.engine import tuner_utils
+            from tensorboard.plugins.hparams import api as hparams_api
+
+            hparams = tuner_utils.convert_hyperparams_to_hparams(hp, hparams_api)
+            spec["kwargs"]["callbacks"] += [
+                hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=spec["trial_id"])
+                for logdir in spec["hparams_dirs"]
+            ]
+        model = hypermodel.build(hp)
+        if spec["past_checkpoint"]:  # Hyperband's continued trial
+            model.load_weights(spec["past_checkpoint"])
+        history = hypermodel.fit(hp, model, *spec["args"], **spec["kwargs"])
+        kt_utils.save_json(spec["build_config"], model.get_build_config())
+        result["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the search
+        result["error"] = str(exc)
+        result["failed_trial"] = isinstance(exc, kt.errors.FailedTrialError)
+        result["traceback"] = traceback.format_exc()
+    result["record"] = dict(getattr(hypermodel, "last_fit", None) or {})
+    result["hyperparameters"] = hp
+    atomic.write_bytes(Path(result_path), pickle.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2]))

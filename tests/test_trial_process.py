@@ -1,0 +1,118 @@
+"""Each trial's build and fit runs in its own process (autoseg.trial_process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def trial_processes(parent: int) -> list[int]:
+    """Pids of `python -m autoseg.trial_process` children of `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"autoseg.trial_process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_the_trial_trains_in_another_process(tiny_dataset, tmp_path, monkeypatch, isolated):
+    """A fit broken in this process breaks the trial only when the trial runs here."""
+    from autoseg import search
+    from autoseg.hypermodel import BaseSegmentationHyperModel
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("fit ran in the search's own process")
+
+    monkeypatch.setattr(BaseSegmentationHyperModel, "fit", broken)
+    monkeypatch.setenv("AUTOSEG_TRIAL_PROCESS", "1" if isolated else "0")
+    try:
+        result = search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random",
+                               max_trials=1, max_epochs=1, log=lambda line: None)
+        rows = result.rows
+    except Exception as exc:  # noqa: BLE001 - "no trial completed" when it ran here
+        rows, error = [], str(exc)
+    if isolated:
+        assert [r["status"] for r in rows] == ["COMPLETED"]
+        assert float(rows[0]["val_mean_iou"]) >= 0 and int(rows[0]["epochs"]) == 1
+    else:
+        assert not rows and "fit ran in the search's own process" in error
+
+
+@pytest.mark.slow
+def test_a_killed_trial_process_fails_its_trial_and_the_search_goes_on(tiny_dataset, tmp_path):
+    from autoseg import search
+
+    killed = []
+
+    def kill_first_trial():
+        pid = wait_for(lambda: trial_processes(os.getpid()), 120, "the first trial's process")[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    watcher = threading.Thread(target=kill_first_trial, daemon=True)
+    watcher.start()
+    result = search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random",
+                           max_trials=2, max_epochs=1, log=lambda line: None)
+    watcher.join(timeout=5)
+    assert killed
+    statuses = {r["trial_id"]: r for r in result.rows}
+    first, second = (statuses[k] for k in sorted(statuses))
+    assert first["status"] == "FAILED"
+    assert "killed by SIGKILL (out of memory?)" in first["message"]
+    assert second["status"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_the_trial_process_dies_with_the_search(tiny_dataset, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    search = subprocess.Popen(
+        [sys.executable, "-m", "autoseg.cli", "search", "--dataset", str(tiny_dataset),
+         "--space", "ci", "--tuner", "random", "--max-trials", "3", "--out", str(tmp_path / "run")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        child = wait_for(lambda: trial_processes(search.pid), 180, "a trial's process")[0]
+        os.kill(search.pid, signal.SIGKILL)  # the search only, not its process group
+        search.wait(timeout=30)
+        wait_for(lambda: not alive(child), 20, f"the orphaned trial process {child} to exit")
+    finally:
+        try:
+            os.killpg(search.pid, signal.SIGKILL)  # our own group, should anything be left
+        except ProcessLookupError:
+            pass
