@@ -10,6 +10,10 @@ import os
 # albumentations checks PyPI for a newer version at import; there is no network here.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A search builds models in its own process (pre-flight, KerasTuner's space) and trains each
+# trial in another (autoseg.trial_process): by default TensorFlow's first use of a GPU takes
+# nearly all of its memory, which would leave none for the trial.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 __version__ = "0.1.0"
 

@@ -77,7 +77,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
     def create_trial(self, tuner_id):
         trial = super().create_trial(tuner_id)
         if trial.status == kt.engine.trial.TrialStatus.RUNNING:
-            self._started[trial.trial_id] = self.clock()
+            # A distributed worker may ask again for the trial it runs: keep the first start.
+            self._started.setdefault(trial.trial_id, self.clock())
         return trial
 
     def end_trial(self, trial):
@@ -85,6 +86,10 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if start is not None:
             self.wall_seconds[trial.trial_id] = round(self.clock() - start, 2)
         super().end_trial(trial)
+
+    def measured(self) -> int:
+        """Trials whose records carry epoch times (failed ones may not)."""
+        return sum(_epoch_seconds(self.read_record(t)) is not None for t in self.wall_seconds)
 
     def costs(self) -> tuple[float, float] | None:
         """(overhead seconds per trial, seconds per epoch): means over the measured trials.
@@ -139,7 +144,9 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
     def _make_plan(self) -> None:
         costs = self.costs()
-        if costs is None or len(self.wall_seconds) < PROBES:
+        ended = len(self.wall_seconds)
+        # PROBES measured trials; fewer only when many end without (over the memory budget).
+        if costs is None or (self.measured() < PROBES and ended < 3 * PROBES):
             return
         overhead, per_epoch = costs
         left = max(0.0, self.deadline - self.clock())
@@ -178,8 +185,12 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if self.plan is None:
             self._make_plan()
         result = super().populate_space(trial_id)
-        if self.plan is not None and result["status"] == "STOPPED":
+        if self.plan is None:
+            return result
+        if result["status"] == "STOPPED":
             return self._continue_best(trial_id)
+        if result["status"] == "RUNNING":  # KerasTuner labels it with `_current_bracket` (0)
+            result["values"]["tuner/bracket"] = self.plan["bracket"]
         return result
 
     def _continue_best(self, trial_id):
@@ -199,8 +210,10 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if more < 1:
             return stopped
         values = best.hyperparameters.values.copy()
-        reached = int(values.get("tuner/initial_epoch", 0)) + int(record.get("epochs") or
-                                                                  values.get("tuner/epochs", 0))
+        if record.get("epochs"):  # what it trained, which the budget may have cut short
+            reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
+        else:
+            reached = int(values.get("tuner/epochs", 0))
         values.update({
             "tuner/trial_id": best.trial_id, "tuner/initial_epoch": reached,
             "tuner/epochs": reached + more, "tuner/bracket": REFINE_BRACKET,
@@ -209,8 +222,17 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         return {"status": "RUNNING", "values": values}
 
     def _best_completed(self):
+        """The best completed trial that no earlier continuation has started from.
+
+        A continuation that scores below its start would otherwise start the same one again.
+        """
+        continued = {
+            t.hyperparameters.values.get("tuner/trial_id") for t in self.trials.values()
+            if t.hyperparameters.values.get("tuner/bracket") == REFINE_BRACKET
+        }
         done = [t for t in self.trials.values()
-                if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+                if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)
+                and t.trial_id not in continued]
         if not done:
             return None
         pick = max if self.objective.direction == "max" else min

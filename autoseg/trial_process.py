@@ -20,13 +20,17 @@ Trials run in the search's own process when `AUTOSEG_TRIAL_PROCESS=0`, when the 
 Architectures, losses or metrics registered at run time (not by importing autoseg) exist
 only in the search's process: use `AUTOSEG_TRIAL_PROCESS=0` with those.
 
-Run as `python -m autoseg.trial_process SPEC RESULT` (pickles written by `run_trial`).
+Unlike KerasTuner's own `run_trial`, the optimizer, loss and metrics given to the tuner's
+constructor (`_override_compile_args`) are not applied: autoseg's HyperModels compile.
+
+Run as `python -m autoseg.trial_process SPEC RESULT PARENT_PID` (pickles from `run_trial`).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +39,7 @@ import traceback
 from pathlib import Path
 
 ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
+SCRATCH_PREFIX = ".process-"
 
 
 def enabled() -> bool:
@@ -86,11 +91,13 @@ def run_trial(tuner, trial, *args, **kwargs):
     }
     trial_dir = Path(tuner.get_trial_dir(trial.trial_id))
     trial_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".process-", dir=trial_dir) as scratch:
+    for stale in trial_dir.glob(f"{SCRATCH_PREFIX}*"):  # left by a search that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
         spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
         spec_path.write_bytes(pickle.dumps(spec))
         code = subprocess.call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
-                                str(result_path)])
+                                str(result_path), str(os.getpid())])
         result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
 
     if result is None:
@@ -107,6 +114,8 @@ def run_trial(tuner, trial, *args, **kwargs):
     if "error" in result:
         if result["failed_trial"]:
             raise kt.errors.FailedTrialError(result["error"])
+        if result["fatal"]:  # KerasTuner stops the search on these
+            raise kt.errors.FatalError(f"in the trial's process:\n{result['traceback']}")
         raise RuntimeError(f"in the trial's process:\n{result['traceback']}")
     history = keras.callbacks.History()
     history.history = result["history"]
@@ -122,8 +131,9 @@ def _death(code: int) -> str:
     return f"the trial's process exited with status {code} without a result"
 
 
-def _die_with_parent() -> None:
-    """Asks Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+def _die_with_parent(parent: int) -> None:
+    """Asks Linux to SIGKILL this process when its parent dies (no-op elsewhere), and exits
+    if the parent died before the request (the child is then someone else's)."""
     try:
         import ctypes
 
@@ -131,10 +141,12 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _child(spec_path: str, result_path: str) -> int:
-    _die_with_parent()
+def _child(spec_path: str, result_path: str, parent: int) -> int:
+    _die_with_parent(parent)
     import autoseg  # noqa: F401 - sets TF's log level and albumentations' switch first
     import autoseg.losses  # noqa: F401 - the registries the search's process has filled
     import autoseg.metrics  # noqa: F401
@@ -166,6 +178,7 @@ def _child(spec_path: str, result_path: str) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the search
         result["error"] = str(exc)
         result["failed_trial"] = isinstance(exc, kt.errors.FailedTrialError)
+        result["fatal"] = isinstance(exc, kt.errors.FatalError)
         result["traceback"] = traceback.format_exc()
     result["record"] = dict(getattr(hypermodel, "last_fit", None) or {})
     result["hyperparameters"] = hp
@@ -174,4 +187,4 @@ def _child(spec_path: str, result_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2]))
+    sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -16,7 +16,9 @@ class Run:
     """Drives an oracle as one tuner would, on a fake clock: each trial of n epochs costs
     `overhead + n * per_epoch` seconds, and its score is `quality(x) + epochs / 1000`."""
 
-    def __init__(self, oracle, tmp_path, overhead=25.0, per_epoch=10.0, first_epoch_extra=5.0):
+    def __init__(self, oracle, tmp_path, overhead=25.0, per_epoch=10.0, first_epoch_extra=5.0,
+                 refine=None):
+        self.refine = refine  # (seconds per epoch, score) of continuations beyond the plan
         self.oracle = oracle
         self.now = 1000.0
         self.overhead, self.per_epoch, self.first_extra = overhead, per_epoch, first_epoch_extra
@@ -33,10 +35,12 @@ class Run:
             return trial
         values = trial.hyperparameters.values
         epochs = values["tuner/epochs"] - values["tuner/initial_epoch"]
-        seconds = [self.per_epoch + self.first_extra] + [self.per_epoch] * (epochs - 1)
+        per_epoch, score = self.per_epoch, 1 - abs(values["x"] - 0.3) + values["tuner/epochs"] / 1000
+        if self.refine and values["tuner/bracket"] == REFINE_BRACKET:
+            per_epoch, score = self.refine
+        seconds = [per_epoch + self.first_extra] + [per_epoch] * (epochs - 1)
         self.now += self.overhead + sum(seconds)
         self.records[trial.trial_id] = {"epoch_seconds": seconds, "epochs": epochs}
-        score = 1 - abs(values["x"] - 0.3) + values["tuner/epochs"] / 1000
         self.oracle.update_trial(trial.trial_id, {"score": score}, step=values["tuner/epochs"] - 1)
         trial.status = "COMPLETED"
         self.oracle.end_trial(trial)
@@ -104,6 +108,7 @@ def test_after_the_bracket_the_best_trial_trains_on_until_the_budget_is_spent(tm
     planned = [t for t in trials if t.hyperparameters.values["tuner/bracket"] != REFINE_BRACKET]
     refined = [t for t in trials if t.hyperparameters.values["tuner/bracket"] == REFINE_BRACKET]
     assert len(planned) == 12 + 4 + 2  # the probes count in round 0
+    assert {t.hyperparameters.values["tuner/bracket"] for t in planned[PROBES:]} == {2}
     assert refined, "the time left after the bracket went unused"
     first = refined[0].hyperparameters.values
     completed = [t for t in planned if t.status == "COMPLETED"]
@@ -114,6 +119,22 @@ def test_after_the_bracket_the_best_trial_trains_on_until_the_budget_is_spent(tm
     assert first["tuner/epochs"] - 14 > 100
     assert run.now <= deadline
     assert deadline - run.now < run.overhead + 2 * run.per_epoch + run.first_extra
+
+
+def test_a_continuation_that_scored_worse_is_not_started_again(tmp_path):
+    # Continuations run twice as fast as estimated (time is left after the first) and
+    # score 0: the second must not restart from the first one's starting trial.
+    run = Run(make_oracle(max_epochs=40), tmp_path, refine=(5.0, 0.0))
+    run.oracle.set_budget(run.now + 3600, run.oracle.read_record)
+    refined = []
+    for _ in range(60):
+        trial = run.step()
+        if trial.status not in ("RUNNING", "COMPLETED"):
+            break
+        if trial.hyperparameters.values["tuner/bracket"] == REFINE_BRACKET:
+            refined.append(trial.hyperparameters.values["tuner/trial_id"])
+    assert len(refined) >= 2
+    assert len(set(refined)) == len(refined), refined
 
 
 def test_the_plan_and_wall_times_survive_a_reload(tmp_path):
