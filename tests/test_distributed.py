@@ -248,8 +248,10 @@ def test_a_call_waits_while_the_chief_beats_and_gives_up_once_it_is_silent(tmp_p
     finally:
         dies.join()
     elapsed = time.monotonic() - start
-    # It waited while the chief beat (its last live beat at 2.3-2.5 s), then 1s (--oracle-timeout).
-    assert 2.3 + 1.0 <= elapsed < 8, elapsed
+    # It waited while the chief beat (its last beat at 2.3-2.5 s; a beat thread starved by a
+    # loaded machine may beat last at ~2.2 s: CI measured 3.27 s), then 1 s (--oracle-timeout).
+    # Without the wait it would give up after ~1 s.
+    assert 2.0 + 1.0 <= elapsed < 8, elapsed
     assert max(timeouts) <= 1.0  # never KerasTuner's 60 minutes
     assert isinstance(caught.value, kt.errors.FatalError)  # KerasTuner does not fail the trial
 
