@@ -36,22 +36,19 @@ _POLICIES = {"float32": "float32", "mixed": "mixed_float16", "mixed_float16": "m
 
 def check_precision(precision: Any) -> str:
     """Raises ConfigError unless `precision` is one of `PRECISIONS`; returns it."""
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"--precision {precision!r} is unknown. Valid values: {', '.join(PRECISIONS)} "
-            "(auto: mixed on a GPU, float32 on CPU)."
-        )
-    return precision
+    return _check_choice("--precision", precision, PRECISIONS, "auto: mixed on a GPU, float32 on CPU")
 
 
 def check_strategy(strategy: Any) -> str:
     """Raises ConfigError unless `strategy` is one of `STRATEGIES`; returns it."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"--strategy {strategy!r} is unknown. Valid values: {', '.join(STRATEGIES)} "
-            "(auto: mirrored when more than one GPU is visible, else none)."
-        )
-    return strategy
+    return _check_choice("--strategy", strategy, STRATEGIES,
+                         "auto: mirrored when more than one GPU is visible, else none")
+
+
+def _check_choice(option: str, value: Any, valid: tuple[str, ...], hint: str) -> str:
+    if value not in valid:
+        raise ConfigError(f"{option} {value!r} is unknown. Valid values: {', '.join(valid)} ({hint}).")
+    return value
 
 
 def gpu_count() -> int:

@@ -31,6 +31,7 @@ process's budget counts from its own start).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -110,30 +111,33 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         return statistics.fmean(overheads), statistics.fmean(epochs)
 
     # -- the plan --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _at_max_epochs(self, max_epochs: int):
+        """KerasTuner's bracket arithmetic (sizes, epochs, brackets) at another `max_epochs`."""
+        saved, self.max_epochs = self.max_epochs, max_epochs
+        try:
+            yield
+        finally:
+            self.max_epochs = saved
+
     def bracket_cost(self, bracket_num: int, max_epochs: int, overhead: float,
                      per_epoch: float) -> float:
         """Estimated seconds for one bracket of Hyperband at `max_epochs`."""
-        saved = self.max_epochs
-        self.max_epochs = max_epochs
-        try:
-            total, before = 0.0, 0
+        total, before = 0.0, 0
+        with self._at_max_epochs(max_epochs):
             for round_num in range(self._get_num_rounds(bracket_num)):
                 size = self._get_size(bracket_num, round_num)
                 epochs = self._get_epochs(bracket_num, round_num)
                 total += size * (overhead + (epochs - before) * per_epoch)
                 before = epochs
-            return total
-        finally:
-            self.max_epochs = saved
+        return total
 
     def choose_bracket(self, seconds: float, overhead: float, per_epoch: float) -> tuple[int, int]:
         """(max_epochs, bracket): the most exploratory bracket that fits `seconds`."""
         max_epochs = self.configured_max_epochs
         while True:
-            saved = self.max_epochs
-            self.max_epochs = max_epochs
-            top = self._get_num_brackets() - 1
-            self.max_epochs = saved
+            with self._at_max_epochs(max_epochs):
+                top = self._get_num_brackets() - 1
             for bracket in range(top, -1, -1):
                 if self.bracket_cost(bracket, max_epochs, overhead, per_epoch) <= seconds:
                     return max_epochs, bracket

@@ -132,11 +132,8 @@ def dataset_root(out: Path) -> Path:
 
 def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if threads:  # read by TensorFlow here and in each trial's own process
+        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     from autoseg.data.dataset import load_dataset
     from autoseg.search import parse_duration
 

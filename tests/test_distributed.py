@@ -71,6 +71,12 @@ class Processes:
         self.started.append((name, proc, log))
         return proc
 
+    def start_cluster(self, chief_timeout: str, worker_timeout: str):
+        """The chief, then workers w1 and w2: (chief, w1, w2)."""
+        chief = self.start("chief", "chief", "--oracle-timeout", chief_timeout)
+        return chief, *(self.start(w, "worker", "--worker-id", w, "--oracle-timeout", worker_timeout)
+                        for w in ("w1", "w2"))
+
     def kill(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
@@ -290,9 +296,7 @@ def test_chief_and_two_workers_complete_the_search(processes):
 def test_a_killed_worker_does_not_stop_the_search(processes):
     procs = processes(max_trials=3)
     deadline = time.monotonic() + 240
-    chief = procs.start("chief", "chief", "--oracle-timeout", "15s")
-    w1 = procs.start("w1", "worker", "--worker-id", "w1", "--oracle-timeout", "60s")
-    w2 = procs.start("w2", "worker", "--worker-id", "w2", "--oracle-timeout", "60s")
+    chief, w1, w2 = procs.start_cluster("15s", "60s")
     procs.wait_until(lambda: running_trial(procs.rundir, "w1") is not None, deadline, "w1's first trial")
     time.sleep(2.0)  # inside the trial
     killed = running_trial(procs.rundir, "w1")
@@ -314,9 +318,7 @@ def test_a_killed_worker_does_not_stop_the_search(processes):
 def test_a_restarted_chief_resumes_and_keeps_completed_trials(processes):
     procs = processes(max_trials=4)
     deadline = time.monotonic() + 300
-    chief = procs.start("chief", "chief", "--oracle-timeout", "90s")
-    w1 = procs.start("w1", "worker", "--worker-id", "w1", "--oracle-timeout", "90s")
-    w2 = procs.start("w2", "worker", "--worker-id", "w2", "--oracle-timeout", "90s")
+    chief, w1, w2 = procs.start_cluster("90s", "90s")
 
     def one_done_one_running():
         board = procs.rundir / "leaderboard.csv"
