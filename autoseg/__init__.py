@@ -9,6 +9,8 @@ import os
 
 # albumentations checks PyPI for a newer version at import; there is no network here.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# TensorFlow's C++ INFO and WARNING lines after its import; what it logs while importing
+# ignores the level, and `autoseg.native_log` keeps those off the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A search builds models in its own process (pre-flight, KerasTuner's space) and trains each
 # trial in another (autoseg.trial_process): by default TensorFlow's first use of a GPU takes

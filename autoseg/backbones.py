@@ -9,11 +9,14 @@ ResNet-50, VGG16 and MobileNetV2 are written here rather than taken from `keras.
 so that stages past `output_stride` can dilate instead of striding (DeepLabV3+ needs output
 stride 8 or 16). Their layer names, shapes and weight order are those of
 `keras.applications`, so ImageNet weights transfer by layer name; each backbone applies its
-own ImageNet preprocessing inside the graph.
+own ImageNet preprocessing inside the graph. Their dilated convolutions are this module's
+`Conv2D` and `DepthwiseConv2D`: Keras' layers, computed without the taps that only see
+padding and without TensorFlow's space-to-batch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -21,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from autoseg.errors import ConfigError
-from autoseg.registry import BACKBONES, register_backbone
+from autoseg.registry import BACKBONES, is_test_backbone, register_backbone
 
 OUTPUT_STRIDES = (8, 16, 32)
 _APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -48,16 +51,177 @@ class ImageNetPreprocessing(layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
+        if inputs.shape[-1] == 1:  # grey images: the ImageNet layers take RGB
+            inputs = ops.repeat(inputs, 3, axis=-1)
         if self.mode == "tf":
             return inputs / 127.5 - 1.0
         mean = ops.convert_to_tensor(self._CAFFE_MEAN_BGR, dtype=inputs.dtype)
         return ops.flip(inputs, axis=-1) - mean
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return (*input_shape[:-1], 3)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+# --- dilated convolutions without the waste ----------------------------------------------
+#
+# `keras.layers.Conv2D` with a dilation rate r runs on TensorFlow as `tf.nn.convolution`, which
+# off TPU wraps it in SpaceToBatchND / BatchToSpaceND: the input is padded by the kernel's
+# reach, copied into r x r interleaved tiles, convolved densely and copied back. On the small
+# maps DeepLabV3+ dilates (16x16 at 256² input, output stride 16) most of that is padding:
+# ASPP's rates 6/12/18 ran at 24%/9%/5% of the matmul peak (benchmarks/RESULTS.md). The
+# classes below compute the same thing with the same variables, without it.
+
+
+def _reachable_taps(kernel_size, dilation_rate, spatial) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """The taps of a "same"-padded, odd-sized dilated kernel that can reach the input.
+
+    The tap `i` of a dimension sits `(i - centre) * rate` from the output position: where
+    that is at least the map's size, it reads only padding, for every output position.
+
+    Args:
+        kernel_size, dilation_rate: One value per spatial dimension.
+        spatial: The static size of each spatial dimension (None where unknown: all kept).
+
+    Returns:
+        `(slices, rates)`: the centred slice of the kernel to keep in each dimension, and the
+        dilation left in each (1 where only the centre tap is kept).
+    """
+    slices, rates = [], []
+    for kernel, rate, size in zip(kernel_size, dilation_rate, spatial):
+        centre = kernel // 2
+        reach = centre if size is None or kernel % 2 == 0 else min(centre, (size - 1) // rate)
+        slices.append(slice(centre - reach, centre + reach + 1) if kernel % 2 else slice(None))
+        rates.append(rate if reach else 1)
+    return tuple(slices), tuple(rates)
+
+
+def _spatial_shape(layer, inputs) -> tuple:
+    shape = tuple(inputs.shape)
+    return shape[2:] if layer.data_format == "channels_first" else shape[1:-1]
+
+
+@functools.cache
+def _tf_runs_dilation_natively() -> bool:
+    """Whether TensorFlow's own Conv2D op runs and differentiates dilation in this process.
+
+    It does on a CPU with oneDNN (TensorFlow's default on x86 Linux): forward and both
+    gradients, at about the speed of the undilated convolution. Without oneDNN the CPU
+    kernels have no dilated gradient; GPUs keep `tf.nn.convolution`'s path as before.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the probe: the portable path
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled()) and not tf.config.list_physical_devices("GPU")
+
+
+@keras.saving.register_keras_serializable(package="autoseg")
+class Conv2D(layers.Conv2D):
+    """`keras.layers.Conv2D` for dilated convolutions: the same outputs, without the waste.
+
+    Same constructor, config and variables as Keras' (a 3x3 kernel stays a 3x3 variable).
+    The class keeps Keras' name because weight files (`save_weights`, the trial checkpoints
+    that export loads into a rebuilt model) address layers by their class name: weights
+    saved from a plain dilated `keras.layers.Conv2D` load into this one, and back.
+
+    With "same" padding and stride 1, it computes:
+    - only the kernel rows and columns that can reach the map (`_reachable_taps`): a 3x3
+      convolution at a rate >= the map's height and width is the 1x1 convolution of its
+      centre tap;
+    - what dilation is left as TensorFlow's own dilated Conv2D op where oneDNN runs it
+      (`_tf_runs_dilation_natively`), else as `keras.ops.conv` does.
+
+    Build it through `conv2d`, which gives a plain Keras layer where nothing is dilated.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.padding != "same" or any(s != 1 for s in self.strides):
+            return super().convolution_op(inputs, kernel)
+        slices, rates = _reachable_taps(self.kernel_size, self.dilation_rate,
+                                        _spatial_shape(self, inputs))
+        kernel = kernel[slices]
+        native = self.data_format == "channels_last" and _tf_runs_dilation_natively()
+        if all(rate == 1 for rate in rates) or not native:
+            return ops.conv(inputs, kernel, strides=1, padding="same", dilation_rate=rates,
+                            data_format=self.data_format)
+        import tensorflow as tf
+
+        return tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME", dilations=rates)
+
+
+@keras.saving.register_keras_serializable(package="autoseg")
+class DepthwiseConv2D(layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` for dilated convolutions, without unreachable taps.
+
+    As `Conv2D` (and named as Keras' for the same reason), for the depthwise step of
+    separable atrous convolutions; what dilation is left runs as `keras.ops.depthwise_conv`
+    does: TensorFlow's own dilated depthwise op gives wrong gradients on CPU (TF 2.21).
+    """
+
+    def call(self, inputs):
+        if self.padding != "same" or any(s != 1 for s in self.strides):
+            return super().call(inputs)
+        slices, rates = _reachable_taps(self.kernel_size, self.dilation_rate,
+                                        _spatial_shape(self, inputs))
+        outputs = ops.depthwise_conv(inputs, self.kernel[slices], strides=1, padding="same",
+                                     dilation_rate=rates, data_format=self.data_format)
+        if self.use_bias:
+            shape = (-1, 1, 1) if self.data_format == "channels_first" else (-1,)
+            outputs = ops.add(outputs, ops.reshape(self.bias, shape))
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+
+def space_to_batch_convolution(layer, spatial) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`(kernel_size, dilation_rate)` of what TensorFlow convolves for a conv layer on a map of
+    static size `spatial`: as space-to-batch wherever a rate is left above 1.
+
+    A Keras convolution runs its whole kernel at its rates; autoseg's `Conv2D` and
+    `DepthwiseConv2D` only the taps that reach the map, and `Conv2D` no space-to-batch where
+    TensorFlow dilates natively. `autoseg.budget.temporary_elements` counts the copies from
+    this.
+
+    Args:
+        layer: A `Conv2D`, `DepthwiseConv2D` or `SeparableConv2D` layer.
+        spatial: The static spatial size of its input.
+    """
+    kernel_size, rates = tuple(layer.kernel_size), tuple(layer.dilation_rate)
+    if not isinstance(layer, (Conv2D, DepthwiseConv2D)) or layer.padding != "same":
+        return kernel_size, rates
+    slices, rates = _reachable_taps(kernel_size, rates, spatial)
+    kernel_size = tuple(len(range(k)[s]) for k, s in zip(kernel_size, slices))
+    if (isinstance(layer, Conv2D) and layer.data_format == "channels_last"
+            and _tf_runs_dilation_natively()):
+        rates = (1,) * len(rates)
+    return kernel_size, rates
+
+
+def conv2d(filters: int, kernel_size, *, dilation_rate=1, **kwargs) -> layers.Conv2D:
+    """`keras.layers.Conv2D(...)`, or autoseg's `Conv2D` where `dilation_rate` is above 1."""
+    dilated = any(int(r) > 1 for r in _pair(dilation_rate))
+    return (Conv2D if dilated else layers.Conv2D)(
+        filters, kernel_size, dilation_rate=dilation_rate, **kwargs
+    )
+
+
+def depthwise_conv2d(kernel_size, *, dilation_rate=1, **kwargs) -> layers.DepthwiseConv2D:
+    """`keras.layers.DepthwiseConv2D(...)`, or autoseg's `DepthwiseConv2D` where dilated."""
+    dilated = any(int(r) > 1 for r in _pair(dilation_rate))
+    return (DepthwiseConv2D if dilated else layers.DepthwiseConv2D)(
+        kernel_size, dilation_rate=dilation_rate, **kwargs
+    )
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 class _StrideSchedule:
@@ -225,9 +389,7 @@ def _resnet_block(x, filters, *, strides, dilation, conv_shortcut, name):
     x = layers.Conv2D(filters, 1, strides=strides, name=f"{name}_1_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(
-        filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv"
-    )(x)
+    x = conv2d(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
@@ -292,7 +454,7 @@ def vgg16(inputs, output_stride=32):
     taps = {}
     for block, (filters, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), 1):
         for conv in range(1, convs + 1):
-            x = layers.Conv2D(
+            x = conv2d(
                 filters,
                 3,
                 padding="same",
@@ -334,7 +496,7 @@ def _inverted_res_block(x, *, filters, expansion, downsample, schedule, taps, bl
         # keras.applications pads explicitly here; "valid" then matches its alignment.
         pad = tuple((0, 1) if size is None or size % 2 == 0 else (1, 1) for size in x.shape[1:3])
         x = layers.ZeroPadding2D(pad, name=f"{prefix}pad")(x)
-    x = layers.DepthwiseConv2D(
+    x = depthwise_conv2d(
         3,
         strides=strides,
         dilation_rate=dilation,
@@ -415,7 +577,7 @@ def tiny(inputs, output_stride=32, width=8):
     taps = {}
     for level in range(6):
         strides, dilation = (1, 1) if level == 0 else schedule.downsample()[:2]
-        x = layers.Conv2D(
+        x = conv2d(
             width * 2 ** (level // 2),
             3,
             strides=strides,
@@ -433,7 +595,5 @@ def tiny(inputs, output_stride=32, width=8):
 def backbone_names(include_test_backbones: bool = True) -> list[str]:
     """The registered backbone names, sorted (without `tiny` if not `include_test_backbones`)."""
     return [
-        name
-        for name in BACKBONES.names()
-        if include_test_backbones or not BACKBONES.get(name)[1].get("for_tests")
+        name for name in BACKBONES.names() if include_test_backbones or not is_test_backbone(name)
     ]

@@ -287,7 +287,9 @@ def temporary_elements(model: Any) -> int:
     the backward pass. On a small feature map with a large rate this dwarfs the layer's output:
     DeepLabV3+'s ASPP at rate 18 on an 8x8 map of 2048 channels copies the input into a
     54x54 one, 45 times its size. (Depthwise and separable convolutions: likewise, with the
-    depthwise channels.)
+    depthwise channels.) autoseg's own atrous layers run less or none of it: only the taps
+    that reach the map, and no space-to-batch where TensorFlow dilates natively
+    (`autoseg.backbones.space_to_batch_convolution`).
 
     Args:
         model: A built Keras model with a fixed input size.
@@ -298,6 +300,8 @@ def temporary_elements(model: Any) -> int:
     Raises:
         ConfigError: as for `activation_elements`.
     """
+    from autoseg.backbones import space_to_batch_convolution
+
     total = 0
     for node, calls, _ in _training_nodes(model, getattr(model, "name", "model")):
         layer = node.operation
@@ -308,6 +312,9 @@ def temporary_elements(model: Any) -> int:
         channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
         x = tuple(node.input_tensors[0].shape)[1:]
         spatial, in_channels = (x[1:], x[0]) if channels_first else (x[:-1], x[-1])
+        kernel, rates = space_to_batch_convolution(layer, spatial)
+        if all(int(r) == 1 for r in rates):  # autoseg's atrous layers, natively or 1x1
+            continue
         rates, kernel = _as_tuple(rates, len(spatial)), _as_tuple(kernel, len(spatial))
         reach = [(k - 1) * r for k, r in zip(kernel, rates)]
         same = str(getattr(layer, "padding", "valid")).lower() == "same"

@@ -175,9 +175,10 @@ def score_images(model, data, stems, log: Callable[[str], None] = print):
     per_image = []
     start = time.perf_counter()
     for number, stem in enumerate(stems, start=1):
-        image, mask = pipeline.load_example(data, stem)
-        image_cm = confusion_matrix(mask, model.predict(image), num_classes,
-                                    ignore_index=data.ignore_index)
+        # As stored: the model brings it to its own channels and intensity rule.
+        image, mask = pipeline.load_example(data, stem, raw=True)
+        prediction = model.predict(image, f"images/{data.image_path(stem).name}")
+        image_cm = confusion_matrix(mask, prediction, num_classes, ignore_index=data.ignore_index)
         confusion += image_cm
         image_scores = scores_from_confusion(image_cm)
         per_image.append({
@@ -219,9 +220,11 @@ def evaluate(
         An `Evaluation`.
 
     Raises:
-        ConfigError: a bad model folder, split or output folder, or classes that differ
-            between the model and the dataset.
-        DatasetError: unreadable images or masks, or mask values outside the classes.
+        ConfigError: a bad model folder, split or output folder, classes that differ
+            between the model and the dataset, or photos the model does not take (8-bit
+            photos for a model of 16-bit ones, say).
+        DatasetError: unreadable images or masks, mask values outside the classes, or a
+            dataset with fewer than two classes (`check_trainable`).
 
     Example:
     ```python
@@ -229,13 +232,14 @@ def evaluate(
     result.scores["mean_iou"]
     ```
     """
-    from autoseg.data.dataset import resolve_dataset
+    from autoseg.data.dataset import check_trainable, resolve_dataset
     from autoseg.metrics import scores_from_confusion
     from autoseg.predict import load, read_metadata
 
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     data = resolve_dataset(dataset)
+    check_trainable(data)
     if list(data.classes) != list(metadata["classes"]):
         raise ConfigError(
             f"The model in {model_dir} predicts classes {metadata['classes']}, but "

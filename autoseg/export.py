@@ -9,13 +9,17 @@ DIR/model.keras         the Keras model (loads with safe_mode=True, no custom_ob
 DIR/saved_model/        TensorFlow SavedModel (`model.export(..., format="tf_saved_model")`)
 DIR/model.tflite        TensorFlow Lite, float32, converted from the SavedModel
 DIR/model.onnx          ONNX (tf2onnx; needs the `export` extra)
-DIR/autoseg.json        classes, palette, input size, policy, normalisation, trial, metrics, ...
+DIR/autoseg.json        classes, palette, input size, channels, intensity, policy, trial, ...
 DIR/leaderboard.csv     a copy of the run's leaderboard
 ```
 
-Every model takes float32 `(N, H, W, 3)` raw RGB 0..255 (the normalisation is inside the
-model) and returns `(N, H, W, C)` softmax probabilities; `autoseg.predict` adds the resizing
-or tiling of the trial's `policy`. A pix2pix trial exports its generator alone, a plain model.
+Every model takes float32 `(N, H, W, channels)` pixel values 0..255 (RGB, or grey when the
+dataset's photos were all grey: `channels` 1) and returns `(N, H, W, C)` softmax
+probabilities; the normalisation is inside the model. Photos deeper than 8 bits are first
+scaled to 0..255 by the dataset's `intensity` rule, which `autoseg.json` carries (see
+`autoseg.data.intensity`: `(v - low) / (high - low) * 255`, clipped): `autoseg.predict`
+applies it for every format, with the resizing or tiling of the trial's `policy`. A pix2pix
+trial exports its generator alone, a plain model.
 
 Before the folder is moved into place, each format is loaded back through `autoseg.load` and
 its class maps are compared with `model.keras` on sample images (up to `VERIFY_IMAGES` of
@@ -46,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autoseg import atomic
-from autoseg.errors import ConfigError, RunError
+from autoseg.errors import AutosegError, ConfigError, DatasetError, RunError
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 FORMAT_FILES = {
@@ -243,8 +247,54 @@ def inference_model(model):
     return getattr(model, "inference_model", model)
 
 
-def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str):
+def image_format(run: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """`(channels, intensity rule)` the run's models take.
+
+    From `run.json` when it records them, else from the run's `dataset.yaml`; a run whose
+    dataset is gone and whose fingerprint has no deeper-than-8-bit photos takes 3 channels
+    and no rule (what every run took before grey and deep photos were kept).
+
+    Raises:
+        ConfigError: the rule is unknown: the photos were deeper than 8 bits (by the run's
+            fingerprint) and neither run.json nor the dataset records the rule.
+    """
+    from autoseg.data.dataset import load_dataset
+    from autoseg.data.intensity import check_rule
+
+    if "channels" in run:
+        return int(run["channels"]), check_rule(run.get("intensity"), "run.json")
+    try:
+        dataset = load_dataset(run["dataset"])
+        return dataset.channels, dataset.intensity
+    except (AutosegError, OSError, KeyError, TypeError):
+        pass
+    dtypes = (run.get("fingerprint") or {}).get("pixel_dtype") or ["uint8"]
+    if dtypes != ["uint8"]:
+        raise ConfigError(
+            f"The run's photos are {', '.join(dtypes)}, but neither its run.json nor its "
+            f"dataset ({run.get('dataset')}, gone) records the intensity rule that scaled "
+            "them. Restore the dataset folder, then export again."
+        )
+    return 3, None
+
+
+def normalisation(channels: int, rule: dict[str, Any] | None) -> str:
+    """What the exported models take, in words (autoseg.json `normalisation`)."""
+    if channels == 3 and rule is None:
+        return NORMALISATION
+    pixels = "RGB" if channels == 3 else "grey (1 channel)"
+    scale = " after the `intensity` rule" if rule else ""
+    return f"raw {pixels} 0..255 float32{scale}, normalised inside the model"
+
+
+def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels: int = 3):
     """Rebuilds a trial's model and loads its best-epoch checkpoint.
+
+    Args:
+        rundir: The run folder.
+        run: Its run.json.
+        trial_id: The trial.
+        channels: The models' input channels (`image_format`). Defaults to 3.
 
     Returns:
         The uncompiled inference model (a pix2pix trial's generator).
@@ -260,7 +310,8 @@ def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str):
         raise ConfigError(
             f"{checkpoint} is missing: trial {trial_id} of run {rundir} left no weights to export."
         )
-    model = build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"))
+    model = build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"),
+                              channels=channels)
     try:
         model.load_weights(checkpoint)
     except Exception as exc:  # noqa: BLE001 - h5py and Keras raise many kinds
@@ -288,13 +339,14 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     import keras_tuner as kt
 
     from autoseg import budget
-    from autoseg.data.dataset import resolve_dataset
+    from autoseg.data.dataset import check_trainable, resolve_dataset
     from autoseg.data import pipeline
     from autoseg.hypermodel import AutosegHyperModel, TrainingData, build_trial_model
     from autoseg.search_space import validate_space
 
     trial = read_trial(rundir, trial_id)
     dataset = resolve_dataset(run["dataset"])
+    check_trainable(dataset)
     if list(dataset.classes) != list(run["classes"]):
         raise ConfigError(
             f"--refit: the dataset {run['dataset']} now has classes {dataset.classes}, but run "
@@ -315,7 +367,8 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     trained = hypermodel.build(hp)
     history = hypermodel.fit(hp, trained, epochs=epochs, verbose=0)
     fresh = inference_model(
-        build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"))
+        build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"),
+                          channels=dataset.channels)
     )
     fresh.set_weights(inference_model(trained).get_weights())
     record = {
@@ -439,23 +492,31 @@ def _export_onnx(model, path: Path) -> None:
 # Checking the formats against each other.
 
 
-def sample_images(run: dict[str, Any], input_size: tuple[int, int], count: int = VERIFY_IMAGES):
+def sample_images(run: dict[str, Any], input_size: tuple[int, int], count: int = VERIFY_IMAGES,
+                  channels: int = 3, rule: dict[str, Any] | None = None):
     """Images to compare the formats on: the run's val images, else synthetic ones.
 
+    Args:
+        run: The run's run.json.
+        input_size: The model's `(height, width)`.
+        count: How many. Defaults to `VERIFY_IMAGES`.
+        channels: The model's input channels, for synthetic images. Defaults to 3.
+        rule: The model's intensity rule, for synthetic images. Defaults to None (8-bit).
+
     Returns:
-        `(images, source)`: uint8 RGB arrays and a description of where they came from.
+        `(images, source)`: photos as stored (what `autoseg.load(...).predict` takes) and a
+        description of where they came from.
     """
     import numpy as np
 
     from autoseg.data import pipeline
     from autoseg.data.dataset import load_dataset
-    from autoseg.errors import AutosegError
 
     try:
         dataset = load_dataset(run["dataset"])
         val = [s for s in (run.get("split") or {}).get("val") or [] if s in dataset.images]
         stems = (val + [s for s in dataset.stems if s not in val])[:count]
-        images = [pipeline.read_image(dataset.image_path(s)) for s in stems]
+        images = [pipeline.read_pixels(dataset.image_path(s)) for s in stems]
         if images:
             return images, f"{len(images)} images of {run['dataset']}"
     except (AutosegError, OSError, KeyError, TypeError):
@@ -465,8 +526,14 @@ def sample_images(run: dict[str, Any], input_size: tuple[int, int], count: int =
     height, width = input_size[0] * 3 // 2 + 1, input_size[1] * 3 // 2 + 3
     images = []
     for _ in range(count):
-        coarse = rng.uniform(0, 255, (max(2, height // 8), max(2, width // 8), 3)).astype(np.float32)
-        images.append(np.clip(pipeline.resize_image(coarse, (height, width)), 0, 255).astype(np.uint8))
+        shape = (max(2, height // 8), max(2, width // 8), channels)
+        coarse = rng.uniform(0, 255, shape).astype(np.float32)
+        smooth = np.clip(pipeline.resize_image(coarse, (height, width)), 0, 255)
+        if rule is None:
+            images.append(smooth.astype(np.uint8))
+        else:  # raw values that the rule maps back onto 0..255
+            raw = rule["low"] + smooth / 255.0 * (rule["high"] - rule["low"])
+            images.append(raw.astype(np.dtype(rule.get("dtype") or "float32")))
     return images, f"{count} synthetic images (the run's dataset is not readable)"
 
 
@@ -584,6 +651,12 @@ def export(
     rundir = find_run(run, runs_dir)
     run_config = load_run(rundir)
     objective = run_config.get("objective", "val_mean_iou")
+    if len(run_config.get("classes") or []) < 2:
+        raise DatasetError(
+            f"Run {rundir} was searched on {run_config.get('dataset')} with classes "
+            f"{run_config.get('classes')}: fewer than two classes, nothing a model can "
+            "separate. Prepare the dataset again (binary masks: --format binary)."
+        )
     rows = _leaderboard_rows(rundir)
     row = select_trial(rundir, rows, str(trial), objective)
     trial_id = row["trial_id"]
@@ -593,6 +666,7 @@ def export(
     out = atomic.check_output_dir(out, overwrite)
     trial_record = read_trial(rundir, trial_id)
     values = trial_values(trial_record)
+    channels, rule = image_format(run_config)
     config = trial_model_config(values)
 
     refit_record = None
@@ -606,7 +680,7 @@ def export(
             )
         model, refit_record = refit_trial_model(rundir, run_config, trial_id, epochs, log=log)
     else:
-        model = load_trial_model(rundir, run_config, trial_id)
+        model = load_trial_model(rundir, run_config, trial_id, channels)
 
     input_size = [int(d) for d in model.input_shape[1:3]]
     metadata: dict[str, Any] = {
@@ -615,9 +689,11 @@ def export(
         "palette": [[int(v) for v in c] for c in run_config["palette"]],
         "ignore_index": int(run_config.get("ignore_index", 255)),
         "input_size": input_size,
+        "channels": int(model.input_shape[-1]),
+        "intensity": rule,
         "policy": config["policy"],
         "crop_scale": float(config["crop_scale"]),
-        "normalisation": NORMALISATION,
+        "normalisation": normalisation(int(model.input_shape[-1]), rule),
         "model_name": config["model_name"],
         "hyperparameters": values,
         "objective": objective,
@@ -649,7 +725,8 @@ def export(
         metadata["formats"] = {**written_keras, **written}
         metadata["skipped_formats"] = skipped
         atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
-        images, source = sample_images(run_config, tuple(input_size))
+        images, source = sample_images(run_config, tuple(input_size),
+                                       channels=metadata["channels"], rule=rule)
         checks = verify_formats(tmp, list(written), images)
         bad = {f: c for f, c in checks.items() if c["differing_fraction"] > MAX_DIFFERING_FRACTION}
         if bad:

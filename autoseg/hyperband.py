@@ -2,29 +2,30 @@
 
 KerasTuner's Hyperband plans in epochs and always opens with its most exploratory bracket:
 with `max_epochs: 40` that is 34 trials of 2 epochs, then 12 of 5, and so on. Each trial also
-pays a fixed cost (build, tracing, validation, checkpoint; ~20-30 s on CPU), so under a
+pays a fixed cost (build, tracing, validation, checkpoint; ~20-40 s on CPU), so under a
 budget of tens of minutes it never gets past the short trials (RESULTS.md, CWFID).
 
 `BudgetHyperbandOracle` is KerasTuner's `HyperbandOracle` (same brackets, rounds and
-continued trials) with a plan made from measured costs whenever there is a deadline:
+continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), the default:
 
-1. **Probe.** The first `PROBES` trials are Hyperband's cheapest (round 0 of its first
-   bracket). Their wall times and per-epoch times (`epoch_seconds` in each trial's record)
-   give the cost model: a trial of n epochs costs `overhead + n x seconds_per_epoch`
-   (means over the trials measured; configurations differ several-fold, so one probe is
-   not enough).
-2. **Explore.** It picks one bracket whose estimated cost fits `explore_share` of the time
-   left: the most exploratory one at `max_epochs`, else at `max_epochs / factor`, and so on
-   (at least `factor` epochs), with the time multiplied by the number of workers seen.
-   Probe trials that match the bracket's first round count in it.
-3. **Exploit.** When the bracket is done, the best completed trial is continued from its
-   checkpoint (Hyperband's own continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as
-   many epochs as the time left allows, at its own measured epoch time, and again while
-   time is left. The cosine learning-rate schedule restarts over the longer run. These trials
-   may exceed `max_epochs`: under a deadline, that bounds the exploration, and the budget
-   bounds the rest. This phase runs one trial at a time: other distributed workers idle.
+1. **The recipe** is trial 0 (`tuner/bracket` `RECIPE_BRACKET`), for the plan's epochs.
+2. **Explore** (with a deadline): the most exploratory bracket whose estimated cost fits the
+   time left less the plan's finishing share, costed with the epoch times the plan estimates
+   for the variants it will draw. Its first trial is the recipe (the control at equal
+   epochs); the others are variants of the recipe (`plan.neighbour`), never a configuration
+   the plan drops. A trial whose estimated time would eat into the finishing share ends the
+   exploration instead of starting.
+3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
+   continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
+   left allows, at its own measured epoch time, and again while time is left. The cosine
+   schedule restarts over the longer run; these trials may exceed `max_epochs`.
 
-Without a deadline it is KerasTuner's Hyperband unchanged. The plan and the measured wall
+Every trial's steady epoch time corrects the plan's cost model (`Plan.observe`).
+
+Without a plan but with a deadline (plain KerasTuner use of this oracle), the costs come from
+**probes** instead: the first `PROBES` trials are Hyperband's cheapest, and their wall and
+epoch times (`epoch_seconds` in each trial's record) give the cost model for step 2. Without
+a deadline or a plan it is KerasTuner's Hyperband unchanged. The plans and the measured wall
 times are saved with the oracle, so a resumed search keeps them; the deadline is not (each
 process's budget counts from its own start).
 """
@@ -33,10 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import statistics
 import time
 
 import keras_tuner as kt
+
+from autoseg import plan as search_plan
 
 #: Share of the time left that the exploration bracket may take; the rest trains its winner.
 EXPLORE_SHARE = 0.5
@@ -45,6 +49,10 @@ EXPLORE_SHARE = 0.5
 PROBES = 3
 
 REFINE_BRACKET = -1  # `tuner/bracket` of a continuation trial beyond the plan
+RECIPE_BRACKET = search_plan.RECIPE_BRACKET
+
+#: Variants drawn to estimate the epoch time of an exploration bracket's trials.
+COST_SAMPLES = 20
 
 
 class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
@@ -69,10 +77,23 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self.plan: dict | None = None
         self.wall_seconds: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self.search_plan: search_plan.Plan | None = None
+        self.space = None
+        self._observed: dict | None = None
+        self._rng = random.Random(0)
 
     def set_budget(self, deadline: float | None, read_record) -> None:
         self.deadline = deadline
         self.read_record = read_record
+
+    def set_search_plan(self, plan: "search_plan.Plan", space, seed: int = 0) -> None:
+        """Runs the recipe first and explores its variants (`autoseg.plan`)."""
+        self.search_plan = plan
+        self.space = space
+        self._rng = random.Random(seed + len(self.trials))
+        if self._observed is not None:  # what the trials before a resume measured
+            plan.costs["observed"] = self._observed
+            plan.__dict__.pop("_cost_model", None)
 
     # -- timing ----------------------------------------------------------------------------
     def create_trial(self, tuner_id):
@@ -86,6 +107,10 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         start = self._started.pop(trial.trial_id, None)
         if start is not None:
             self.wall_seconds[trial.trial_id] = round(self.clock() - start, 2)
+        own = _epoch_seconds(self.read_record(trial.trial_id))
+        if self.search_plan is not None and own is not None and own[1] >= 2:
+            # Steady epochs only: the first one also traces and fills the caches.
+            self.search_plan.observe(trial.hyperparameters.values, own[0])
         super().end_trial(trial)
 
     def measured(self) -> int:
@@ -184,6 +209,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self.hyperband_iterations = 1
 
     def populate_space(self, trial_id):
+        if self.search_plan is not None:
+            return self._populate_planned(trial_id)
         if self.deadline is None:
             return super().populate_space(trial_id)
         if self.plan is None:
@@ -196,6 +223,88 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if result["status"] == "RUNNING":  # KerasTuner labels it with `_current_bracket` (0)
             result["values"]["tuner/bracket"] = self.plan["bracket"]
         return result
+
+    # -- the planned search: recipe, variants, the best trained on ---------------------------
+    def _populate_planned(self, trial_id):
+        if not any(t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET
+                   for t in self.trials.values()):
+            return {"status": "RUNNING", "values": {
+                **self.search_plan.recipe, "tuner/epochs": self.search_plan.recipe_epochs,
+                "tuner/initial_epoch": 0, "tuner/bracket": RECIPE_BRACKET, "tuner/round": 0}}
+        if self.deadline is None:
+            return super().populate_space(trial_id)
+        if self.plan is None:
+            self._plan_exploration()
+        if not self.plan.get("explored"):
+            result = super().populate_space(trial_id)
+            if result["status"] == "IDLE":
+                return result
+            if result["status"] == "RUNNING" and self._fits(result["values"]):
+                result["values"]["tuner/bracket"] = self.plan["bracket"]
+                return result
+            self.plan["explored"] = True  # the rest of the bracket would eat the finish
+        return self._continue_best(trial_id)
+
+    def _fixed_seconds(self) -> float:
+        costs = self.costs()
+        return costs[0] if costs else self.search_plan.cost_model.fixed_seconds
+
+    def _trial_seconds(self, values) -> float:
+        epochs = int(values["tuner/epochs"]) - int(values.get("tuner/initial_epoch", 0))
+        per_epoch = self.search_plan.epoch_seconds(values) or 0.0
+        return self._fixed_seconds() + epochs * per_epoch
+
+    def _finish_seconds(self) -> float:
+        budget = self.search_plan.budget_seconds or 0.0
+        return budget * self.search_plan.shares["finish"]
+
+    def _fits(self, values) -> bool:
+        """Whether a trial ends before the time kept for finishing the best one."""
+        left = self.deadline - self.clock() - self._finish_seconds()
+        return self._trial_seconds(values) <= left
+
+    def _plan_exploration(self) -> None:
+        """The most exploratory bracket that fits the time left less the finish, costed
+        with the epoch times of the variants the exploration will draw."""
+        rng = random.Random(self._rng.random())
+        samples = [search_plan.neighbour(self.search_plan.recipe, self.space, rng,
+                                         self.search_plan.admits, lambda v: False)
+                   for _ in range(COST_SAMPLES)]
+        seconds = [self.search_plan.epoch_seconds(v) for v in samples if v]
+        per_epoch = statistics.fmean(
+            [s for s in seconds if s] or [self.search_plan.epoch_seconds(self.search_plan.recipe)])
+        overhead = self._fixed_seconds()
+        left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
+        workers = max(1, len(self.tuner_ids))
+        max_epochs, bracket = self.choose_bracket(left * workers, overhead, per_epoch)
+        self.plan = {
+            "max_epochs": max_epochs, "bracket": bracket,
+            "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
+            "overhead_seconds": round(overhead, 2), "seconds_per_epoch": round(per_epoch, 3),
+            "seconds_left": round(left, 1), "workers": workers, "explored": False,
+        }
+        self.max_epochs = max_epochs
+        self._brackets = [{"bracket_num": bracket,
+                           "rounds": [[] for _ in range(self._get_num_rounds(bracket))]}]
+        self._current_bracket = 0
+        self._current_iteration = 0
+        self.hyperband_iterations = 1
+
+    def _random_trial(self, trial_id, bracket):
+        if self.search_plan is None or bracket["rounds"][0]:
+            return super()._random_trial(trial_id, bracket)
+        # Each bracket opens with the recipe: the control its variants are compared with at
+        # equal epochs.
+        bracket["rounds"][0].append({"past_id": None, "id": trial_id})
+        return {"status": "RUNNING", "values": {
+            **self.search_plan.recipe, "tuner/epochs": self._get_epochs(bracket["bracket_num"], 0),
+            "tuner/initial_epoch": 0, "tuner/bracket": self._current_bracket, "tuner/round": 0}}
+
+    def _random_values(self):
+        if self.search_plan is None:
+            return super()._random_values()
+        return search_plan.neighbour(self.search_plan.recipe, self.space, self._rng,
+                                     self.search_plan.admits, self._duplicate)
 
     def _continue_best(self, trial_id):
         """Continues the best completed trial for the epochs the time left allows."""
@@ -249,6 +358,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             "plan": self.plan, "wall_seconds": self.wall_seconds,
             "configured_max_epochs": self.configured_max_epochs,
             "explore_share": self.explore_share,
+            "observed": self.search_plan.costs.get("observed") if self.search_plan else None,
         }
         return state
 
@@ -259,6 +369,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self.wall_seconds = dict(saved.get("wall_seconds") or {})
         self.configured_max_epochs = saved.get("configured_max_epochs", self.max_epochs)
         self.explore_share = saved.get("explore_share", self.explore_share)
+        self._observed = saved.get("observed")
 
 
 def _epoch_seconds(record: dict) -> tuple[float, int] | None:

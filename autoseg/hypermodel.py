@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import gc
 import math
+import statistics
 import time
 from typing import Any
 
@@ -107,7 +108,8 @@ def trial_model_config(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | None = None):
+def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | None = None,
+                      channels: int = 3):
     """Rebuilds (uncompiled) the model a trial trained, from its hyperparameter values.
 
     Args:
@@ -115,6 +117,7 @@ def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | No
         num_classes: Classes of the dataset.
         space: The run's resolved space (`run.json["space"]`): structured options it fixes
             (e.g. pix2pix `generator_options`) are not hyperparameters and come from here.
+        channels: Input channels, the dataset's `channels` (1 grey, 3 RGB). Defaults to 3.
     """
     from autoseg import models
 
@@ -122,7 +125,8 @@ def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | No
     model_space = ((space or {}).get("models") or {}).get(config["model_name"]) or {}
     fixed = {k: v for k, v in model_space.items() if isinstance(v, dict) and not ({"min", "max"} <= set(v))}
     options = {**fixed, **config["options"]}
-    return models.build(config["model_name"], num_classes, (*config["input_size"], 3), **options)
+    return models.build(config["model_name"], num_classes, (*config["input_size"], channels),
+                        **options)
 
 
 #: A search trains for a few hundred steps. Keras' default BatchNormalization momentum
@@ -189,6 +193,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.verbose = verbose
         self.precision = devices.resolve_precision(precision)  # a Keras policy name
         self.last_fit: FitRecord = FitRecord()
+        #: The search's `autoseg.plan.Plan`: configurations it drops fail before training.
+        self.plan = None
 
     # -- declaring hyperparameters -------------------------------------------------------
     @staticmethod
@@ -242,7 +248,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         # Layers keep the policy they are built with; compile wraps the optimizer in a
         # LossScaleOptimizer when the model's policy is mixed_float16.
         with devices.dtype_policy(self.precision):
-            model = models.build(model_name, dataset.num_classes, (*input_size, 3), **options)
+            model = models.build(model_name, dataset.num_classes,
+                                 (*input_size, dataset.channels), **options)
             set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
             weights = self.data.class_weights if loss_name == "weighted_ce" else None
             model.compile(
@@ -260,8 +267,36 @@ class BaseSegmentationHyperModel(kt.HyperModel):
 
         Raises:
             keras_tuner.errors.FailedTrialError: the configuration cannot fit the memory
-                budget at any batch size, ran out of memory twice, or diverged (NaN loss).
+                budget at any batch size, is one the plan drops, ran out of memory twice, or
+                diverged (NaN loss).
         """
+        setup = self._draw_training(hp, model)
+        epochs = int(kwargs.pop("epochs", self.space.max_epochs))
+        kwargs.pop("batch_size", None)  # Keras ignores it for datasets; batching is ours
+        kwargs.pop("validation_data", None)
+        initial_epoch = int(kwargs.get("initial_epoch", 0))
+        time_budget = TimeBudget(self.data.deadline, epochs=epochs,
+                                 allotment_seconds=self._allotment(hp))
+        callbacks = list(kwargs.pop("callbacks", [])) + [
+            time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
+        verbose = kwargs.pop("verbose", self.verbose)
+        kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
+        start = time.time()
+        history, peak = self._fit_with_retry(model, setup, epochs=epochs, callbacks=callbacks,
+                                             verbose=verbose, **kwargs)
+        self._record_fit(history, peak, time_budget, start)
+        return history
+
+    def _allotment(self, hp) -> float | None:
+        """The training seconds the plan gives this trial: the recipe's share, else None."""
+        from autoseg.plan import RECIPE_BRACKET
+
+        if self.plan is None or hp.values.get("tuner/bracket") != RECIPE_BRACKET:
+            return None
+        return self.plan.recipe_seconds()
+
+    def _draw_training(self, hp, model) -> "_TrainingSetup":
+        """Declares the training-time hyperparameters and bounds the batch by memory."""
         input_size = tuple(int(d) for d in model.input_shape[1:3])
         policy, crop_scale = self.declare_policy(hp)
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
@@ -272,10 +307,14 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         replicas = devices.num_replicas(getattr(model, "distribute_strategy", None))
         record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch,
                                            precision=self.precision, replicas=replicas)
+        if self.plan is not None and "tuner/bracket" not in hp.values:
+            # Other tuners draw from the whole space; the planned Hyperband only admissible ones.
+            reason = self.plan.admits(hp.values)
+            if reason:
+                _fail(record, f"dropped by the plan: {reason}")
         family = registry.ARCHITECTURES.get(hp.get("model_name")).family
         estimate = functools.partial(budget.estimate_training_memory, model,
                                      precision=self.precision, family=family)
-
         limit = self.data.memory_budget_bytes
         fitting = (
             budget.admissible_batch_sizes(model, candidates, limit, precision=self.precision,
@@ -289,43 +328,39 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         batch_size = max([b for b in fitting if b <= drawn_batch] or [min(fitting)])
         if batch_size != drawn_batch:
             record["message"] = f"batch {drawn_batch} is over the memory budget; trained with {batch_size}"
+        return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
+                              replicas, estimate)
 
-        epochs = int(kwargs.pop("epochs", self.space.max_epochs))
-        kwargs.pop("batch_size", None)  # Keras ignores it for datasets; batching is ours
-        kwargs.pop("validation_data", None)
-        callbacks = list(kwargs.pop("callbacks", []))
-        time_budget = TimeBudget(self.data.deadline)
-        callbacks += [time_budget, CosineSchedule(epochs, kwargs.get("initial_epoch", 0))]
-        verbose = kwargs.pop("verbose", self.verbose)
-        kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
+    def _datasets(self, setup: "_TrainingSetup", global_batch: int):
+        """The training (repeated, augmented) and validation datasets of one attempt."""
+        common = dict(input_size=setup.input_size, policy=setup.policy,
+                      crop_scale=setup.crop_scale, batch_size=global_batch, seed=self.data.seed)
+        train = pipeline.make_dataset(self.data.dataset, self.data.train_stems, training=True,
+                                      aug_strength=setup.aug_strength, repeat=True, **common)
+        val = pipeline.make_dataset(self.data.dataset, self.data.val_stems, training=False,
+                                    aug_strength=0.0, **common)
+        if setup.replicas > 1:
+            # Keras splits each dataset batch across the replicas.
+            train, val = _even_replica_batches(train, val, global_batch, setup.replicas,
+                                               self.data.dataset.ignore_index)
+        return train, val
 
-        start = time.time()
+    def _fit_with_retry(self, model, setup: "_TrainingSetup", **fit_kwargs):
+        """`model.fit`, halving the batch once after running out of memory."""
+        record, batch_size = self.last_fit, setup.batch_size
         for attempt in (0, 1):
             record["batch_size"] = batch_size
-            global_batch = record["global_batch_size"] = batch_size * replicas
-            record["predicted_peak_memory_bytes"] = int(estimate(batch_size).total_bytes)
-            # Keras splits each dataset batch across the replicas (`_even_replica_batches`).
-            train = pipeline.make_dataset(
-                self.data.dataset, self.data.train_stems, input_size=input_size, policy=policy,
-                crop_scale=crop_scale, aug_strength=aug_strength, batch_size=global_batch,
-                training=True, seed=self.data.seed, repeat=True,
-            )
-            val = pipeline.make_dataset(
-                self.data.dataset, self.data.val_stems, input_size=input_size, policy=policy,
-                crop_scale=crop_scale, aug_strength=0.0, batch_size=global_batch,
-                training=False, seed=self.data.seed,
-            )
-            if replicas > 1:
-                train, val = _even_replica_batches(train, val, global_batch, replicas,
-                                                   self.data.dataset.ignore_index)
+            global_batch = record["global_batch_size"] = batch_size * setup.replicas
+            record["predicted_peak_memory_bytes"] = int(setup.estimate(batch_size).total_bytes)
+            train, val = self._datasets(setup, global_batch)
             try:
                 with budget.PeakMemory() as peak:
                     history = model.fit(
-                        train, validation_data=val, epochs=epochs, callbacks=callbacks,
+                        train, validation_data=val,
                         steps_per_epoch=pipeline.steps_per_pass(len(self.data.train_stems), global_batch),
-                        verbose=verbose, **kwargs,
+                        **fit_kwargs,
                     )
-                break
+                return history, peak
             except Exception as exc:  # noqa: BLE001 - only OOM is retried
                 if not _is_out_of_memory(exc):
                     raise
@@ -334,6 +369,11 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 batch_size = max(1, batch_size // 2)
                 record["message"] = f"out of memory at batch {batch_size * 2}; retried with {batch_size}"
                 gc.collect()
+        raise AssertionError("unreachable")
+
+    def _record_fit(self, history, peak, time_budget: "TimeBudget", start: float) -> None:
+        """What the trial measured; fails it when the loss diverged."""
+        record = self.last_fit
         record["measured_peak_memory_bytes"] = int(peak.peak_bytes)
         record["measured_growth_bytes"] = int(peak.growth_bytes)
         record["train_seconds"] = round(time.time() - start, 2)
@@ -345,7 +385,19 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         if bad or not losses_seen:
             _fail(record, f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
                           "try a lower learning_rate")
-        return history
+
+
+@dataclasses.dataclass
+class _TrainingSetup:
+    """What `fit` drew for a trial: input handling, augmentation, batch, memory estimate."""
+
+    input_size: tuple[int, int]
+    policy: str
+    crop_scale: float
+    aug_strength: float
+    batch_size: int
+    replicas: int
+    estimate: Any
 
 
 def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):
@@ -392,15 +444,31 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training at an epoch boundary when the next epoch would pass the deadline."""
+    """Ends training at an epoch boundary: before the next epoch would pass the deadline, and
+    at the epoch count that fits the trial's allotment of time, if it has one.
 
-    def __init__(self, deadline: float | None):
+    With an allotment (the recipe's share of the budget), the epoch target is re-estimated
+    from the measured epochs after the second one, and `CosineSchedule` decays over the new
+    target: the recipe ends its schedule inside its share rather than being cut mid-way.
+
+    Attributes:
+        target: The epoch (absolute, exclusive) training ends at.
+    """
+
+    def __init__(self, deadline: float | None, epochs: int | None = None,
+                 allotment_seconds: float | None = None):
         super().__init__()
         self.deadline = deadline
+        self.target = epochs
+        self.allotment = allotment_seconds
         self.stopped = False
         self._epoch_start = None
+        self._train_start = None
         self._longest = 0.0
         self.epoch_seconds: list[float] = []  # each epoch with its validation
+
+    def on_train_begin(self, logs=None):
+        self._train_start = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.time()
@@ -410,6 +478,9 @@ class TimeBudget(keras.callbacks.Callback):
             return
         now = time.time()
         self.epoch_seconds.append(round(now - self._epoch_start, 3))
+        self._fit_allotment(epoch, now)
+        if self.target is not None and epoch + 1 >= self.target:
+            self.model.stop_training = True
         if self.deadline is None:
             return
         self._longest = max(self._longest, now - self._epoch_start)
@@ -417,26 +488,40 @@ class TimeBudget(keras.callbacks.Callback):
             self.stopped = True
             self.model.stop_training = True
 
+    def _fit_allotment(self, epoch: int, now: float) -> None:
+        if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:
+            return
+        steady = statistics.median(self.epoch_seconds[1:])
+        left = self._train_start + self.allotment - now
+        reach = epoch + 1 + max(0, int(left // steady))
+        self.target = min(self.target, max(epoch + 1, reach))
+
 
 class CosineSchedule(keras.callbacks.Callback):
     """Cosine decay of the compiled learning rate over the trial's epochs, per epoch.
 
     A constant learning rate left the small-batch IoU swinging between epochs on CWFID;
     decaying it settles the final epochs. Hyperband's continued trials resume the schedule
-    at their `initial_epoch`.
+    at their `initial_epoch`. With a `TimeBudget` that has an allotment, the schedule ends at
+    its (re-estimated) target epoch.
     """
 
-    def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05):
+    def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05,
+                 budget: TimeBudget | None = None):
         super().__init__()
         self.epochs = max(1, int(epochs))
         self.floor = floor
+        self.budget = budget
         self._base = None
 
     def on_train_begin(self, logs=None):
         self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
-        progress = min(1.0, epoch / self.epochs)
+        epochs = self.epochs
+        if self.budget is not None and self.budget.target is not None:
+            epochs = max(1, min(epochs, self.budget.target))
+        progress = min(1.0, epoch / epochs)
         scale = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
         self.model.optimizer.learning_rate.assign(self._base * scale)
 
@@ -501,6 +586,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         delegate = self._delegate(hp.get("model_name"))
+        delegate.plan = self.plan
         try:
             return delegate.fit(hp, model, *args, **kwargs)
         finally:

@@ -314,6 +314,8 @@ def format_table(
     present = list(rows[0])
     if columns is None:
         objective = objective_column(rows)
+        # `backbone` gathers the per-model `<model>/backbone` columns.
+        present += ["backbone"] if any(backbone_of(row) for row in rows) else []
         wanted = [c for c in _TABLE_DEFAULT if c in present]
         wanted.insert(3, objective)
         if not any(row.get("message") for row in rows):
@@ -328,7 +330,10 @@ def format_table(
         wanted = list(columns)
     shown = list(rows[: top if top is not None else len(rows)])
     headers = [_TABLE_HEADERS.get(c, c) for c in wanted]
-    cells = [[_table_cell(c, row.get(c, "")) for c in wanted] for row in shown]
+    cells = [
+        [_table_cell(c, backbone_of(row) if c == "backbone" else row.get(c, "")) for c in wanted]
+        for row in shown
+    ]
     right = [
         c not in _TEXT_COLUMNS and all(_to_float(r[i]) is not None or r[i] == "" for r in cells)
         for i, c in enumerate(wanted)
@@ -497,6 +502,26 @@ def flatten_message(message: Any) -> str:
     last = lines[-1]
     room = MESSAGE_MAX_CHARS - len(MESSAGE_CUT_HINT) - 1
     return f"{_cut(last, room)} {MESSAGE_CUT_HINT}"
+
+
+def backbone_of(row: Mapping[str, Any]) -> str:
+    """Returns a trial's backbone: its `<model_name>/backbone` hyperparameter ("" if none).
+
+    Accepts leaderboard rows (strings) or trial records. Backbones are per-model
+    hyperparameters (`unet/backbone`, `deeplabv3plus/backbone`); a bare `backbone` (a
+    HyperModel of one's own) is read too.
+
+    Example: `backbone_of({"model_name": "unet", "unet/backbone": "resnet50"})` is
+    `"resnet50"`.
+    """
+    hps = row.get("hyperparameters")
+    values = hps if isinstance(hps, Mapping) else row
+    model = _text(values.get("model_name"))
+    for name in (f"{model}/backbone", "backbone"):
+        value = _text(values.get(name))
+        if value:
+            return value
+    return ""
 
 
 def format_params(value: Any) -> str:

@@ -113,10 +113,11 @@ def check_input_shape(spec: ArchitectureSpec, options: Mapping[str, Any], input_
         shape is None
         or len(shape) != 3
         or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape)
-        or shape[2] != 3
+        or shape[2] not in (1, 3)
     ):
         raise ConfigError(
-            f"input_shape must be (height, width, 3) with positive integer sizes. "
+            f"input_shape must be (height, width, 3) for RGB or (height, width, 1) for grey "
+            f"images, with positive integer sizes. "
             f"Received: input_shape={input_shape!r}"
         )
     divisor = int(spec.input_divisor(options))

@@ -1,8 +1,15 @@
 """Predict with an exported model: `autoseg.load(MODEL_DIR)` and `autoseg predict`.
 
 A model directory is what `autoseg export` writes (see `autoseg.export`): `autoseg.json`
-(classes, palette, input size, policy, ...) and the model in one or more formats. Every
-format goes through the same pre- and post-processing, so they give the same class maps:
+(classes, palette, input size, channels, intensity rule, policy, ...) and the model in one or
+more formats. Every format goes through the same pre- and post-processing, so they give the
+same class maps:
+
+- the photo is brought to the model's `channels` (grey repeated over RGB for an RGB model;
+  a grey photo stored as RGB made grey for a grey model) and, for models of photos deeper
+  than 8 bits, scaled to 0..255 by the `intensity` rule they were trained with
+  (`autoseg.data.intensity`). A model takes the photos it was trained on: 8-bit photos for
+  8-bit models, photos at their full depth (uint16, float) for the others.
 
 - policy `resize`: the photo is resized to the model's `input_size` (area interpolation when
   shrinking, as in training), the network's class scores are resized bilinearly back to the
@@ -17,7 +24,7 @@ bilinear scores beat a nearest-neighbour resize of the class map.
 Example:
 ```python
 model = autoseg.load("exports/cwfid-0007")
-class_map = model.predict(image)          # (H, W) uint8, image: (H, W, 3) uint8 RGB
+class_map = model.predict(image)          # (H, W) uint8, image: (H, W, 3) uint8 RGB (as trained)
 model.classes, model.palette
 ```
 """
@@ -41,7 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from autoseg import atomic
-from autoseg.data import pipeline
+from autoseg.data import intensity, pipeline
 from autoseg.data.dataset import IMAGE_EXTENSIONS
 from autoseg.errors import AutosegError, ConfigError, DatasetError
 from autoseg.export import FORMATS, METADATA_FILE
@@ -124,6 +131,13 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(
                 f"{path}: `{key}` must be {what}. Received: {key}={metadata[key]!r}."
             )
+    channels = metadata.setdefault("channels", 3)  # exports before grey models took RGB
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ConfigError(f"{path}: `channels` must be 1 or 3. Received: channels={channels!r}.")
+    try:
+        metadata["intensity"] = intensity.check_rule(metadata.get("intensity"), str(path))
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
     if len(metadata["palette"]) != len(metadata["classes"]):
         raise ConfigError(
             f"{path}: `palette` has {len(metadata['palette'])} colours for "
@@ -133,7 +147,7 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Runners: one per format, each `(N, h, w, 3) float32 -> (N, h, w, C) float32`.
+# Runners: one per format, each `(N, h, w, channels) float32 -> (N, h, w, C) float32`.
 
 
 def _keras_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -239,7 +253,7 @@ def open_runner(path: str | os.PathLike, format: str) -> Callable[[np.ndarray], 
         format: One of `FORMATS`.
 
     Returns:
-        A function `(N, h, w, 3) float32 raw RGB -> (N, h, w, C) float32` probabilities.
+        A function `(N, h, w, channels) float32 0..255 -> (N, h, w, C) float32` probabilities.
 
     Raises:
         ConfigError: unknown format, a missing, damaged or unsafe file.
@@ -275,6 +289,8 @@ class SegmentationModel:
         palette: One `(R, G, B)` per class.
         ignore_index: The label value that marks unlabelled pixels (255).
         input_size: `(height, width)` the network sees.
+        channels: Input channels: 1 (grey) or 3 (RGB).
+        intensity: The rule scaling photos deeper than 8 bits to 0..255, or None.
         policy: "resize" or "crop".
         crop_scale: The photo's scale before tiling (policy "crop"; 1.0 otherwise).
         tile_overlap: Pixels shared by neighbouring tiles (policy "crop").
@@ -297,6 +313,8 @@ class SegmentationModel:
         self.palette = [tuple(int(v) for v in c) for c in metadata["palette"]]
         self.ignore_index = int(metadata["ignore_index"])
         self.input_size = (int(metadata["input_size"][0]), int(metadata["input_size"][1]))
+        self.channels = int(metadata.get("channels", 3))
+        self.intensity = metadata.get("intensity")
         self.policy = metadata["policy"]
         self.crop_scale = float(metadata["crop_scale"]) if self.policy == "crop" else 1.0
         if self.policy == "crop":
@@ -326,7 +344,7 @@ class SegmentationModel:
         """Runs the network alone on inputs of the model's `input_size`.
 
         Args:
-            tiles: float32 `(N, h, w, 3)` raw RGB 0..255 (normalisation is in the model).
+            tiles: float32 `(N, h, w, channels)` 0..255 (normalisation is in the model).
 
         Returns:
             float32 `(N, h, w, C)` class probabilities.
@@ -348,19 +366,44 @@ class SegmentationModel:
             )
         return scores.astype(np.float32, copy=False)
 
-    def predict_scores(self, image: np.ndarray) -> np.ndarray:
+    def model_input(self, image: np.ndarray, name: str = "image", error=ConfigError) -> np.ndarray:
+        """A photo as the network takes it: the model's channels, scaled by its rule.
+
+        Args:
+            image: The photo as stored: `(H, W)` or `(H, W, 1)` grey, `(H, W, 3)` RGB or
+                `(H, W, 4)` RGBA; uint8 for 8-bit models, the full depth (uint16, float,
+                ...) for models with an intensity rule.
+            name: How error messages refer to it.
+            error: The exception class to raise. Defaults to `ConfigError`.
+
+        Returns:
+            `(H, W, channels)`: uint8 for 8-bit models, float32 0..255 otherwise.
+
+        Raises:
+            error: not a photo array this model takes (with what it takes).
+        """
+        if not isinstance(image, np.ndarray):
+            raise error(f"{name} must be a numpy array. Received: {type(image).__name__}.")
+        return pipeline.model_input(image, self.channels, self.intensity, name, error)
+
+    def predict_scores(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Class probabilities of a photo, at the photo's size.
 
         Args:
-            image: uint8 RGB `(H, W, 3)` (also accepted: grey `(H, W)`, RGBA `(H, W, 4)`).
+            image: The photo as stored (see `model_input`): uint8 RGB `(H, W, 3)` for an 8-bit
+                RGB model (also accepted: grey `(H, W)`, RGBA `(H, W, 4)`).
+            name: How error messages refer to it. Defaults to "image".
 
         Returns:
             float32 `(H, W, C)`.
 
         Raises:
-            ConfigError: `image` is not an 8-bit image array.
+            ConfigError: `image` is not a photo array this model takes.
         """
-        image = as_rgb(image)
+        return self._scores(self.model_input(image, name))
+
+    def _scores(self, image: np.ndarray) -> np.ndarray:
+        """`predict_scores` of a photo already brought to the model (`model_input`)."""
         height, width = image.shape[:2]
         tile_h, tile_w = self.input_size
         if self.policy == "resize":
@@ -374,11 +417,13 @@ class SegmentationModel:
             scores = pipeline.stitch(self.predict_tiles(tiles), positions, scaled_h, scaled_w)
         return resize_scores(scores, (height, width))
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """The class map of a photo, at the photo's size.
 
         Args:
-            image: uint8 RGB `(H, W, 3)` (also accepted: grey `(H, W)`, RGBA `(H, W, 4)`).
+            image: The photo as stored (see `model_input`): uint8 RGB `(H, W, 3)` for an 8-bit
+                RGB model (also accepted: grey `(H, W)`, RGBA `(H, W, 4)`).
+            name: How error messages refer to it. Defaults to "image".
 
         Returns:
             uint8 `(H, W)` class indices.
@@ -389,7 +434,7 @@ class SegmentationModel:
         class_map = model.predict(np.asarray(Image.open("field.jpg").convert("RGB")))
         ```
         """
-        return np.argmax(self.predict_scores(image), axis=-1).astype(np.uint8)
+        return np.argmax(self.predict_scores(image, name), axis=-1).astype(np.uint8)
 
 
 def load(
@@ -659,20 +704,21 @@ def predict_files(
     for number, path in enumerate(files, start=1):
         start = time.perf_counter()
         try:
-            image = pipeline.read_image(path)
+            image = model.model_input(pipeline.read_pixels(path), str(path), DatasetError)
         except (DatasetError, OSError) as exc:
             reason = str(exc) if isinstance(exc, AutosegError) else f"{path} cannot be read: {exc}"
             report.failed.append((path, reason))
             warn(f"Skipped {path}: {reason}")
             continue
-        class_map = model.predict(image)
+        class_map = np.argmax(model._scores(image), axis=-1).astype(np.uint8)
         outputs = {
             out / f"{path.stem}_mask.png": class_map,
             out / f"{path.stem}_color.png": colorize(class_map, model.palette),
         }
         if with_overlay:
+            display = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
             outputs[out / f"{path.stem}_overlay.png"] = overlay(
-                image, class_map, model.palette, model.classes
+                display, class_map, model.palette, model.classes
             )
         for target, array in outputs.items():
             atomic.write_bytes(target, _png(array))

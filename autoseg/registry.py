@@ -10,6 +10,7 @@ Lookups are case-insensitive. Unknown names raise `ConfigError` listing the vali
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping
 
 from autoseg.errors import ConfigError
@@ -103,10 +104,35 @@ class ArchitectureSpec:
     input_divisor: Callable[[Mapping[str, Any]], int] = lambda options: 1
     description: str = ""
 
+    @property
+    def user_backbones(self) -> tuple[str, ...]:
+        """The backbones a user may choose: `backbones` less the test-only ones.
+
+        What search spaces accept and `autoseg models` lists; `models.build` takes every
+        one of `backbones`. `AUTOSEG_TEST_BACKBONES=1` lets test-only ones in (for tests).
+        """
+        if test_backbones_allowed():
+            return self.backbones
+        return tuple(name for name in self.backbones if not is_test_backbone(name))
+
 
 ARCHITECTURES = Registry("architecture")
 BACKBONES = Registry("backbone")
 LOSSES = Registry("loss")
+
+#: Set to 1 to let test-only backbones (`tiny`) into search spaces and `autoseg models`.
+TEST_BACKBONES_ENV = "AUTOSEG_TEST_BACKBONES"
+
+
+def is_test_backbone(name: str) -> bool:
+    """Whether `name` is a backbone registered with `for_tests=True` (e.g. `tiny`)."""
+    return name in BACKBONES and bool(BACKBONES.get(name)[1].get("for_tests"))
+
+
+def test_backbones_allowed() -> bool:
+    """Whether `AUTOSEG_TEST_BACKBONES` lets test-only backbones into user choices."""
+    value = os.environ.get(TEST_BACKBONES_ENV, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
 
 
 def register_architecture(
@@ -152,16 +178,23 @@ def register_architecture_alias(alias: str, target: str, **preset: Any) -> None:
     ARCHITECTURES.add_alias(alias, target, **preset)
 
 
-def register_backbone(name: str, **info: Any):
+def register_backbone(name: str, *, for_tests: bool = False, **info: Any):
     """Decorator registering a backbone builder.
 
     The builder is `builder(inputs, weights=None, **options) -> dict[int, tensor]`: the
     feature maps keyed by their stride relative to the input (1, 2, 4, 8, 16, 32).
     `info` may carry static facts such as `strides=(2, 4, 8, 16, 32)`.
+
+    Args:
+        name: The backbone's key.
+        for_tests: A backbone for autoseg's own tests (fast, useless for real data): models
+            build with it, but search spaces refuse it and `autoseg models` does not list
+            it (`ArchitectureSpec.user_backbones`). Defaults to False.
+        **info: Static facts, kept as the entry's info dict (with `for_tests`).
     """
 
     def decorate(builder):
-        BACKBONES.add(name, (builder, dict(info)))
+        BACKBONES.add(name, (builder, {**info, "for_tests": for_tests}))
         return builder
 
     return decorate

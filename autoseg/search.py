@@ -5,7 +5,8 @@ fits nothing) is found here, before `tuner.search` starts.
 
 RUNDIR layout:
 ```
-RUNDIR/run.json          dataset, classes, palette, split, seed, tuner, objective (export reads it)
+RUNDIR/run.json          dataset, classes, palette, split, seed, tuner, objective, options
+RUNDIR/plan.json         the plan (`autoseg.plan`): recipe, kept and dropped configurations
 RUNDIR/space.yaml        the resolved search space
 RUNDIR/leaderboard.csv   one row per trial, rewritten atomically after every trial
 RUNDIR/trials/           KerasTuner's project: trial_<id>/{trial.json, checkpoint, autoseg.json}
@@ -29,6 +30,7 @@ from autoseg import atomic
 from autoseg.errors import BudgetError, ConfigError, RunError
 
 RUN_FILE = "run.json"
+PLAN_FILE = "plan.json"
 
 
 @dataclasses.dataclass
@@ -85,6 +87,40 @@ def default_rundir(dataset_path: str | Path) -> Path:
     return Path("runs") / Path(dataset_path).resolve().name
 
 
+@dataclasses.dataclass
+class SearchOptions:
+    """Everything a search is asked to do (`search`'s arguments; stored in `run.json`)."""
+
+    dataset: str
+    space: Any = None
+    out: str | None = None
+    tuner: str = "hyperband"
+    max_trials: int | None = None
+    max_epochs: int | None = None
+    time_budget: str | float | None = None
+    memory_budget: str | int | None = None
+    precision: str = "auto"
+    strategy: str = "auto"
+    objective: str = "val_mean_iou"
+    seed: int = 0
+    overwrite: bool = False
+    verbose: bool = False
+    val_fraction: float = 0.2
+    val_groups: str | None = None
+    role: str | None = None
+    oracle: str | None = None
+    worker_id: str | None = None
+    oracle_timeout: str | float | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The options as `run.json` keeps them (a space given as a dict is in `space`)."""
+        values = {k: str(v) if isinstance(v, Path) else v
+                  for k, v in dataclasses.asdict(self).items()}
+        if isinstance(values["space"], dict):
+            values["space"] = "<dict>"  # run.json keeps the resolved space under "space"
+        return values
+
+
 def search(
     dataset: str | Path,
     space: str | Path | dict | None = None,
@@ -106,8 +142,14 @@ def search(
     oracle: str | None = None,
     worker_id: str | None = None,
     oracle_timeout: str | float | None = None,
+    val_groups: str | None = None,
 ) -> SearchResult:
     """Searches architectures and training settings for a dataset.
+
+    The search first makes its plan (`autoseg.plan`): a recipe it would bet on without
+    searching, which trains first (trial 0), and the configurations that can train enough
+    epochs in the time budget; the others never run. It prints the plan as `[plan]` lines and
+    keeps it in `RUNDIR/plan.json`.
 
     Args:
         dataset: A prepared dataset or any raw folder `autoseg prepare` understands.
@@ -117,7 +159,8 @@ def search(
         tuner: hyperband (default), bayesian, random or grid.
         max_trials: Trials at most. Defaults to 10 (Hyperband: its brackets decide).
         max_epochs: Epochs per trial at most; overrides the space's `max_epochs`.
-        time_budget: No trial starts after it is spent ("30m", "2h", seconds).
+        time_budget: No trial starts after it is spent ("30m", "2h", seconds); the plan
+            and the data's preparation count in it.
         memory_budget: Training memory per trial ("8GB"). Defaults to the GPU's free
             memory, else available RAM, times a safety factor. With several replicas it
             bounds each device: the batch size is then per replica.
@@ -131,6 +174,8 @@ def search(
         seed: Seed for the split, the tuner and augmentation.
         overwrite: Start afresh; otherwise the same command resumes the run.
         verbose: Keras per-epoch progress.
+        val_fraction: Share of the images held out for validation (unless dataset.yaml
+            lists the split). Defaults to 0.2.
         log: Where progress lines go.
         role: "chief" or "worker" for a distributed search (docs/cluster.md): the chief
             serves KerasTuner's oracle and writes the leaderboard, workers run the trials in
@@ -140,6 +185,10 @@ def search(
         worker_id: A worker's name. Defaults to `worker-<hostname>-<pid>`.
         oracle_timeout: How long a worker waits for a silent chief, and the chief for a
             silent worker (whose trial then FAILS). Defaults to "2m".
+        val_groups: A regular expression whose first group (or whole match) on an image's
+            stem names its group (a video sequence, a field day): validation takes whole
+            groups, so near-duplicate photos never sit on both sides. Defaults to None (a
+            random split of the images).
 
     Returns:
         A `SearchResult`. A worker's holds the leaderboard as the chief left it.
@@ -154,98 +203,214 @@ def search(
     print(result.best["val_mean_iou"])
     ```
     """
-    from autoseg import budget, devices, search_space
-    from autoseg.tuner import TUNERS, make_tuner
+    options = SearchOptions(
+        dataset=dataset, space=space, out=out, tuner=tuner, max_trials=max_trials,
+        max_epochs=max_epochs, time_budget=time_budget, memory_budget=memory_budget,
+        precision=precision, strategy=strategy, objective=objective, seed=seed,
+        overwrite=overwrite, verbose=verbose, val_fraction=val_fraction, val_groups=val_groups,
+        role=role, oracle=oracle, worker_id=worker_id, oracle_timeout=oracle_timeout,
+    )
+    return run_search(options, log=log)
 
-    if tuner not in TUNERS:
-        raise ConfigError(f"--tuner {tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
-    devices.check_precision(precision)
-    devices.check_strategy(strategy)
-    if max_trials is not None and max_trials < 1:
-        raise ConfigError(f"--max-trials must be at least 1. Received: {max_trials}.")
-    if max_epochs is not None and max_epochs < 1:
-        raise ConfigError(f"--max-epochs must be at least 1. Received: {max_epochs}.")
-    if not objective.startswith("val_"):
+
+@dataclasses.dataclass
+class _Run:
+    """What the steps of a search hand on to each other."""
+
+    options: SearchOptions
+    log: Callable[[str], None]
+    deadline: float | None = None
+    budget_seconds: float | None = None
+    memory_limit: int | None = None
+    cluster: Any = None
+    dataset: Any = None
+    space: Any = None
+    rundir: Path | None = None
+    config: dict | None = None
+    resuming: bool = False
+    data: Any = None
+    hypermodel: Any = None
+    distribution: Any = None
+    plan: Any = None
+
+
+def run_search(options: SearchOptions, log: Callable[[str], None] = print) -> SearchResult:
+    """`search` with its options in a `SearchOptions`: validate, load, plan, then tune."""
+    run = _Run(options=options, log=log)
+    _validate(run)
+    _load_inputs(run)
+    _prepare_run(run)
+    try:
+        _make_training_data(run)
+        _make_plan(run)
+    except BaseException:
+        if not run.resuming and run.rundir.is_dir() and not any(run.rundir.iterdir()):
+            run.rundir.rmdir()  # nothing half-written: the folder this call made
+        raise
+    _write_run_files(run)
+    return _tune(run)
+
+
+def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
+    """The plan `run_search` would make with `options`, printed; nothing is trained or written."""
+    from autoseg import plan
+
+    run = _Run(options=options, log=log)
+    _validate(run)
+    _load_inputs(run)
+    run.rundir = Path(options.out) if options.out else default_rundir(run.dataset.root)
+    run.config = _run_config(run.dataset, run.space, options)
+    _make_training_data(run)
+    run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit, log=log)
+    for line in run.plan.lines():
+        log(line)
+    return run.plan
+
+
+def _validate(run: _Run) -> None:
+    """Checks the options that need no data; starts the clock of the time budget."""
+    from autoseg import budget, devices
+    from autoseg.tuner import TUNERS
+
+    options = run.options
+    run.budget_seconds = parse_duration(options.time_budget)
+    run.deadline = time.time() + run.budget_seconds if run.budget_seconds else None
+    if options.tuner not in TUNERS:
+        raise ConfigError(f"--tuner {options.tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
+    devices.check_precision(options.precision)
+    devices.check_strategy(options.strategy)
+    for flag, value in (("--max-trials", options.max_trials), ("--max-epochs", options.max_epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1. Received: {value}.")
+    if not options.objective.startswith("val_"):
         raise ConfigError(
-            f"--objective {objective!r} must be a validation metric such as val_mean_iou, "
-            "val_dice or val_iou_<class>."
+            f"--objective {options.objective!r} must be a validation metric such as "
+            "val_mean_iou, val_dice or val_iou_<class>."
         )
-    budget_seconds = parse_duration(time_budget)
-    limit = budget.memory_budget_bytes(budget.parse_size(memory_budget) if memory_budget else None)
+    explicit = budget.parse_size(options.memory_budget) if options.memory_budget else None
+    run.memory_limit = budget.memory_budget_bytes(explicit)
 
-    from autoseg import distributed
-    from autoseg.data.dataset import resolve_dataset
 
-    cluster = distributed.plan(role, oracle, worker_id, oracle_timeout, overwrite=overwrite, log=log)
-    ds = resolve_dataset(dataset)
-    loaded = search_space.load_space(space)
-    if max_epochs:
-        loaded = dataclasses.replace(loaded, max_epochs=max_epochs)
-    resolved = search_space.resolve_auto(loaded, ds.fingerprint)
-    _check_objective(objective, ds.classes)
+def _load_inputs(run: _Run) -> None:
+    """The cluster role, the dataset and the space resolved for it."""
+    from autoseg import distributed, search_space
+    from autoseg.data.dataset import check_trainable, resolve_dataset
 
-    rundir = Path(out) if out else default_rundir(ds.root)
-    config = _run_config(ds, resolved, tuner, objective, seed, val_fraction)
+    options = run.options
+    run.cluster = distributed.plan(options.role, options.oracle, options.worker_id,
+                                   options.oracle_timeout, overwrite=options.overwrite, log=run.log)
+    run.dataset = resolve_dataset(options.dataset)
+    check_trainable(run.dataset)
+    loaded = search_space.load_space(options.space)
+    if options.max_epochs:
+        loaded = dataclasses.replace(loaded, max_epochs=options.max_epochs)
+    run.space = search_space.resolve_auto(loaded, run.dataset.fingerprint)
+    _check_objective(options.objective, run.dataset.classes)
+
+
+def _prepare_run(run: _Run) -> None:
+    """The run folder: created, resumed (the same search only) or started afresh."""
+    options, cluster = run.options, run.cluster
+    run.rundir = Path(options.out) if options.out else default_rundir(run.dataset.root)
+    run.config = _run_config(run.dataset, run.space, options)
     if cluster and cluster.is_worker:
-        cluster.wait_for_chief(rundir)  # then run.json is the chief's: checked, never written
-    resuming = _prepare_rundir(rundir, config, overwrite)
+        cluster.wait_for_chief(run.rundir)  # then run.json is the chief's: checked, never written
+    run.resuming = _prepare_rundir(run.rundir, run.config, options.overwrite)
     if cluster:
-        cluster.announce(rundir)  # a chief's first heartbeat: its workers wait while it starts
+        cluster.announce(run.rundir)  # a chief's first heartbeat: its workers wait while it starts
 
-    # Heavy imports only once the input is known to be good.
+
+def _make_training_data(run: _Run) -> None:
+    """The split, the data every trial shares, the device strategy and the HyperModel."""
     import keras
 
-    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg import devices
     from autoseg.data import pipeline
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
 
-    keras.utils.set_random_seed(seed)
-    train, val = pipeline.split_stems(ds, val_fraction=val_fraction, seed=seed)
-    config["split"] = {"train": list(train), "val": list(val)}
-    deadline = time.time() + budget_seconds if budget_seconds else None
-    data = TrainingData(ds, list(train), list(val), seed=seed, memory_budget_bytes=limit,
-                        deadline=deadline)
-    distribution = devices.make_strategy(strategy)
-    replicas = devices.num_replicas(distribution)
-    hypermodel = AutosegHyperModel(resolved, data, verbose=1 if verbose else 0,
-                                   precision=devices.resolve_precision(precision))
-    config["precision"] = hypermodel.precision  # the Keras policy: float32, mixed_float16
-    config["strategy"] = "mirrored" if distribution is not None else "none"
-    config["replicas"] = replicas
-    _preflight_memory(hypermodel, limit)
+    options = run.options
+    keras.utils.set_random_seed(options.seed)
+    train, val = pipeline.split_stems(run.dataset, val_fraction=options.val_fraction,
+                                      seed=options.seed, **_group_option(options))
+    run.config["split"] = {"train": list(train), "val": list(val)}
+    run.data = TrainingData(run.dataset, list(train), list(val), seed=options.seed,
+                            memory_budget_bytes=run.memory_limit, deadline=run.deadline)
+    run.distribution = devices.make_strategy(options.strategy)
+    run.hypermodel = AutosegHyperModel(run.space, run.data, verbose=1 if options.verbose else 0,
+                                       precision=devices.resolve_precision(options.precision))
+    run.config["precision"] = run.hypermodel.precision  # the Keras policy: float32, mixed_float16
+    run.config["strategy"] = "mirrored" if run.distribution is not None else "none"
+    run.config["replicas"] = devices.num_replicas(run.distribution)
 
-    if not (cluster and cluster.is_worker):
-        atomic.write_text(rundir / "space.yaml", resolved.to_yaml())
-        atomic.write_text(rundir / RUN_FILE, json.dumps(config, indent=1))
-    log(
+
+def _group_option(options: SearchOptions) -> dict[str, Any]:
+    return {"group_pattern": options.val_groups} if options.val_groups else {}
+
+
+def _make_plan(run: _Run) -> None:
+    """The plan (`autoseg.plan`): made once, kept in RUNDIR/plan.json for a resumed run."""
+    from autoseg import plan
+
+    path = run.rundir / PLAN_FILE
+    if run.resuming and path.is_file():
+        run.plan = plan.Plan.from_dict(json.loads(path.read_text()))
+        run.log(f"[plan] kept from {path}")
+    else:
+        run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
+                                    log=run.log)
+        if not (run.cluster and run.cluster.is_worker):
+            atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
+    run.hypermodel.plan = run.plan
+    for line in run.plan.lines():
+        run.log(line)
+
+
+def _write_run_files(run: _Run) -> None:
+    if not (run.cluster and run.cluster.is_worker):
+        atomic.write_text(run.rundir / "space.yaml", run.space.to_yaml())
+        atomic.write_text(run.rundir / RUN_FILE, json.dumps(run.config, indent=1))
+
+
+def _tune(run: _Run) -> SearchResult:
+    """Runs the tuner over the space (the recipe first) and reads the leaderboard back."""
+    import keras
+
+    from autoseg.tuner import make_tuner
+
+    options, cluster, data = run.options, run.cluster, run.data
+    replicas = run.config["replicas"]
+    run.log(
         (f"[search] {cluster.describe()}: " if cluster else "[search] ")
-        + f"{'resuming' if resuming else 'starting'} {tuner} search on {ds.root} "
-        f"({len(train)} train / {len(val)} val images, {ds.num_classes} classes) -> {rundir}; "
-        f"memory budget {limit / 2**30:.1f} GB"
+        + f"{'resuming' if run.resuming else 'starting'} {options.tuner} search on "
+        f"{run.dataset.root} ({len(data.train_stems)} train / {len(data.val_stems)} val images, "
+        f"{run.dataset.num_classes} classes) -> {run.rundir}; memory budget "
+        f"{run.memory_limit / 2**30:.1f} GB"
         + (f" per device, {replicas} replicas" if replicas > 1 else "")
-        + f", {hypermodel.precision}"
-        + (f", time budget {budget_seconds / 60:.0f} min" if budget_seconds else "")
+        + f", {run.hypermodel.precision}"
+        + (f", time budget {run.budget_seconds / 60:.0f} min" if run.budget_seconds else "")
     )
     kt_tuner = make_tuner(
-        tuner, hypermodel, rundir=rundir, objective=objective, direction="max",
-        max_trials=max_trials, max_epochs=resolved.max_epochs, seed=seed,
-        overwrite=False, deadline=deadline, class_names=ds.classes, log=log, cluster=cluster,
-        distribution_strategy=distribution,  # KerasTuner builds each trial under its scope
+        options.tuner, run.hypermodel, rundir=run.rundir, objective=options.objective,
+        direction="max", max_trials=options.max_trials, max_epochs=run.space.max_epochs,
+        seed=options.seed, overwrite=False, deadline=run.deadline,
+        class_names=run.dataset.classes, log=run.log, cluster=cluster, plan=run.plan,
+        distribution_strategy=run.distribution,  # KerasTuner builds each trial under its scope
     )
     fit_kwargs: dict[str, Any] = {
-        "callbacks": [keras.callbacks.TensorBoard(log_dir=str(rundir / "tensorboard"),
+        "callbacks": [keras.callbacks.TensorBoard(log_dir=str(run.rundir / "tensorboard"),
                                                   write_graph=False, profile_batch=0)],
-        "verbose": 1 if verbose else 0,
+        "verbose": 1 if options.verbose else 0,
     }
-    if tuner != "hyperband":
-        fit_kwargs["epochs"] = resolved.max_epochs
+    if options.tuner != "hyperband":
+        fit_kwargs["epochs"] = run.space.max_epochs
     if cluster:
         cluster.search(kt_tuner, **fit_kwargs)
         if cluster.is_worker:
-            return _result(rundir, objective, worker_id=cluster.tuner_id)
+            return _result(run.rundir, options.objective, worker_id=cluster.tuner_id)
     else:
         kt_tuner.search(**fit_kwargs)
     kt_tuner.write_leaderboard()
-    return _result(rundir, objective)
+    return _result(run.rundir, options.objective)
 
 
 def _check_objective(objective: str, classes: list[str]) -> None:
@@ -258,18 +423,22 @@ def _check_objective(objective: str, classes: list[str]) -> None:
         raise ConfigError(f"--objective {objective!r} is unknown. Valid objectives: {', '.join(valid)}.")
 
 
-def _run_config(ds, space, tuner, objective, seed, val_fraction) -> dict:
+def _run_config(ds, space, options: SearchOptions) -> dict:
     return {
         "dataset": str(Path(ds.root).resolve()),
         "classes": list(ds.classes),
         "palette": [list(c) for c in ds.palette],
         "ignore_index": ds.ignore_index,
+        "channels": ds.channels,
+        "intensity": ds.intensity,
         "fingerprint": ds.fingerprint,
         "space": space.to_yaml_dict(),
-        "tuner": tuner,
-        "objective": objective,
-        "seed": seed,
-        "val_fraction": val_fraction,
+        "tuner": options.tuner,
+        "objective": options.objective,
+        "seed": options.seed,
+        "val_fraction": options.val_fraction,
+        "val_groups": options.val_groups,
+        "options": options.stored(),
     }
 
 
@@ -295,35 +464,6 @@ def _prepare_rundir(rundir: Path, config: dict, overwrite: bool) -> bool:
                 "Pass --overwrite to start afresh, or --out for a new run folder."
             )
     return True
-
-
-def _preflight_memory(hypermodel, limit: int | None) -> None:
-    """Raises BudgetError when not even the smallest model at batch 1 fits the budget."""
-    import keras
-
-    from autoseg import budget, models, registry, search_space
-
-    if not limit:
-        return
-    space = hypermodel.space
-    smallest = min(space.input_sizes(), key=lambda s: s[0] * s[1])
-    cheapest = None
-    for name, options in space.models.items():
-        spec = registry.ARCHITECTURES.get(name)
-        for combo in search_space.model_option_grid(options)[:1]:
-            model = models.build(name, hypermodel.data.dataset.num_classes, (*smallest, 3), **combo)
-            need = budget.estimate_training_memory(
-                model, 1, precision=hypermodel.precision, family=spec.family
-            ).total_bytes
-            cheapest = need if cheapest is None else min(cheapest, need)
-            del model
-            keras.backend.clear_session()
-    if cheapest is not None and cheapest > limit:
-        raise BudgetError(
-            f"the memory budget {limit / 2**20:.0f} MB fits no configuration: the smallest "
-            f"needs {cheapest / 2**20:.0f} MB at batch 1 and input {smallest[1]}x{smallest[0]}. "
-            "Raise --memory-budget or list smaller models/input sizes in the space."
-        )
 
 
 def _result(rundir: Path, objective: str, worker_id: str | None = None) -> SearchResult:

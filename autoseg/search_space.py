@@ -261,7 +261,7 @@ def _norm(value: Any) -> Any:
 
 def _valid_values(spec, option: str) -> list | None:
     if option == "backbone" and spec.backbones:
-        return list(spec.backbones)
+        return list(spec.user_backbones)
     if option in spec.choices:
         return list(spec.choices[option])
     return None

@@ -13,6 +13,10 @@ build config, and send back the history, the HyperModel's `last_fit` record and 
 hyperparameters `fit` declared (batch size, augmentation), which join the trial's. A
 `FailedTrialError` (over the memory budget, diverged) comes back as one. The trial's process
 dies with the search's process (`PR_SET_PDEATHSIG`), so a killed search leaves no orphan.
+Its output (TensorFlow's native log: absl and C++ lines, see `autoseg.native_log`) goes to
+`trial.log` in the trial's folder, whose last lines are in the error when the process dies
+without a result; with the HyperModel's `verbose` (`search --verbose`) it goes to the search's
+own stdout and stderr instead.
 
 Costs ~4 s per trial on 2 CPU cores (a fresh interpreter imports TensorFlow and Keras).
 Trials run in the search's own process when `AUTOSEG_TRIAL_PROCESS=0`, when the tuner has a
@@ -35,11 +39,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
+from autoseg import native_log
+
 ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
 SCRATCH_PREFIX = ".process-"
+#: The trial process's output (TensorFlow's native log among it), in the trial's folder.
+LOG_FILE = "trial.log"
 
 
 def enabled() -> bool:
@@ -93,19 +102,26 @@ def run_trial(tuner, trial, *args, **kwargs):
     trial_dir.mkdir(parents=True, exist_ok=True)
     for stale in trial_dir.glob(f"{SCRATCH_PREFIX}*"):  # left by a search that was killed
         shutil.rmtree(stale, ignore_errors=True)
+    verbose = kwargs.get("verbose", getattr(tuner.hypermodel, "verbose", 0))
+    log_path = None if verbose else trial_dir / LOG_FILE
+    # A resumed search runs the trial again: its error quotes this run's lines only.
+    log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
         spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
         spec_path.write_bytes(pickle.dumps(spec))
-        code = subprocess.call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
-                                str(result_path), str(os.getpid())])
+        code = _call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
+                      str(result_path), str(os.getpid())], log_path)
         result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
 
     if result is None:
-        tuner.hypermodel.last_fit = FitRecord(message=_death(code))
+        message = _death(code)
+        if log_path is not None:
+            message = native_log.quote_tail(log_path, message, start=log_start)
+        tuner.hypermodel.last_fit = FitRecord(message=message)
         if code == -signal.SIGKILL:  # the kernel's OOM killer: this configuration's own
             tuner.hypermodel.last_fit["configuration_failure"] = True
-            raise kt.errors.FailedTrialError(_death(code))
-        raise RuntimeError(_death(code))
+            raise kt.errors.FailedTrialError(message)
+        raise RuntimeError(message)
     tuner.hypermodel.last_fit = FitRecord(result.get("record") or {})
     # What `fit` drew (batch size, augmentation, crop scale) was declared on the child's copy.
     drawn = result["hyperparameters"]
@@ -114,13 +130,32 @@ def run_trial(tuner, trial, *args, **kwargs):
     if "error" in result:
         if result["failed_trial"]:
             raise kt.errors.FailedTrialError(result["error"])
+        where = "in the trial's process" + (f" (its log: {log_path})" if log_path else "")
         if result["fatal"]:  # KerasTuner stops the search on these
-            raise kt.errors.FatalError(f"in the trial's process:\n{result['traceback']}")
-        raise RuntimeError(f"in the trial's process:\n{result['traceback']}")
+            raise kt.errors.FatalError(f"{where}:\n{result['traceback']}")
+        raise RuntimeError(f"{where}:\n{result['traceback']}")
     history = keras.callbacks.History()
     history.history = result["history"]
     history.epoch = list(range(len(next(iter(result["history"].values()), []))))
     return [history]
+
+
+def _start_log(log_path: Path, trial_id: str) -> int:
+    """Appends a header line for this run of the trial; returns the offset after it."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"--- trial {trial_id}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        return log.tell()
+
+
+def _call(command: list[str], log_path: Path | None) -> int:
+    """Runs the trial's process; its stdout and stderr go to `log_path` (None: ours)."""
+    if log_path is None:
+        return subprocess.call(command)
+    # Unbuffered, so that Python's lines and TensorFlow's native ones keep their order and
+    # nothing is lost in a buffer when the process is killed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "a", encoding="utf-8") as log:
+        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _death(code: int) -> str:

@@ -327,7 +327,8 @@ def _forget_finished_retries(oracle) -> None:
 
 def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction: str,
                max_trials: int | None, max_epochs: int, seed: int, overwrite: bool,
-               deadline: float | None, class_names, log=print, cluster=None, **tuner_kwargs):
+               deadline: float | None, class_names, log=print, cluster=None, plan=None,
+               **tuner_kwargs):
     """Builds a KerasTuner tuner of `kind` writing under `rundir/trials`.
 
     Args:
@@ -335,6 +336,8 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
         max_trials: Trials at most (Hyperband: None lets its brackets decide).
         max_epochs: Epochs per trial at most (Hyperband's `max_epochs`).
         cluster: An `autoseg.distributed.Cluster` for a distributed search, else None.
+        plan: The search's `autoseg.plan.Plan`: Hyperband runs its recipe first and explores
+            the recipe's variants; every tuner's trials skip what it drops (the HyperModel).
     """
     base = {
         "hyperband": BudgetHyperband,  # with BudgetHyperbandOracle below
@@ -378,6 +381,8 @@ def make_tuner(kind: str, hypermodel, *, rundir: Path, objective: str, direction
             _forget_finished_retries(tuner.oracle)
     if kind == "hyperband" and not (cluster and cluster.is_worker):
         tuner.oracle.set_budget(deadline, functools.partial(read_record, Path(rundir)))
+        if plan is not None:
+            tuner.oracle.set_search_plan(plan, hypermodel.space, seed=seed)
         if max_trials:
             tuner.oracle.max_trials = max_trials  # Hyperband's brackets, cut at max_trials
     planned = max_trials if kind != "hyperband" else (max_trials or None)

@@ -7,7 +7,9 @@ adds variants that test a suspected cost inside a whole model. Each row runs in 
 subprocess, so memory and thread-pool state do not leak from one model into the next (a
 subprocess costs ~10 s of imports; a row costs 1 to 4 minutes).
 
-Per row, at `--size`² and `--classes` classes, float32, `jit_compile=False`:
+Per row, at `--size`² and `--classes` classes, in each `--precision` (a Keras dtype policy:
+float32, or mixed_bfloat16 with the model built under it; a row key gains `@policy`),
+`jit_compile=False`:
 - Forward GFLOPs per image, counted from the model graph: 2 x the multiply-accumulates of
   every Conv2D, SeparableConv2D, DepthwiseConv2D, Conv2DTranspose and Dense call, from its
   input and output shapes, kernel size, channels and groups. Batch norm, activations,
@@ -53,6 +55,12 @@ Per row, at `--size`² and `--classes` classes, float32, `jit_compile=False`:
   column divides the row's "% of peak per CPU-second" by the conv-kernel share: roughly how
   fast the conv kernels themselves run.
 
+`--ablations` also adds `deeplabv3plus/keras_conv`: DeepLabV3+ with its dilated convolutions
+as plain `keras.layers.Conv2D` (what TensorFlow runs as space-to-batch, autoseg's code before
+autoseg's dilated `autoseg.backbones.Conv2D`), same weights and outputs: the before/after of
+issue #13.
+A "Precision" table compares each model's rows across `--precision` values.
+
 `--experiments` adds single-layer timings (forward + both backward passes, batch
 `--batch`, median of 5 after 2 warm-up calls) that test the usual suspects one at a time;
 their GFLOP per CPU-second is compared with the matmul's.
@@ -62,6 +70,7 @@ prints the load average before and after. Compare rows as ratios within one run.
 
     python benchmarks/models.py [--size 256] [--classes 3] [--batch 2] [--steps 5]
                                 [--warmup 3] [--only unet,deeplabv3plus/vgg16]
+                                [--precision float32,mixed_bfloat16]
                                 [--ablations] [--experiments] [--no-breakdown]
                                 [--json rows.json]
 """
@@ -76,6 +85,7 @@ import math
 import os
 import platform
 import re
+import itertools
 import statistics
 import subprocess
 import sys
@@ -88,6 +98,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np
 
+from autoseg.speed import _call_macs, forward_flops, training_forward_flops
+
 MATMUL_SIZE = 2048
 #: Rows beyond each architecture's defaults: (key, architecture, options).
 EXTRA_ROWS = [
@@ -99,7 +111,13 @@ ABLATION_ROWS = [
     # Keras 3 batch norm on TensorFlow is unfused (moments, then normalise): several
     # memory-bound passes over every conv output, forward and backward.
     ("unet/no_bn", "unet", {"batch_norm": False}),
+    # Dilated convolutions as TensorFlow runs a plain Conv2D: space-to-batch, every tap.
+    ("deeplabv3plus/keras_conv", "deeplabv3plus", {}),
 ]
+#: Row keys whose model is rebuilt by a function after `models.build` (benchmark-only paths).
+REBUILT_ROWS = {"deeplabv3plus/keras_conv": "as_keras_convolutions"}
+#: `--precision` values: Keras dtype policies a row can be built under.
+PRECISIONS = ("float32", "mixed_bfloat16")
 #: pix2pix predicts with its generator (`Pix2Pix.call`), by default the `unet` row's network.
 SAME_INFERENCE_AS = {"pix2pix": "unet"}
 #: Profiled training steps of the time breakdown.
@@ -122,6 +140,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-timed-seconds", type=float, default=45,
                         help="stop timing a row after this long (at least 3 timed steps)")
     parser.add_argument("--only", help="comma-separated row keys, e.g. unet,unet/resnet50")
+    parser.add_argument("--precision", default="float32",
+                        help=f"comma-separated dtype policies, each a set of rows: "
+                             f"{', '.join(PRECISIONS)}")
     parser.add_argument("--ablations", action="store_true",
                         help="add the whole-model variants of ABLATION_ROWS")
     parser.add_argument("--experiments", action="store_true",
@@ -178,61 +199,6 @@ def matmul_peak_gflops(repeats: int = 5) -> dict[str, float]:
         result[name] = flops / min(c.wall for c in clocks)
         result[f"{name}_cpu"] = flops / min(c.cpu for c in clocks)
     return result
-
-
-def _call_macs(layer, input_shape, output_shape) -> int:
-    """Multiply-accumulates of one call of a conv or dense layer (0 for other layers)."""
-    from keras import layers
-
-    out = [int(d) for d in output_shape[1:]]
-    inp = [int(d) for d in input_shape[1:]]
-    if getattr(layer, "data_format", None) == "channels_first":  # channels last, as below
-        out, inp = out[1:] + out[:1], inp[1:] + inp[:1]
-    if isinstance(layer, layers.Conv2DTranspose):  # every input pixel scatters a kernel
-        return math.prod(inp) * math.prod(layer.kernel_size) * layer.filters
-    if isinstance(layer, layers.SeparableConv2D):
-        middle = inp[-1] * layer.depth_multiplier
-        return math.prod(out[:-1]) * middle * (math.prod(layer.kernel_size) + layer.filters)
-    if isinstance(layer, layers.DepthwiseConv2D):
-        return math.prod(out) * math.prod(layer.kernel_size)
-    if isinstance(layer, layers.Conv2D):
-        return math.prod(out) * math.prod(layer.kernel_size) * inp[-1] // layer.groups
-    if isinstance(layer, layers.Dense):
-        return math.prod(out) * inp[-1]
-    return 0
-
-
-def forward_flops(model) -> int:
-    """Per-image FLOPs (2 x MACs) of the conv and dense calls in `model`'s graph.
-
-    Walks the graph as `autoseg.budget.activation_elements` does (a nested model counts as
-    its layers), so both count the same calls.
-    """
-    from autoseg.budget import _graph_of
-
-    total = 0
-    for nodes in _graph_of(model)._nodes_by_depth.values():
-        for node in nodes:
-            operation = node.operation
-            if node.is_input or operation is model:
-                continue
-            if _graph_of(operation) is not None:
-                total += forward_flops(operation)
-            elif node.input_tensors and node.outputs:
-                total += 2 * _call_macs(
-                    operation, node.input_tensors[0].shape, node.outputs[0].shape
-                )
-    return total
-
-
-def training_forward_flops(model) -> int:
-    """Forward FLOPs per image of what a training step runs: the model's graph plus the
-    sub-models its `train_step` runs outside it (pix2pix's discriminator, twice)."""
-    from autoseg.budget import _training_passes
-
-    return forward_flops(model) + sum(
-        calls * forward_flops(sub) for sub, calls in _training_passes(model)
-    )
 
 
 def tf_graph_flops(function) -> dict[str, int]:
@@ -354,6 +320,31 @@ def time_breakdown(model, dataset, steps: int) -> dict:
     }
 
 
+def as_keras_convolutions(model):
+    """`model` with autoseg's dilated `Conv2D` / `DepthwiseConv2D` as the Keras layers of the
+    same configuration and weights (the dilated convolutions of autoseg before #13)."""
+    import keras
+
+    from autoseg import backbones
+
+    plain = {backbones.Conv2D: keras.layers.Conv2D,
+             backbones.DepthwiseConv2D: keras.layers.DepthwiseConv2D}
+
+    def clone(layer):
+        return plain.get(type(layer), type(layer)).from_config(layer.get_config())
+
+    with _policy_of(model):
+        rebuilt = keras.models.clone_model(model, clone_function=clone)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _policy_of(model):
+    from autoseg import devices
+
+    return devices.dtype_policy(model.dtype_policy.name)
+
+
 def measure_row(config: dict) -> dict:
     """Everything for one model row.
 
@@ -367,10 +358,15 @@ def measure_row(config: dict) -> dict:
     from autoseg.budget import PeakMemory
     from autoseg.losses import get_loss
 
+    from autoseg import devices
+
     row = {"load_start": os.getloadavg()[0]}
     size, classes, batch = config["size"], config["classes"], config["batch"]
-    model = models.build(config["name"], classes, (size, size, 3), **config["options"])
-    model.compile(optimizer="adam", loss=get_loss("ce", classes), jit_compile=False)
+    with devices.dtype_policy(config["precision"]):
+        model = models.build(config["name"], classes, (size, size, 3), **config["options"])
+        if config["base_key"] in REBUILT_ROWS:
+            model = globals()[REBUILT_ROWS[config["base_key"]]](model)
+        model.compile(optimizer="adam", loss=get_loss("ce", classes), jit_compile=False)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, classes, (batch, size, size)).astype(np.int32)
@@ -438,6 +434,12 @@ def _experiments(batch: int) -> list[tuple[str, Callable[[], list], tuple]]:
         return lambda: [layers.Conv2D(filters, kernel, padding="same", use_bias=False,
                                       **kwargs)]
 
+    def atrous(filters, rate):
+        from autoseg import backbones
+
+        return lambda: [backbones.Conv2D(filters, 3, padding="same", use_bias=False,
+                                         dilation_rate=rate)]
+
     def argmax_unpool():
         pool, unpool = MaxPoolingWithArgmax2D(), MaxUnpooling2D()
         return [lambda x: unpool(list(pool(x)))]
@@ -466,6 +468,15 @@ def _experiments(batch: int) -> list[tuple[str, Callable[[], list], tuple]]:
          (b, 16, 16, 2048)),
         ("3x3 conv 2048->256 at 16², rate 18 (ASPP)", conv(256, dilation_rate=18),
          (b, 16, 16, 2048)),
+        ("autoseg Conv2D 2048->256 at 16², rate 6 (ASPP now)", atrous(256, 6), (b, 16, 16, 2048)),
+        ("autoseg Conv2D 2048->256 at 16², rate 12 (ASPP now)", atrous(256, 12),
+         (b, 16, 16, 2048)),
+        ("autoseg Conv2D 2048->256 at 16², rate 18 (ASPP now: its 1x1 centre tap; FLOPs "
+         "counted as 3x3)", atrous(256, 18), (b, 16, 16, 2048)),
+        ("3x3 conv 512->512 at 16², rate 2 (resnet50 conv5, os16)", conv(512, dilation_rate=2),
+         (b, 16, 16, 512)),
+        ("autoseg Conv2D 512->512 at 16², rate 2 (resnet50 conv5 now)", atrous(512, 2),
+         (b, 16, 16, 512)),
         ("1x1 conv 256->48 at 64² (deeplab decoder_skip)", conv(48, 1), (b, 64, 64, 256)),
         ("argmax pool + unpool at 256²x64 (segnet)", argmax_unpool, (b, 256, 256, 64)),
         ("max pool + nearest upsampling at 256²x64", pool_upsample, (b, 256, 256, 64)),
@@ -560,8 +571,9 @@ def rows_to_run(only: str | None, ablations: bool) -> list[tuple[str, str, dict]
     return [row for row in rows if row[0] in wanted]
 
 
-def label(name: str, options: dict) -> str:
-    """`name (backbone)` plus the options a row sets beyond it; pix2pix names its parts."""
+def label(name: str, options: dict, key: str | None = None) -> str:
+    """`name (backbone)` plus the options a row sets beyond it; pix2pix names its parts; a
+    rebuilt row (`REBUILT_ROWS`) names its rebuild."""
     from autoseg import models
 
     spec, merged = models.resolve(name, **options)
@@ -571,6 +583,8 @@ def label(name: str, options: dict) -> str:
     if "generator" in merged:
         parts.append(f"{merged['generator']} + PatchGAN")
     parts += [f"{k}={v}" for k, v in options.items() if k != "backbone"]
+    if key in REBUILT_ROWS:
+        parts.append(f"{REBUILT_ROWS[key]}")
     return f"{spec.name} ({', '.join(parts)})" if parts else spec.name
 
 
@@ -585,14 +599,15 @@ def _percent(shares: dict, minimum: float = 0.02, limit: int = 6) -> str:
 
 def main_table(rows: list[dict], peak: float, cpu_peak: float) -> str:
     lines = [
-        "| Model | Parameters | Forward GFLOPs/img | TF graph GFLOPs/img | Train img/s "
+        "| Model | Precision | Parameters | Forward GFLOPs/img | TF graph GFLOPs/img | Train img/s "
         "| Timed steps | Train GFLOP/s | % of peak | Cores busy | % of peak per CPU-second "
         "| Infer b1 img/s | predict b8 img/s | Train memory growth (MiB) | Load at start |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['label']} | {row['error']} |" + " |" * 12)
+            lines.append(f"| {row['label']} | {row.get('precision', '')} | {row['error']} |"
+                         + " |" * 12)
             continue
         train_gflops = 3 * row["train_forward_flops"] * row["train_img_s"] / 1e9
         if "tf_graph_flops" in row:
@@ -604,12 +619,39 @@ def main_table(rows: list[dict], peak: float, cpu_peak: float) -> str:
         busy = statistics.median(row["step_cpu_seconds"]) / statistics.median(
             row["step_seconds"])
         lines.append(
-            f"| {row['label']} | {row['params']:,} | {_gflops(row['forward_flops'])} "
+            f"| {row['label']} | {row['precision']} | {row['params']:,} "
+            f"| {_gflops(row['forward_flops'])} "
             f"| {graph} | {row['train_img_s']:.2f} | {len(row['step_seconds'])} "
             f"| {train_gflops:.0f} | {100 * train_gflops / peak:.0f}% | {busy:.2f} "
             f"| {100 * _cpu_share(row, cpu_peak):.0f}% | {b1} | {b8} "
             f"| {row['train_memory_bytes'] / 2**20:,.0f} | {row['load_start']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def precision_table(rows: list[dict], precisions: list[str]) -> str:
+    """Per model: train and inference img/s in each precision, and each over the first's."""
+    first, others = precisions[0], precisions[1:]
+    header = ["Model"] + [f"{what} img/s {p}" for what in ("train", "infer b1", "predict b8")
+                          for p in precisions]
+    header += [f"{what} {p} / {first}" for p in others for what in ("train", "infer b1",
+                                                                     "predict b8")]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    by_model: dict[str, dict[str, dict]] = collections.defaultdict(dict)
+    for row in rows:
+        by_model[row["base_key"]][row["precision"]] = row
+    fields = ("train_img_s", "infer_b1_img_s", "predict_b8_img_s")
+    for base_key, runs in by_model.items():
+        label_ = next(iter(runs.values()))["label"]
+
+        def value(precision, field):
+            return runs.get(precision, {}).get(field)
+
+        cells = [f"{value(p, f):.2f}" if value(p, f) else "-" for f in fields for p in precisions]
+        for p in others:
+            cells += [f"{value(p, f) / value(first, f):.2f}x"
+                      if value(p, f) and value(first, f) else "-" for f in fields]
+        lines.append(f"| {label_} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -660,6 +702,10 @@ def main(argv=None) -> int:
         return 0
 
     selected = rows_to_run(args.only, args.ablations)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        sys.exit(f"Error: --precision {args.precision!r} is unknown. Valid values (comma-"
+                 f"separated): {', '.join(PRECISIONS)}.")
     started = time.time()
     load_before = os.getloadavg()
     print(f"python {' '.join(sys.argv)}")
@@ -667,14 +713,18 @@ def main(argv=None) -> int:
           f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}", flush=True)
     peaks = [("start", measure_in_subprocess({"key": "peak"}, args.timeout))]
     results = []
-    for key, name, options in selected:
-        config = {"key": key, "name": name, "options": options, "size": args.size,
+    # Precisions inner: a model's rows run back to back, under the most similar load.
+    for (base_key, name, options), precision in itertools.product(selected, precisions):
+        key = base_key if len(precisions) == 1 else f"{base_key}@{precision}"
+        config = {"key": key, "base_key": base_key, "name": name, "options": options,
+                  "precision": precision, "size": args.size,
                   "classes": args.classes, "batch": args.batch, "steps": args.steps,
                   "warmup": args.warmup, "max_timed_seconds": args.max_timed_seconds,
                   "breakdown": not args.no_breakdown}
         begun = time.time()
         row = measure_in_subprocess(config, args.timeout)
-        row.update(key=key, name=name, label=label(name, options), batch=args.batch)
+        row.update(key=key, base_key=base_key, name=name, precision=precision,
+                   label=label(name, options, base_key), batch=args.batch)
         results.append(row)
         print(f"  {key}: {time.time() - begun:.0f} s"
               + (f" ({row['error']})" if "error" in row else ""), flush=True)
@@ -697,7 +747,7 @@ def main(argv=None) -> int:
     peak = max(max(p["numpy"], p["tf"]) for _, p in measured)
     cpu_peak = max(max(p["numpy_cpu"], p["tf_cpu"]) for _, p in measured)
     print()
-    print(f"{args.size}x{args.size}, {args.classes} classes, float32, training batch "
+    print(f"{args.size}x{args.size}, {args.classes} classes, {', '.join(precisions)}, training batch "
           f"{args.batch}, {args.warmup} warm-up steps then the median of up to {args.steps} "
           f"timed steps, one subprocess per row; the run took "
           f"{(time.time() - started) / 60:.1f} min.")
@@ -710,6 +760,9 @@ def main(argv=None) -> int:
           f"{' '.join(f'{v:.2f}' for v in load_after)}")
     print()
     print(main_table(results, peak, cpu_peak))
+    if len(precisions) > 1:
+        print()
+        print(precision_table(results, precisions))
     if not args.no_breakdown:
         print()
         print(breakdown_table(results, cpu_peak))

@@ -37,6 +37,12 @@ def cwfid_dir() -> Path:
 
 
 @pytest.fixture
+def camvid_dir() -> Path:
+    """CamVid frames with index masks, 11 = void (../shared/datasets)."""
+    return _shared("camvid11_train")
+
+
+@pytest.fixture
 def labelme_examples_dir() -> Path:
     """Real Labelme files with labelme's own reference masks (../shared/datasets)."""
     return _shared("labelme_examples")

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from autoseg import budget
+from autoseg import backbones, budget
 from autoseg.errors import BudgetError, ConfigError
 
 keras = pytest.importorskip("keras")
@@ -158,6 +158,35 @@ def test_temporary_elements_match_tensorflows_graph(size, layer):
         if op.type in ("SpaceToBatchND", "BatchToSpaceND", "Conv2D", "DepthwiseConv2dNative"):
             temporaries += math.prod(op.outputs[0].shape)
     assert budget.temporary_elements(model) == temporaries > 0
+
+
+@pytest.mark.parametrize(
+    "size, layer",
+    [
+        (8, lambda: backbones.Conv2D(5, 3, padding="same", dilation_rate=18)),
+        (12, lambda: backbones.Conv2D(5, 3, padding="same", dilation_rate=2)),
+        (13, lambda: backbones.DepthwiseConv2D(3, padding="same", dilation_rate=3)),
+        (8, lambda: backbones.DepthwiseConv2D(3, padding="same", dilation_rate=18)),
+    ],
+    ids=["conv-centre-tap", "conv-rate2", "depthwise-rate3", "depthwise-centre-tap"],
+)
+def test_temporary_elements_of_autosegs_dilated_layers_match_tensorflows_graph(size, layer):
+    """autoseg's own dilated layers copy less or nothing: the count follows what they run."""
+    tf = pytest.importorskip("tensorflow")
+    model = keras.Sequential([keras.Input((size, size, 7)), layer()])
+    graph = tf.function(lambda x: model(x)).get_concrete_function(
+        tf.TensorSpec((1, size, size, 7))).graph
+    types = [op.type for op in graph.get_operations()]
+    temporaries = -math.prod(model.output_shape[1:])
+    for op in graph.get_operations():
+        if op.type in ("SpaceToBatchND", "BatchToSpaceND", "Conv2D", "DepthwiseConv2dNative"):
+            temporaries += math.prod(op.outputs[0].shape)
+    assert budget.temporary_elements(model) == temporaries
+    # Space-to-batch is left where taps reach the map and TensorFlow cannot dilate natively:
+    # the depthwise convolution, and the plain one without oneDNN.
+    dilation_left = size in (12, 13)
+    native = isinstance(model.layers[0], backbones.Conv2D) and backbones._tf_runs_dilation_natively()
+    assert ("SpaceToBatchND" in types) == (dilation_left and not native), types
 
 
 # --- estimate_training_memory / admissible_batch_sizes --------------------------------------

@@ -1,4 +1,6 @@
-"""DeepLabV3+-specific tests: ASPP rates, the image-pooling branch, the decoder, backbones.
+"""DeepLabV3+-specific tests: ASPP rates, the image-pooling branch, the decoder, backbones,
+and autoseg's dilated convolutions (`autoseg.backbones.Conv2D`, `DepthwiseConv2D`) against
+the plain Keras ones autoseg built before.
 
 The generic contract (output shape, a training step, `.keras` round trip) is in
 tests/test_models.py, which parametrises over every registry entry.
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import keras
+from autoseg import backbones
 from autoseg.architectures.deeplabv3plus import build_deeplabv3plus
 from autoseg.errors import ConfigError
 from autoseg.registry import ARCHITECTURES
@@ -135,3 +138,150 @@ def test_resnet50_compiled_training_step_at_output_stride_8():
     probabilities = np.asarray(model(images, training=False))
     assert np.all(np.isfinite(probabilities))
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+# --- atrous convolutions: the same outputs as the plain dilated Keras layers ---------------
+
+_PLAIN = {backbones.Conv2D: keras.layers.Conv2D,
+          backbones.DepthwiseConv2D: keras.layers.DepthwiseConv2D}
+
+
+def _with_keras_convolutions(model):
+    """The model as autoseg built it before: each of autoseg's dilated `Conv2D` and
+    `DepthwiseConv2D` a plain Keras layer of the same config, with the same weights."""
+    reference = keras.models.clone_model(
+        model,
+        clone_function=lambda layer: _PLAIN.get(type(layer), type(layer)).from_config(
+            layer.get_config()),
+    )
+    reference.set_weights(model.get_weights())
+    assert not any(type(layer) in _PLAIN for layer in reference.layers)
+    return reference
+
+
+def _taps(model, name):
+    """`(kernel taps run, dilation left)` of one layer, as the model computes it."""
+    layer = model.get_layer(name)
+    kernel, rates = backbones._reachable_taps(layer.kernel_size, layer.dilation_rate,
+                                              layer.input.shape[1:3])
+    return tuple(k.stop - k.start for k in kernel), rates
+
+
+@pytest.mark.parametrize(
+    "input_shape, options, expected",
+    [
+        # 4x4 map: every rate is past it, so all three branches are their 1x1 centre tap.
+        ((64, 64, 3), {}, [((1, 1), (1, 1))] * 3),
+        # 16x16 map (256² input): only rate 18 is past it.
+        ((256, 256, 3), {}, [((3, 3), (6, 6)), ((3, 3), (12, 12)), ((1, 1), (1, 1))]),
+        # 4x18 map: rates past the height only keep the kernel's middle row.
+        ((64, 288, 3), {}, [((1, 3), (1, 6)), ((1, 3), (1, 12)), ((1, 1), (1, 1))]),
+        # Output stride 8, 16x16 map: rate 12 stays, 24 and 36 do not.
+        ((128, 128, 3), {"output_stride": 8}, [((3, 3), (12, 12)), ((1, 1), (1, 1)),
+                                               ((1, 1), (1, 1))]),
+    ],
+    ids=["all-past", "rate18-past", "height-only", "os8"],
+)
+def test_aspp_runs_only_the_taps_that_reach_the_map(input_shape, options, expected):
+    model = build_deeplabv3plus(3, input_shape, **TINY, **options)
+    assert [_taps(model, f"aspp_atrous{i}") for i in (1, 2, 3)] == expected
+    # The variables stay 3x3, as saved before.
+    assert all(model.get_layer(f"aspp_atrous{i}").kernel.shape[:2] == (3, 3) for i in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "input_shape, options",
+    [
+        ((64, 64, 3), {}),
+        ((256, 256, 3), {}),
+        ((64, 288, 3), {}),
+        ((128, 96, 3), {"output_stride": 8}),
+        ((64, 64, 3), {"separable": True}),
+        ((256, 256, 3), {"separable": True}),
+    ],
+    ids=["all-past", "rate18-past", "height-only", "os8", "separable-all-past",
+         "separable-rate18-past"],
+)
+def test_same_outputs_and_gradients_as_plain_dilated_convolutions(input_shape, options):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    # No dropout: training-mode gradients are then deterministic.
+    model = build_deeplabv3plus(3, input_shape, **TINY, dropout=0.0, **options)
+    atrous = [layer.name for layer in model.layers if type(layer) in _PLAIN]
+    # ASPP's three, and at output stride 8 the tiny backbone's dilated last level.
+    assert len(atrous) == 3 + (options.get("output_stride") == 8), atrous
+    reference = _with_keras_convolutions(model)
+    images = _image(input_shape)
+    labels = np.random.default_rng(1).integers(0, 3, (2, *input_shape[:2]))
+    np.testing.assert_allclose(np.asarray(model(images, training=False)),
+                               np.asarray(reference(images, training=False)), atol=1e-5)
+
+    def gradients(m):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels, m(images, training=True))
+        return [np.asarray(g) for g in tape.gradient(loss, m.trainable_variables)]
+
+    for got, want, variable in zip(gradients(model), gradients(reference),
+                                   model.trainable_variables):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max(),
+                                   err_msg=variable.path)
+
+
+@pytest.mark.parametrize("size, rate", [(16, 6), (16, 12), (8, 2), (16, 18), (9, 4)])
+def test_atrous_conv_equals_keras_dilated_conv(size, rate):
+    """Against `keras.ops.conv` itself (TensorFlow's space-to-batch), on every path: native
+    dilation (6, 12, 2, and an odd map at 4) and the centre tap alone (18 on 16)."""
+    import tensorflow as tf
+
+    layer = backbones.Conv2D(5, 3, padding="same", dilation_rate=rate, use_bias=True)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, size, size + 3, 7)), "float32")
+    layer.build(x.shape)
+    layer.bias.assign(np.arange(5, dtype="float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = layer(x)
+        want = keras.ops.conv(x, layer.kernel, padding="same", dilation_rate=rate) + layer.bias
+        weights = tf.constant(np.random.default_rng(1).normal(size=got.shape), "float32")
+        got_loss, want_loss = tf.reduce_sum(got * weights), tf.reduce_sum(want * weights)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+    for a, b in zip(tape.gradient(got_loss, [x, layer.kernel]),
+                    tape.gradient(want_loss, [x, layer.kernel])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+
+
+def test_a_model_saved_with_plain_dilated_convolutions_still_loads(tmp_path):
+    """What autoseg saved before: a `.keras` file with Keras' dilated `Conv2D`s, and a trial
+    checkpoint's weights (which export loads into a model rebuilt by today's code)."""
+    model = build_deeplabv3plus(3, (64, 48, 3), **TINY)
+    before = _with_keras_convolutions(model)
+    images = _image((64, 48, 3), seed=3)
+    expected = np.asarray(before(images, training=False))
+    before.save(tmp_path / "before.keras")
+    before.save_weights(tmp_path / "before.weights.h5")
+
+    loaded = keras.saving.load_model(tmp_path / "before.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected, atol=1e-6)
+    rebuilt = build_deeplabv3plus(3, (64, 48, 3), **TINY)
+    assert isinstance(rebuilt.get_layer("aspp_atrous1"), backbones.Conv2D)
+    rebuilt.load_weights(tmp_path / "before.weights.h5")
+    np.testing.assert_allclose(np.asarray(rebuilt(images, training=False)), expected, atol=1e-5)
+    # A model saved now keeps autoseg's layers through a safe `.keras` round trip.
+    rebuilt.save(tmp_path / "now.keras")
+    again = keras.saving.load_model(tmp_path / "now.keras", safe_mode=True, compile=False)
+    assert type(again.get_layer("aspp_atrous3")) is backbones.Conv2D
+    np.testing.assert_allclose(np.asarray(again(images, training=False)), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resnet50_at_256_gives_the_outputs_of_plain_dilated_convolutions():
+    """The configuration the speed-up was measured on (benchmarks/RESULTS.md): ResNet-50,
+    output stride 16, 256² (conv5 dilated by 2, ASPP rates 6 and 12 native, 18 its centre)."""
+    keras.utils.set_random_seed(0)
+    model = build_deeplabv3plus(3, (256, 256, 3), backbone="resnet50")
+    assert isinstance(model.get_layer("conv5_block2_2_conv"), backbones.Conv2D)
+    assert _taps(model, "aspp_atrous3") == ((1, 1), (1, 1))
+    reference = _with_keras_convolutions(model)
+    images = _image((256, 256, 3))
+    got, want = (np.asarray(m(images, training=False)) for m in (model, reference))
+    np.testing.assert_allclose(got, want, atol=1e-4)

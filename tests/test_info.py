@@ -41,6 +41,9 @@ def test_fingerprint_counts_pixels_images_and_sizes(tmp_path):
         "num_images": 3,
         "image_size": {"min": [2, 1], "median": [3, 3], "max": [5, 4]},
         "channels": [1, 3],
+        "pixel_dtype": ["uint8"],
+        "value_range": [0, 0],  # black photos
+        "value_percentiles": [0, 0],
         "class_pixel_fraction": {"soil": round(13 / 19, 6), "crop": round(4 / 19, 6),
                                  "weed": round(2 / 19, 6)},
         "class_image_count": {"soil": 3, "crop": 2, "weed": 1},

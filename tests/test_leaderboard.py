@@ -27,7 +27,8 @@ TRACEBACK = (
 
 
 def _records():
-    """Six trials: the statuses, an inactive backbone, a NaN objective, a traceback."""
+    """Six trials: the statuses, inactive per-model hyperparameters, a NaN objective, a
+    traceback. Backbones are per-model hyperparameters, as the search writes them."""
     return [
         {
             "trial_id": "0000",
@@ -36,7 +37,7 @@ def _records():
                 "learning_rate": 0.0003,
                 "unet/filters": 32,
                 "model_name": "unet",
-                "backbone": "resnet50",
+                "unet/backbone": "resnet50",
                 "input_size": 256,
                 "batch_size": 8,
                 "loss": "dice_ce",
@@ -71,7 +72,7 @@ def _records():
             "status": "COMPLETED",
             "hyperparameters": {
                 "model_name": "deeplabv3plus",
-                "backbone": "mobilenetv2",
+                "deeplabv3plus/backbone": "mobilenetv2",
                 "input_size": 256,
                 "batch_size": 16,
                 "loss": "dice_ce",
@@ -113,8 +114,8 @@ def _loss_records():
 
 EXPECTED_HEADER = [
     "rank", "trial_id", "status", "val_mean_iou",
-    "model_name", "backbone", "input_size", "batch_size", "loss", "learning_rate",
-    "unet/filters",
+    "model_name", "input_size", "batch_size", "loss", "learning_rate",
+    "deeplabv3plus/backbone", "unet/backbone", "unet/filters",
     "val_iou_background", "val_iou_crop", "val_iou_weed", "val_dice", "val_loss",
     "epochs", "params", "train_seconds", "predicted_peak_memory_mb", "measured_peak_memory_mb",
     "worker", "message",
@@ -145,9 +146,9 @@ def test_header_order(tmp_path):
 
 def test_class_names_order_the_per_class_columns(tmp_path):
     header, _ = _read_csv(_write(tmp_path, class_names=["weed", "crop", "background"]))
-    assert header[11:14] == ["val_iou_weed", "val_iou_crop", "val_iou_background"]
+    assert header[12:15] == ["val_iou_weed", "val_iou_crop", "val_iou_background"]
     header, _ = _read_csv(_write(tmp_path, class_names=None))
-    assert header[11:16] == [
+    assert header[12:17] == [
         "val_dice", "val_iou_background", "val_iou_crop", "val_iou_weed", "val_loss"
     ]  # fmt: skip
 
@@ -167,7 +168,7 @@ def test_values_and_blank_cells(tmp_path):
     assert unet["worker"] == "worker0"
     # Inactive hyperparameters and missing metrics are blank, not "None" or "nan".
     light = rows["0004"]
-    assert light["backbone"] == light["unet/filters"] == light["learning_rate"] == ""
+    assert light["unet/backbone"] == light["unet/filters"] == light["learning_rate"] == ""
     assert light["val_iou_crop"] == light["val_loss"] == light["train_seconds"] == ""
     assert light["worker"] == ""
     assert rows["0002"]["unet/filters"] == ""
@@ -371,6 +372,10 @@ def test_format_table(tmp_path):
     assert max(len(line) for line in lines) <= 120
     assert lines[0].split()[:4] == ["#", "trial", "status", "val_mean_iou"]
     assert lines[1].split()[:4] == ["1", "0002", "COMPLETED", "0.7500"]
+    # The backbone column gathers the per-model `<model>/backbone` columns.
+    assert lines[0].split()[4:6] == ["model", "backbone"]
+    assert lines[1].split()[4:6] == ["deeplabv3plus", "mobilenetv2"]
+    assert lines[2].split()[4:6] == ["unet", "resnet50"]
     assert "23.5M" in lines[1] and "1.9M" in lines[2] and "310K" in lines[3]
     assert "learning_rate" not in lines[0]  # not a default column
     assert "ResourceExhausted" in lines[4]
@@ -381,6 +386,19 @@ def test_format_table(tmp_path):
     assert chosen[2].split() == ["0000", "0.0003"]
     with pytest.raises(ConfigError, match="Unknown leaderboard column.*nope"):
         lb.format_table(rows, columns=["nope"])
+
+
+def test_backbone_of_reads_the_drawn_models_backbone(tmp_path):
+    records = _records()
+    assert [lb.backbone_of(r) for r in records] == ["resnet50", "", "mobilenetv2", "", "", ""]
+    rows = {row["trial_id"]: row for row in lb.read_leaderboard(_write(tmp_path))}
+    assert lb.backbone_of(rows["0000"]) == "resnet50"
+    assert lb.backbone_of(rows["0002"]) == "mobilenetv2"
+    assert lb.backbone_of(rows["0004"]) == ""  # light_unet has none
+    # Another model's backbone is not this trial's.
+    assert lb.backbone_of({"model_name": "segnet", "unet/backbone": "vgg16"}) == ""
+    # A HyperModel of one's own may name it `backbone`.
+    assert lb.backbone_of({"model_name": "mine", "backbone": "vgg16"}) == "vgg16"
 
 
 def test_format_params():
@@ -458,7 +476,10 @@ def test_cli_prints_table_and_best(tmp_path, main, capsys):
     _write(tmp_path)
     assert main(["leaderboard", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "Best: trial 0002 with val_mean_iou = 0.7500" in out
+    assert (
+        "Best: trial 0002 with val_mean_iou = 0.7500 "
+        "(deeplabv3plus, backbone mobilenetv2, 23.5M params)" in out.splitlines()[-1]
+    )
     assert "Trial 0001 FAILED: ResourceExhaustedError" in out
     assert "6 trials: 3 COMPLETED, 1 FAILED, 1 RUNNING, 1 STOPPED" in out
     assert max(len(line) for line in out.splitlines()) <= 120
@@ -543,5 +564,7 @@ def test_cli_imports_no_tensorflow_or_keras(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "usage: autoseg leaderboard [-h] [--top N] [--plot FILE.png] [RUNDIR]" in result.stdout
+    assert "usage: autoseg leaderboard [-h] [--top N] [--plot FILE.png] [--debug] [RUNDIR]" in (
+        result.stdout
+    )
     assert "HEAVY []" in result.stdout

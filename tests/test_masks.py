@@ -198,6 +198,138 @@ def test_jpeg_masks_are_refused(tmp_path):
         masks.find_pairs(tmp_path)
 
 
+# --- binary masks and --ignore-values --------------------------------------------------
+
+BINARY_MASKS = {"a": [[0, 255, 255], [0, 0, 255]], "b": [[0, 0, 0], [255, 0, 0]]}
+
+
+def binary_source(src: Path, foreground: int = 255, mode=None) -> Path:
+    for stem, values in BINARY_MASKS.items():
+        write_pair(src, stem, np.array(values) // 255 * foreground, mode=mode)
+    return src
+
+
+@pytest.mark.parametrize("foreground", [255, 1])
+def test_binary_masks_import_as_two_classes_with_a_note(tmp_path, capsys, foreground):
+    src = binary_source(tmp_path / "src", foreground)
+    assert main(["prepare", str(src), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("Note:")]
+    assert len(notes) == 1
+    assert f"the masks hold only 0 and {foreground}: read as binary masks, 2 classes" in notes[0]
+    assert "--labels FILE" in notes[0]
+    assert ("--ignore-values 255" if foreground == 255 else "--format index") in notes[0]
+    assert "Prepared" in out and "2 images, 2 classes" in out
+    from autoseg.data.dataset import load_dataset
+
+    dataset = load_dataset(tmp_path / "out")
+    assert dataset.classes == ["background", "foreground"]
+    assert np.asarray(Image.open(dataset.mask_path("a"))).tolist() == [[0, 1, 1], [0, 0, 1]]
+    # 4 of 12 pixels are foreground, none is ignored
+    assert dataset.fingerprint["class_pixel_fraction"] == {"background": round(8 / 12, 6),
+                                                           "foreground": round(4 / 12, 6)}
+    assert dataset.fingerprint["ignore_fraction"] == 0.0
+
+
+def test_binary_masks_with_format_index_are_refused(tmp_path, capsys):
+    src = binary_source(tmp_path / "src")
+    assert main(["prepare", str(src), "--out", str(tmp_path / "out"), "--format", "index"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: The masks hold only 0 and 255 (e.g. masks/a.png). With --format "
+                          "index, 255 means ignore") and "Traceback" not in err
+    assert "use --format binary" in err and "--ignore-values 255" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing half-written
+
+
+def test_format_binary_takes_any_foreground_value_grey_rgb_and_names(tmp_path):
+    src = binary_source(tmp_path / "src", foreground=128)
+    for stem in BINARY_MASKS:  # grey masks saved as RGB
+        grey = np.asarray(Image.open(src / "masks" / f"{stem}.png"))
+        Image.fromarray(np.dstack([grey] * 3)).save(src / "masks" / f"{stem}.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("__ignore__\n_background_\ncell\n")
+    dataset = prepare(src, tmp_path / "out", format="binary", labels=labels)
+    assert dataset.classes == ["background", "cell"]
+    assert np.asarray(Image.open(dataset.mask_path("b"))).tolist() == [[0, 0, 0], [1, 0, 0]]
+
+
+def test_format_binary_refuses_a_third_value_and_wrong_names(tmp_path):
+    src = binary_source(tmp_path / "src")
+    write_pair(src, "c", [[0, 7, 255]])
+    with pytest.raises(DatasetError, match=r"hold 2 values besides 0: 255 \(e.g. masks/a.png\); "
+                                           r"7 \(e.g. masks/c.png\)\. Use --format index"):
+        prepare(src, tmp_path / "out", format="binary")
+    # --ignore-values takes the third value out
+    dataset = prepare(src, tmp_path / "out", format="binary", ignore_values=[7])
+    assert np.asarray(Image.open(dataset.mask_path("c"))).tolist() == [[0, 255, 1]]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("soil\nroot\nleaf\n")
+    with pytest.raises(DatasetError, match=r"Binary masks have 2 classes .* but 3 class names"):
+        prepare(src, tmp_path / "out2", format="binary", labels=labels, ignore_values=[7])
+
+
+def test_ignore_values_drop_their_names_and_renumber_the_classes(tmp_path):
+    src = tmp_path / "src"
+    write_pair(src, "a", [[0, 1, 2, 3]])
+    write_pair(src, "b", [[3, 3, 255, 0]])
+    (src / "labels.txt").write_text("soil\nunsure\ncrop\nweed\n")
+    dataset = prepare(src, tmp_path / "out", format="index", ignore_values=[1])
+    assert dataset.classes == ["soil", "crop", "weed"]
+    assert np.asarray(Image.open(dataset.mask_path("a"))).tolist() == [[0, 255, 1, 2]]
+    assert np.asarray(Image.open(dataset.mask_path("b"))).tolist() == [[2, 2, 255, 0]]
+    assert dataset.fingerprint["ignore_fraction"] == 0.25
+    # without names, classes are named by their mask value
+    (src / "labels.txt").unlink()
+    dataset = prepare(src, tmp_path / "out2", ignore_values=[1])
+    assert dataset.classes == ["class_0", "class_2", "class_3"]
+
+
+def test_ignore_values_are_refused_for_colour_and_labelme_sources(tmp_path, capsys):
+    write_pair(tmp_path / "src", "a", colour_mask([[0, 1]]))
+    assert main(["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                 "--ignore-values", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Error: --ignore-values applies to index and binary masks, not to color sources: " \
+           "name the colour __ignore__ in --palette." in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- CamVid (../shared/datasets) ---------------------------------------------------------
+
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence",
+                  "car", "pedestrian", "bicyclist"]
+
+
+def test_camvid_imports_with_void_ignored_and_splits_by_sequence(camvid_dir, tmp_path, capsys):
+    from autoseg.data import pipeline
+    from autoseg.data.dataset import load_dataset
+
+    out = tmp_path / "camvid"
+    assert main(["prepare", str(camvid_dir), "--out", str(out), "--format", "index",
+                 "--labels", str(camvid_dir / "labels.txt"), "--ignore-values", "11"]) == 0
+    assert "Prepared" in capsys.readouterr().out
+    dataset = load_dataset(out)
+    assert dataset.classes == CAMVID_CLASSES and len(dataset.stems) == 184
+    assert dataset.channels == 3 and dataset.intensity is None
+    void = 0
+    for stem in dataset.stems:
+        mask = np.asarray(Image.open(dataset.mask_path(stem)))
+        values = set(np.unique(mask).tolist())
+        assert values <= set(range(11)) | {255}, (stem, values)
+        source = np.asarray(Image.open(camvid_dir / "masks" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask == 255, source == 11)
+        np.testing.assert_array_equal(mask[source != 11], source[source != 11])
+        void += int((source == 11).sum())
+    assert dataset.fingerprint["ignore_fraction"] == pytest.approx(void / (184 * 360 * 480), abs=1e-6)
+    assert sum(dataset.fingerprint["class_pixel_fraction"].values()) == pytest.approx(1, abs=1e-4)
+
+    train, val = pipeline.split_stems(dataset, 0.2, seed=0, group_pattern=r"^([^_]+)_")
+    sequences = lambda stems: {s.split("_")[0] for s in stems}  # noqa: E731
+    assert not sequences(train) & sequences(val)
+    assert sorted(train + val) == dataset.stems
+    assert len(val) == 31  # 0001TP: the sequence closest to 20 % of 184
+
+
 # --- CWFID (../shared/datasets) ----------------------------------------------------------
 
 def assert_cwfid(dataset, names):

@@ -374,8 +374,8 @@ def test_unet_rejects_bad_options(options, match):
 def test_build_rejects_bad_classes_and_shapes():
     with pytest.raises(ConfigError, match="num_classes must be an integer >= 2"):
         models.build("unet", 1, (64, 64, 3))
-    with pytest.raises(ConfigError, match=r"input_shape must be \(height, width, 3\)"):
-        models.build("unet", 3, (64, 64, 1))
+    with pytest.raises(ConfigError, match=r"input_shape must be \(height, width, 3\) for RGB or \(height, width, 1\)"):
+        models.build("unet", 3, (64, 64, 2))
     with pytest.raises(ConfigError, match="Unknown architecture 'vnet'"):
         models.build("vnet", 3, (64, 64, 3))
 

@@ -412,6 +412,54 @@ def test_dataset_yaml_splits_win(tmp_path):
     assert split_stems(val_only) == (["im0", "im3", "im4", "im5"], ["im1"])
 
 
+def write_named_dataset(root, stems, splits=None):
+    """A canonical dataset whose images have the given stems (4x4, all background)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem in stems:
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "masks" / f"{stem}.png")
+    meta = {"classes": ["background", "crop"], "splits": splits} if splits else {"classes": ["background", "crop"]}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    return load_dataset(root)
+
+
+# Three "videos" of 3, 5 and 12 frames, like CamVid's sequences.
+SEQUENCES = {"seqA": 3, "seqB": 5, "seqC": 12}
+SEQUENCE_STEMS = [f"{name}_{i:03d}" for name, count in SEQUENCES.items() for i in range(count)]
+
+
+@pytest.mark.parametrize("pattern", [r"^([^_]+)_", r"^seq[A-Z]"], ids=["group", "match"])
+def test_group_split_keeps_every_group_on_one_side(tmp_path, pattern):
+    ds = write_named_dataset(tmp_path / "d", SEQUENCE_STEMS)
+    group = lambda stem: stem.split("_")[0]  # noqa: E731
+    seen_val = set()
+    for seed in range(8):
+        train, val = split_stems(ds, 0.2, seed=seed, group_pattern=pattern)
+        assert sorted(train + val) == sorted(SEQUENCE_STEMS)
+        assert not {group(s) for s in train} & {group(s) for s in val}
+        assert train and val
+        seen_val.add(tuple(sorted({group(s) for s in val})))
+        assert (train, val) == split_stems(ds, 0.2, seed=seed, group_pattern=pattern)
+    # 20 % of 20 images is 4: the groups closest to it are seqA (3) and seqB (5)
+    assert seen_val == {("seqA",), ("seqB",)}
+
+
+def test_group_split_errors_and_yaml_splits_win(tmp_path):
+    ds = write_named_dataset(tmp_path / "d", SEQUENCE_STEMS + ["odd-one"])
+    with pytest.raises(ConfigError, match=r"group_pattern '\^\(\[\^_\]\+\)_' does not match 1 of "
+                                          r"21 image stem\(s\): odd-one\. Every stem needs a group"):
+        split_stems(ds, group_pattern=r"^([^_]+)_")
+    with pytest.raises(ConfigError, match=r"group_pattern '\(' is not a valid regular expression"):
+        split_stems(ds, group_pattern="(")
+    with pytest.raises(DatasetError, match=r"puts all 21 images of images/ in one group \('e'\); "
+                                           r"a group-aware split needs at least two groups"):
+        split_stems(ds, group_pattern=r"(e)")
+    given = write_named_dataset(tmp_path / "given", SEQUENCE_STEMS,
+                                splits={"train": SEQUENCE_STEMS[:10], "val": SEQUENCE_STEMS[10:]})
+    assert split_stems(given, group_pattern=r"^([^_]+)_") == (SEQUENCE_STEMS[:10], SEQUENCE_STEMS[10:])
+
+
 # ------------------------------------------------------------------ class weights
 
 

@@ -1,10 +1,13 @@
 """Mixed precision: the policy while a trial builds, a float32 head, loss scaling, a halved
-activation estimate, and float32 by default on CPU.
+activation estimate, and what `--precision auto` picks on a CPU.
 
 Every registered architecture (the fast cases of `test_models`) is built under
 `mixed_float16`: its convolutions compute in float16, its head in float32, it trains a step
 with a finite loss through Keras' automatic `LossScaleOptimizer`, round-trips through
-`.keras`, and its weights load into the float32 model that export rebuilds.
+`.keras`, and its weights load into the float32 model that export rebuilds. Under
+`mixed_bfloat16` likewise, without loss scaling. `--precision auto` on a CPU picks bfloat16
+for the families benchmarks/RESULTS.md measured faster in it, where the CPU has the
+instructions (flags faked here), and float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from autoseg.errors import ConfigError  # noqa: E402
 from test_models import FAST_CASES, NUM_CLASSES, _all_layers, _images, check_output_contract  # noqa: E402
 
 MIXED = "mixed_float16"
+BF16 = "mixed_bfloat16"
 #: The float32 layers of a mixed model: the shared head, and the critic's patch logits.
 FLOAT32_LAYERS = {"head_conv", "head_upsample", "predictions", "pix2pix_disc_logits"}
 
@@ -42,6 +46,11 @@ def _build(case, policy: str):
 @pytest.fixture(scope="module", params=FAST_CASES, ids=[c.id for c in FAST_CASES])
 def mixed(request):
     return request.param, _build(request.param, MIXED)
+
+
+@pytest.fixture(scope="module", params=FAST_CASES, ids=[c.id for c in FAST_CASES])
+def bf16(request):
+    return request.param, _build(request.param, BF16)
 
 
 def _convolutions(model):
@@ -116,28 +125,141 @@ def test_mixed_model_round_trips_and_its_weights_load_into_float32(mixed, tmp_pa
     np.testing.assert_allclose(np.asarray(plain(images, training=False)), expected, atol=0.02)
 
 
-def test_mixed_estimate_halves_activations_and_keeps_float32_parameters():
+def test_bfloat16_model_computes_in_bfloat16_with_a_float32_head(bf16):
+    case, model = bf16
+    assert keras.config.dtype_policy().name == "float32"
+    body = [c for c in _convolutions(model) if c.name not in FLOAT32_LAYERS]
+    assert body and all(c.compute_dtype == "bfloat16" for c in body), [
+        (c.name, c.compute_dtype) for c in body if c.compute_dtype != "bfloat16"
+    ]
+    assert all(c.variable_dtype == "float32" for c in _convolutions(model))
+    head = {layer.name: layer.compute_dtype for layer in _all_layers(model)
+            if layer.name in FLOAT32_LAYERS}
+    assert {"head_conv", "predictions"} <= set(head)
+    assert set(head.values()) == {"float32"}, head
+    check_output_contract(case, model)  # float32 output, probabilities summing to 1
+
+
+# A float32 Pix2Pix's critic optimizer has no state to load (export keeps the generator).
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer 'disc_optimizer'")
+def test_bfloat16_model_trains_without_loss_scaling_and_its_weights_load_into_float32(
+        bf16, tmp_path):
+    case, model = bf16
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  jit_compile=False, run_eagerly=True)
+    # bfloat16 has float32's exponent range: Keras scales the loss for float16 only.
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    height, width, _ = case.input_shape()
+    labels = np.random.default_rng(1).integers(0, NUM_CLASSES, (2, height, width))
+    before = {v.path: np.array(v) for v in model.trainable_variables if "kernel" in v.path}
+    logs = model.train_on_batch(_images(case), labels, return_dict=True)
+    assert np.isfinite(float(logs["loss"])) and float(logs["loss"]) > 0, logs
+    after = {v.path: np.array(v) for v in model.trainable_variables}
+    assert any(not np.array_equal(v, after[p]) for p, v in before.items())
+    # What export does with a trial's checkpoint: a float32 rebuild of the same weights.
+    images = _images(case, seed=5)
+    expected = np.asarray(model(images, training=False))
+    weights = tmp_path / f"{case.id}.weights.h5"
+    model.save_weights(weights)
+    plain = _build(case, "float32")
+    plain.load_weights(weights)
+    got = plain(images, training=False)
+    assert got.dtype == "float32" and plain.input.dtype == "float32"
+    # bfloat16 keeps 8 bits of mantissa: the float32 rebuild is close, not equal.
+    np.testing.assert_allclose(np.asarray(got), expected, atol=0.05)
+
+
+@pytest.mark.parametrize("policy", [MIXED, BF16])
+def test_mixed_estimate_halves_activations_and_keeps_float32_parameters(policy):
     case = next(c for c in FAST_CASES if c.id == "unet-none")
-    model = _build(case, MIXED)
+    model = _build(case, policy)
     full = budget.estimate_training_memory(model, 4, family="unet")
-    half = budget.estimate_training_memory(model, 4, precision=MIXED, family="unet")
+    half = budget.estimate_training_memory(model, 4, precision=policy, family="unet")
     assert (full.bytes_per_element, half.bytes_per_element) == (4, 2)
     assert half.per_sample_bytes == pytest.approx(full.per_sample_bytes / 2, abs=1)
     assert half.parameter_bytes == full.parameter_bytes == 16 * model.count_params()
     assert half.overhead_bytes == full.overhead_bytes
     assert half.total_bytes < full.total_bytes
     assert budget.admissible_batch_sizes(model, [1, 2, 4, 8, 16], full.total_bytes,
-                                         precision=MIXED, family="unet")[-1] > 4
+                                         precision=policy, family="unet")[-1] > 4
 
 
-def test_auto_is_float32_on_cpu_and_names_are_checked():
-    if devices.gpu_count():
-        pytest.skip("a GPU is visible: auto means mixed there")
-    assert devices.resolve_precision("auto") == "float32"
-    assert devices.resolve_precision("float32") == "float32"
-    assert devices.resolve_precision("mixed") == MIXED
+#: What `--precision auto` trains each family in on a CPU with native bfloat16, by
+#: benchmarks/RESULTS.md ("bfloat16 on CPU"): bfloat16 only where it measured faster at
+#: equal quality. Written out here so that changing `devices.BFLOAT16_FAMILIES` without the
+#: measurements (and this table) fails.
+AUTO_ON_A_BFLOAT16_CPU = {
+    "unet": BF16,
+    "segnet": "float32",
+    "deeplabv3plus": "float32",
+    "pix2pix": "float32",
+}
+#: /proc/cpuinfo flags: this AMD EPYC's (AVX-512 with BF16), a Sapphire Rapids' (AMX), and
+#: an Ice Lake's (AVX-512 without BF16: oneDNN emulates bfloat16 there, slower).
+EPYC_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 vaes".split()
+AMX_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512_vnni amx_tile amx_bf16 amx_int8".split()
+ICELAKE_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_vbmi2 vaes".split()
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+
+
+def test_auto_precision_table_covers_every_family():
+    from autoseg.registry import ARCHITECTURES
+
+    families = {ARCHITECTURES.get(name).family for name in ARCHITECTURES.names()}
+    assert set(AUTO_ON_A_BFLOAT16_CPU) == families
+    assert devices.BFLOAT16_FAMILIES <= families
+
+
+@pytest.mark.parametrize("family", sorted(AUTO_ON_A_BFLOAT16_CPU))
+@pytest.mark.parametrize("flags", [EPYC_FLAGS, AMX_FLAGS], ids=["avx512_bf16", "amx_bf16"])
+def test_auto_on_a_cpu_with_bfloat16_picks_what_results_md_measured(no_gpu, family, flags):
+    assert devices.resolve_precision("auto", family=family, cpu_flags=flags) == (
+        AUTO_ON_A_BFLOAT16_CPU[family])
+    # --precision float32 opts out; explicit choices are kept whatever the family.
+    assert devices.resolve_precision("float32", family=family, cpu_flags=flags) == "float32"
+    assert devices.resolve_precision("bfloat16", family=family, cpu_flags=flags) == BF16
+    assert devices.resolve_precision("mixed", family=family, cpu_flags=flags) == MIXED
+
+
+@pytest.mark.parametrize("family", sorted(AUTO_ON_A_BFLOAT16_CPU))
+@pytest.mark.parametrize("flags", [ICELAKE_FLAGS, []], ids=["avx512-without-bf16", "none"])
+def test_auto_on_a_cpu_without_bfloat16_is_float32(no_gpu, family, flags):
+    assert devices.resolve_precision("auto", family=family, cpu_flags=flags) == "float32"
+    # Asked for, bfloat16 is still given (oneDNN emulates it).
+    assert devices.resolve_precision("bfloat16", family=family, cpu_flags=flags) == BF16
+
+
+def test_auto_without_a_family_is_float32_on_a_bfloat16_cpu(no_gpu):
+    assert devices.resolve_precision("auto", cpu_flags=EPYC_FLAGS) == "float32"
+
+
+def test_auto_on_a_gpu_is_mixed_float16_whatever_the_cpu(monkeypatch):
+    monkeypatch.setattr(devices, "gpu_count", lambda: 1)
+    assert devices.resolve_precision("auto", family="unet", cpu_flags=EPYC_FLAGS) == MIXED
+    assert devices.resolve_precision("auto", family="segnet", cpu_flags=[]) == MIXED
+
+
+def test_auto_reads_the_flags_of_this_cpu(no_gpu, monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: "
+                       + " ".join(EPYC_FLAGS) + "\n\nprocessor\t: 1\n")
+    assert devices.read_cpu_flags(cpuinfo) == frozenset(EPYC_FLAGS)
+    assert devices.read_cpu_flags(tmp_path / "missing") == frozenset()
+    monkeypatch.setattr(devices, "read_cpu_flags", lambda: frozenset(EPYC_FLAGS))
+    assert devices.resolve_precision("auto", family="unet") == BF16
+    monkeypatch.setattr(devices, "read_cpu_flags", lambda: frozenset(ICELAKE_FLAGS))
+    assert devices.resolve_precision("auto", family="unet") == "float32"
+
+
+def test_names_are_checked():
+    assert devices.resolve_precision("mixed_bfloat16") == BF16
+    assert devices.resolve_precision("mixed_float16") == MIXED
     with pytest.raises(ConfigError, match=r"--precision 'half' is unknown\. Valid values: "
-                                          r"auto, float32, mixed"):
+                                          r"auto, float32, mixed, bfloat16 "):
         devices.resolve_precision("half")
 
 
@@ -171,17 +293,26 @@ def test_hypermodel_builds_mixed_trains_and_records_the_precision(tiny_dataset):
     json.dumps(record)  # goes to autoseg.json as is
 
 
-def test_search_with_mixed_precision_records_it_per_run_and_per_trial(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("precision, policy", [("mixed", MIXED), ("bfloat16", BF16)])
+def test_search_with_mixed_precision_records_it_and_exports_float32(
+        tiny_dataset, tmp_path, precision, policy):
+    from autoseg.export import export
     from autoseg.search import search
 
     rundir = tmp_path / "run"
     result = search(tiny_dataset, space="ci", out=rundir, tuner="random", max_trials=1,
-                    max_epochs=1, precision="mixed", log=lambda line: None)
+                    max_epochs=1, precision=precision, log=lambda line: None)
     assert result.counts == {"COMPLETED": 1}
     run = json.loads((rundir / "run.json").read_text())
-    assert (run["precision"], run["strategy"], run["replicas"]) == (MIXED, "none", 1)
+    assert (run["precision"], run["strategy"], run["replicas"]) == (policy, "none", 1)
     (record_file,) = (rundir / "trials").glob("trial_*/autoseg.json")
     record = json.loads(record_file.read_text())
-    assert record["precision"] == MIXED and record["status"] == "COMPLETED"
+    assert record["precision"] == policy and record["status"] == "COMPLETED"
     assert 0.0 <= float(result.best["val_mean_iou"]) <= 1.0
     assert keras.config.dtype_policy().name == "float32"
+    # The trial's checkpoint exports as a float32 model: float32 in, float32 out.
+    exported = export("best", run=rundir, out=tmp_path / "model", formats="keras",
+                      log=lambda line: None)
+    model = keras.saving.load_model(exported.out / "model.keras", safe_mode=True, compile=False)
+    assert model.input.dtype == "float32" and model.output.dtype == "float32"
+    assert {c.compute_dtype for c in _convolutions(model)} == {"float32"}

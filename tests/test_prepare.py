@@ -260,8 +260,13 @@ def test_prepare_writes_the_canonical_layout(tmp_path, capsys):
     meta = yaml.safe_load((root / "dataset.yaml").read_text())
     assert meta["classes"] == ["background", "class_1", "class_2"]
     assert meta["ignore_index"] == 255
-    assert set(meta["fingerprint"]) == {"num_images", "image_size", "channels", "class_pixel_fraction",
+    assert set(meta["fingerprint"]) == {"num_images", "image_size", "channels", "pixel_dtype",
+                                        "value_range", "value_percentiles", "class_pixel_fraction",
                                         "class_image_count", "ignore_fraction"}
+    assert meta["channels"] == 3 and "intensity" not in meta  # 8-bit RGB: no rule
+    assert meta["fingerprint"]["pixel_dtype"] == ["uint8"]
+    low, high = meta["fingerprint"]["value_range"]
+    assert 0 <= low < 10 and 245 < high <= 255  # uniform noise photos
     assert oct(root.stat().st_mode & 0o777) != oct(0o700)
     colours = np.asarray(Image.open(src / "masks" / "a.png"))
     expected = np.argmax((colours[:, :, None, :] == COLOURS).all(-1), -1)

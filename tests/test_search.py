@@ -156,11 +156,13 @@ def test_diverging_trial_fails_with_a_reason_and_the_search_goes_on(tiny_dataset
     assert result.best["loss"] == "ce"
 
 
-def test_search_where_nothing_completes_exits_1_with_the_reason(tiny_dataset, tmp_path, capsys):
+def test_search_where_no_batch_size_fits_stops_before_any_trial(tiny_dataset, tmp_path, capsys):
+    """The plan sees that the space's smallest batch size fits no model: exit 2, nothing
+    written (before the plan, every trial ran and failed on it)."""
     from autoseg import budget
 
-    # A budget that admits the smallest model at batch 1 in the pre-flight check but no
-    # candidate batch size (all >= 64) of any trial.
+    # A budget that fits the smallest model at batch 1 but not at the space's only batch
+    # size, 64.
     import keras
 
     from autoseg import models
@@ -179,10 +181,9 @@ def test_search_where_nothing_completes_exits_1_with_the_reason(tiny_dataset, tm
                  "random", "--max-trials", "2", "--out", str(tmp_path / "run"),
                  "--memory-budget", str((need_1 + need_64) // 2)])
     err = capsys.readouterr().err
-    rows = read_rows(tmp_path / "run")
-    assert code == 1, err
-    assert "no trial completed" in err and "does not fit the memory budget" in err
-    assert rows and all(r["status"] == "FAILED" for r in rows)
+    assert code == 2, err
+    assert "fits no configuration" in err and "at batch 64" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_plain_kerastuner_can_drive_the_hypermodel(tiny_dataset, tmp_path):

@@ -74,6 +74,44 @@ def test_the_trial_trains_in_another_process(tiny_dataset, tmp_path, monkeypatch
         assert not rows and "fit ran in the search's own process" in error
 
 
+# Loaded by every Python process started with it on PYTHONPATH; acts in trial processes only.
+_DYING_TRIAL = """
+import os
+with open("/proc/self/cmdline", "rb") as f:
+    if b"autoseg.trial_process" in f.read():
+        os.write(2, b"F0000 00:00:0.0 1 kernel.cc:42] Check failed: a native crash\\n")
+        os._exit(3)
+"""
+
+
+def test_a_trial_process_that_dies_fails_with_the_last_lines_of_its_log(tiny_dataset, tmp_path,
+                                                                       monkeypatch, capfd):
+    import json
+
+    from autoseg import search
+    from autoseg.errors import RunError
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_DYING_TRIAL)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+        str(hook), str(REPO), os.environ.get("PYTHONPATH")])))
+    rundir = tmp_path / "run"
+    with pytest.raises(RunError, match="no trial completed"):
+        search.search(str(tiny_dataset), space="ci", out=str(rundir), tuner="random",
+                      max_trials=1, max_epochs=1, log=lambda line: None)
+    log = rundir / "trials" / "trial_0" / "trial.log"
+    assert "kernel.cc:42] Check failed: a native crash" in log.read_text()
+    # The child's own line went to its log; the search quotes it indented, in the error.
+    assert not any(line.startswith("F0000") for line in capfd.readouterr().err.splitlines())
+    message = json.loads((log.parent / "trial.json").read_text())["message"]
+    assert (
+        f"The last lines of {log}:\n"
+        "    F0000 00:00:0.0 1 kernel.cc:42] Check failed: a native crash\n"
+        "the trial's process exited with status 3 without a result"
+    ) in message
+
+
 @pytest.mark.slow
 def test_a_killed_trial_process_fails_its_trial_and_the_search_goes_on(tiny_dataset, tmp_path):
     from autoseg import search

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from keras import layers
 
+from autoseg.backbones import conv2d, depthwise_conv2d
+
 UPSAMPLING_METHODS = ("bilinear", "nearest", "transpose")
 
 
@@ -39,7 +41,7 @@ def conv_bn_relu(
     Returns:
         The output tensor.
     """
-    x = layers.Conv2D(
+    x = conv2d(
         filters,
         kernel_size,
         strides=strides,
@@ -86,7 +88,7 @@ def separable_conv_bn_relu(
     Returns:
         The output tensor.
     """
-    x = layers.DepthwiseConv2D(
+    x = depthwise_conv2d(
         kernel_size,
         strides=strides,
         dilation_rate=dilation_rate,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "info",
         help="show a prepared dataset's classes, sizes and class balance",
-        description="Show a prepared dataset's image sizes, channels and per-class pixel "
-        "fractions and image counts (its fingerprint; computed if dataset.yaml has none).",
+        description="Show a prepared dataset's image sizes, channels, bit depth and value "
+        "range, intensity rule, and per-class pixel fractions and image counts (its "
+        "fingerprint; computed if dataset.yaml has none).",
     )
     parser.add_argument("dataset", metavar="DATASET", help="a prepared dataset folder")
     parser.add_argument(
@@ -40,21 +43,48 @@ def _size(value: Any) -> str:
     return "?"
 
 
+def _depth(fingerprint: dict[str, Any]) -> str:
+    """`16-bit (uint16), values 100..4100`, from the fingerprint's dtype and range."""
+    dtypes = fingerprint.get("pixel_dtype")
+    if not isinstance(dtypes, list) or not dtypes:
+        return "? (fingerprint from an older autoseg: run `autoseg info --recompute`)"
+    parts = []
+    for name in dtypes:
+        try:
+            bits = np.dtype(name).itemsize * 8
+        except TypeError:
+            parts.append(str(name))
+            continue
+        kind = "float" if np.dtype(name).kind == "f" else "bit"
+        parts.append(f"{bits}-{kind} ({name})")
+    value_range = fingerprint.get("value_range")
+    if isinstance(value_range, list) and len(value_range) == 2:
+        parts[-1] += f", values {value_range[0]:g}..{value_range[1]:g}"
+    return "; ".join(parts)
+
+
 def format_fingerprint(dataset, fingerprint: dict[str, Any]) -> str:
     """Renders a fingerprint as lines of text: a summary, then one row per class.
 
     Args:
-        dataset: The `Dataset` (for class order, palette and ignore index).
+        dataset: The `Dataset` (for class order, palette, ignore index, channels and
+            intensity rule).
         fingerprint: As returned by `compute_fingerprint`.
     """
+    from autoseg.data.intensity import describe_rule
+
     sizes = fingerprint.get("image_size") or {}
     channels = fingerprint.get("channels")
     channel_text = ", ".join(map(str, channels)) if isinstance(channels, list) else str(channels)
+    model_channels = dataset.channels
     lines = [
         f"Images    {fingerprint.get('num_images', '?')}",
         f"Size      {_size(sizes.get('min'))} min, {_size(sizes.get('median'))} median, "
         f"{_size(sizes.get('max'))} max (height x width)",
-        f"Channels  {channel_text}",
+        f"Channels  {channel_text} (models take {model_channels}: "
+        f"{'grey' if model_channels == 1 else 'RGB'})",
+        f"Depth     {_depth(fingerprint)}",
+        f"Scaling   {describe_rule(dataset.intensity)}",
         f"Ignored   {100 * float(fingerprint.get('ignore_fraction', 0.0)):.2f} % of pixels "
         f"(mask value {dataset.ignore_index})",
         "",

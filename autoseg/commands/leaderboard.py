@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         print("No trial has COMPLETED yet: there is no best trial.")
     else:
-        about = [best.get("model_name"), best.get("backbone")]
+        backbone = leaderboard.backbone_of(best)
+        about = [best.get("model_name"), f"backbone {backbone}" if backbone else ""]
         if best.get("params"):
             about.append(f"{leaderboard.format_params(best['params'])} params")
         detail = ", ".join(a for a in about if a)

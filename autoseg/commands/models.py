@@ -48,8 +48,14 @@ def _format_value(value) -> str:
 def run(args: argparse.Namespace) -> int:
     # TensorFlow loads here, not at import: `autoseg --help` must stay fast.
     from autoseg import models
+    from autoseg.registry import ARCHITECTURES
 
     for row in models.list_architectures():
+        # The test-only backbones (`tiny`) build, but are no choice for a user.
+        offered = ARCHITECTURES.get(row["name"]).user_backbones
+        row["backbones"] = [b for b in row["backbones"] if b in offered]
+        if "backbone" in row["choices"]:
+            row["choices"]["backbone"] = [b for b in row["choices"]["backbone"] if b in offered]
         divisor = row["divisor"]
         print(f"{row['name']}  ({row['family']} family)")
         if row["description"]:

@@ -17,6 +17,19 @@ formats (--format auto picks one):
   color    SRC/images/ + SRC/masks/ RGB masks; one colour per class, from --palette
            or discovered (black = background, then sorted by R, G, B)
   index    SRC/images/ + SRC/masks/ single-channel masks holding class indices
+           (255 = ignore; masks holding only 0 and 255 are refused: use binary)
+  binary   SRC/images/ + SRC/masks/ masks of 0 (background) and one other value,
+           e.g. 255 or 1 (foreground); auto picks it for masks of only 0 and 255
+           or only 0 and 1
+
+--ignore-values V [V ...] (index and binary masks): those mask values become 255
+(ignored) and their names leave the class list, e.g. CamVid's void:
+  autoseg prepare camvid --out data/camvid --format index \\
+      --labels camvid/labels.txt --ignore-values 11
+
+Photos: grey photos stay single-channel when every photo is grey; photos deeper than
+8 bits (16-bit or float PNG/TIFF) are read at full depth and scaled to 0..255 by a
+rule recorded in dataset.yaml (`intensity`, the 0.5th-99.5th percentiles).
 
 --palette YAML, classes in index order:
   background: [0, 0, 0]
@@ -46,6 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--palette", metavar="FILE", help="YAML mapping class name -> [R, G, B] for colour masks"
     )
     parser.add_argument(
+        "--ignore-values", metavar="V", nargs="+", type=int, default=None,
+        help="index or binary mask values to ignore: they become 255 and their names leave "
+        "the class list (e.g. --ignore-values 11 for CamVid's void)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace DATASET if it exists and is not empty"
     )
     parser.add_argument(
@@ -58,12 +76,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from autoseg.commands.info import format_fingerprint
-    from autoseg.data.dataset import prepare
+    from autoseg.data.dataset import check_trainable, prepare, warn
+    from autoseg.errors import DatasetError
 
     dataset = prepare(
         args.src, args.out, format=args.format, labels=args.labels, palette=args.palette,
         overwrite=args.overwrite, skip_orphans=args.skip_orphans,
+        ignore_values=args.ignore_values,
     )
     print(f"Prepared {dataset.root}: {len(dataset.stems)} images, {dataset.num_classes} classes.")
     print(format_fingerprint(dataset, dataset.fingerprint))
+    try:
+        check_trainable(dataset)
+    except DatasetError as exc:  # written as asked, but search, export and evaluate refuse it
+        warn(f"{exc}")
     return 0

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--objective", default="val_mean_iou",
                    help="validation metric to maximise (default: val_mean_iou)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, tuner, augmentation")
+    p.add_argument("--val-groups", metavar="REGEX",
+                   help="validate on whole groups of images: the regex's first group (or match) "
+                        "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--verbose", action="store_true", help="Keras per-epoch progress")
     cluster = p.add_argument_group(
@@ -58,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autoseg.leaderboard import format_table
+    from autoseg.leaderboard import backbone_of, format_table
     from autoseg.search import search
 
     result = search(
@@ -74,6 +77,7 @@ def run(args) -> int:
         strategy=args.strategy,
         objective=args.objective,
         seed=args.seed,
+        val_groups=args.val_groups,
         overwrite=args.overwrite,
         verbose=args.verbose,
         role=args.role,
@@ -90,7 +94,9 @@ def run(args) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
     best = result.best
     print(
-        f"Best: trial {best['trial_id']} ({best.get('model_name', '?')}) "
+        f"Best: trial {best['trial_id']} ({best.get('model_name', '?')}"
+        + (f", backbone {backbone_of(best)}" if backbone_of(best) not in (None, "", "none") else "")
+        + ") "
         f"{args.objective}={best.get(args.objective)}; trials: {counts}. "
         f"Leaderboard: {result.rundir / 'leaderboard.csv'}"
     )

@@ -25,14 +25,23 @@ Colour masks map each colour to a class. The palette is either
 
 Index masks are used as they are. Class names come from `--labels`, `--palette`,
 `SRC/dataset.yaml` or `SRC/labels.txt`, else `class_0` ... `class_<max>`. A value of
-`num_classes` or more (other than 255, the ignore index) is an error.
+`num_classes` or more (other than 255, the ignore index) is an error. `--ignore-values V ...`
+turns the values listed into 255 and drops their names from the class list; the classes
+above them move down (CamVid's void, value 11, with `--ignore-values 11`).
+
+Binary masks (`--format binary`) hold 0 (background) and one other value (1 or 255, say:
+foreground), single-channel or grey RGB; they become classes 0 and 1, named `background` and
+`foreground` unless `--labels` names two classes. With `--format auto`, single-channel masks
+holding only 0 and 255, or only 0 and 1, are binary (with a note saying so). `--format index`
+refuses masks whose only value besides 0 is 255: read as index masks, every foreground pixel
+would be ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import yaml
@@ -400,16 +409,25 @@ def convert_folder(
     labels: str | Path | None = None,
     palette: str | Path | None = None,
     skip_orphans: bool = False,
+    *,
+    ignore_values: Sequence[int] = (),
+    detect_binary: bool = False,
+    log: Callable[[str], None] = print,
 ) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Converts `src/images/` + `src/masks/` into `out/images/` and `out/masks/`.
 
     Args:
         src: The source folder.
         out: A folder with empty `images/` and `masks/` subfolders.
-        kind: "color" or "index".
+        kind: "color", "index" or "binary".
         labels: A file of class names, one a line, in index order.
         palette: A palette YAML file (see the module docstring).
         skip_orphans: Leave out unpaired files with a warning instead of failing.
+        ignore_values: Index or binary mask values that become 255 (see the module
+            docstring). Defaults to none.
+        detect_binary: Read index masks holding only 0 and 255 (or 0 and 1) as binary
+            masks, with a note through `log` (`--format auto`). Defaults to False.
+        log: Where the note goes. Defaults to print.
 
     Returns:
         `(classes, palette)` of the converted dataset.
@@ -442,49 +460,160 @@ def convert_folder(
 
     source_ignore = IGNORE_INDEX
     colors = None
+    from_dataset_yaml = False
     if given is not None:
         names, colors = given.classes, given.colors
-    elif names is None:
+    elif names is None and kind == "index":
         names, colors, source_ignore = _source_metadata(src)
-        if names is None and (src / "labels.txt").is_file():
-            names = read_labels_file(src / "labels.txt").classes
-    highest = 0
+        from_dataset_yaml = names is not None
+    if names is None and (src / "labels.txt").is_file():
+        names = read_labels_file(src / "labels.txt").classes
+    ignored = set(ignore_values)
+    seen = _mask_values(pairs, kind)
+    present = set().union(*seen.values())
+    remaining = present - ignored
+    if kind == "index" and detect_binary and not from_dataset_yaml:
+        binary_value = _binary_foreground(remaining)
+        if binary_value is not None and (names is None or len(names) == 2):
+            kind = "binary"
+            if binary_value == IGNORE_INDEX:
+                other = "if 255 marks pixels to ignore, pass --format index --ignore-values 255"
+            else:
+                other = f"pass --format index to keep them as class indices 0 and {binary_value}"
+            log(
+                f"Note: the masks hold only 0 and {binary_value}: read as binary masks, 2 "
+                f"classes, background (0) and foreground ({binary_value}). Name them with "
+                f"--labels FILE; {other}."
+            )
+    if kind == "binary":
+        lut, names, colors = _binary_lookup(seen, ignored, names, colors)
+    else:
+        lut, names, colors = _index_lookup(seen, ignored, names, colors, source_ignore)
 
     def convert(image: Image.Image, name: str) -> np.ndarray:
-        nonlocal highest
-        index = imageio.index_array(image, name)
-        if source_ignore != IGNORE_INDEX:
-            index = np.where(index == source_ignore, IGNORE_INDEX, index).astype(np.uint8)
-        counts = np.bincount(index.ravel(), minlength=256)
-        counts[IGNORE_INDEX] = 0
-        present = np.flatnonzero(counts)
-        if names is not None and present.size and present[-1] >= len(names):
-            bad = present[present >= len(names)]
-            raise DatasetError(
-                f"{name} holds value(s) {', '.join(map(str, bad[:10]))} but there are only "
-                f"{len(names)} classes (0-{len(names) - 1}; 255 = ignore). Fix the mask or "
-                "list every class in --labels."
-            )
-        highest = max(highest, int(present[-1]) if present.size else 0)
-        return index
+        return np.take(lut, _mask_array(image, name, kind))
 
     _convert_pairs(pairs, out, convert)
-    if names is None:
-        names = [f"class_{i}" for i in range(highest + 1)]
     if colors is None:
         colors = default_palette(len(names))
     return list(names), [tuple(int(v) for v in c) for c in colors]
+
+
+def _mask_array(image: Image.Image, name: str, kind: str) -> np.ndarray:
+    """The values of a decoded index or binary mask; binary masks may be grey RGB."""
+    if kind == "binary" and image.mode in COLOR_MODES:
+        rgb = np.asarray(image.convert("RGB"))
+        red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        if not (np.array_equal(red, green) and np.array_equal(red, blue)):
+            raise DatasetError(
+                f"{name} is a colour mask, not a binary one (0 = background, one other value "
+                "= foreground). Use --format color for colour masks."
+            )
+        return red
+    return imageio.index_array(image, name)
+
+
+def _mask_values(pairs: list[Pair], kind: str) -> dict[str, set[int]]:
+    """`masks/<name>` -> the set of values it holds, for every pair, in order."""
+    seen: dict[str, set[int]] = {}
+    for pair in pairs:
+        name = f"masks/{pair.mask.name}"
+        _, image = imageio.read_image(pair.mask, name)
+        counts = np.bincount(_mask_array(image, name, kind).ravel(), minlength=256)
+        seen[name] = set(np.flatnonzero(counts).tolist())
+    return seen
+
+
+def _binary_foreground(values: set[int]) -> int | None:
+    """255 or 1 when `values` are only 0 and that value (binary masks), else None."""
+    for foreground in (IGNORE_INDEX, 1):
+        if foreground in values and values <= {0, foreground}:
+            return foreground
+    return None
+
+
+def _listing_values(values) -> str:
+    values = sorted(values)
+    return ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else "")
+
+
+def _binary_lookup(seen: dict[str, set[int]], ignored: set[int], names, colors):
+    """The value table of binary masks: 0 -> 0, the foreground value -> 1, ignored -> 255."""
+    foreground: dict[int, str] = {}
+    for name, values in seen.items():
+        for value in sorted(values - ignored - {0}):
+            foreground.setdefault(value, name)
+    if len(foreground) > 1:
+        shown = "; ".join(f"{v} (e.g. {n})" for v, n in list(foreground.items())[:5])
+        raise DatasetError(
+            f"Binary masks hold 0 (background) and one other value (foreground), but these "
+            f"masks hold {len(foreground)} values besides 0: {shown}. Use --format index for "
+            "class-index masks, or list the values to ignore with --ignore-values."
+        )
+    if names is not None and len(names) != 2:
+        raise DatasetError(
+            f"Binary masks have 2 classes (background, foreground) but {len(names)} class "
+            f"names were given ({', '.join(names[:10])}). Give two names, or use --format index."
+        )
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut[0] = 0
+    for value in foreground:
+        lut[value] = 1
+    return lut, list(names or ["background", "foreground"]), colors
+
+
+def _index_lookup(seen: dict[str, set[int]], ignored: set[int], names, colors, source_ignore: int):
+    """The value table of index masks: classes renumbered around the ignored values.
+
+    `names` (and `colors`) name the masks' values in order, ignored values included: their
+    names leave the class list and the classes above them move down.
+    """
+    present = set().union(*seen.values())
+    only_255 = present - ignored - {0} == {IGNORE_INDEX}
+    if source_ignore == IGNORE_INDEX and IGNORE_INDEX not in ignored and only_255:
+        example = next(n for n, v in seen.items() if IGNORE_INDEX in v)
+        raise DatasetError(
+            f"The masks hold only 0 and 255 (e.g. {example}). With --format index, 255 means "
+            "ignore, so every pixel but the background would be dropped and one class would "
+            "remain. These look like binary masks (0 = background, 255 = foreground): use "
+            "--format binary. If 255 really marks pixels to ignore, say so "
+            "with --ignore-values 255."
+        )
+    unlabelled = {source_ignore, IGNORE_INDEX}
+    if names is None:
+        highest = max(present - ignored - unlabelled, default=0)
+        kept = [v for v in range(highest + 1) if v not in ignored | unlabelled]
+        names = [f"class_{v}" for v in kept]
+    else:
+        for name, values in seen.items():
+            bad = sorted(v for v in values - ignored - unlabelled if v >= len(names))
+            if bad:
+                raise DatasetError(
+                    f"{name} holds value(s) {_listing_values(bad)} but there are only "
+                    f"{len(names)} classes (0-{len(names) - 1}; 255 = ignore). Fix the mask, "
+                    "list every class in --labels, or list the values to ignore with "
+                    "--ignore-values."
+                )
+        kept = [v for v in range(len(names)) if v not in ignored]
+        if colors is not None:
+            colors = [colors[v] for v in kept]
+        names = [names[v] for v in kept]
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    for index, value in enumerate(kept):
+        lut[value] = index
+    lut[list(unlabelled)] = IGNORE_INDEX
+    return lut, names, colors
 
 
 def _convert_pairs(pairs: list[Pair], out: Path, convert) -> None:
     """Reads, checks and writes each pair; `convert(mask_image, name)` returns the indices."""
     for pair in pairs:
         image_name, mask_name = f"images/{pair.image.name}", f"masks/{pair.mask.name}"
-        data, image = imageio.read_image(pair.image, image_name)
+        photo = imageio.read_photo(pair.image, image_name)
         _, mask_image = imageio.read_image(pair.mask, mask_name)
-        if mask_image.size != image.size:
-            raise imageio.size_mismatch(mask_name, mask_image.size, image_name, image.size)
+        if mask_image.size != photo.size:
+            raise imageio.size_mismatch(mask_name, mask_image.size, image_name, photo.size)
         index = convert(mask_image, mask_name)
-        image_bytes, ext = imageio.canonical_image(data, image, pair.image.suffix, False)
+        image_bytes, ext = imageio.canonical_image(photo.data, photo.image, pair.image.suffix, False)
         (out / "images" / f"{pair.stem}{ext}").write_bytes(image_bytes)
         imageio.write_mask(out / "masks" / f"{pair.stem}.png", index)

@@ -2,8 +2,10 @@
 
 Every example is `(image, mask)`:
 
-- image: float32 `(H, W, 3)`, RGB, raw pixel values in [0, 255]. Normalisation belongs to the
-  models (each backbone knows its own), so the pipeline never rescales.
+- image: float32 `(H, W, C)` in [0, 255], C = `dataset.channels` (3 RGB, or 1 when every
+  photo is grey). 8-bit photos keep their pixel values; photos deeper than 8 bits are read
+  at full depth and scaled by the dataset's `intensity` rule (`autoseg.data.intensity`).
+  Normalisation belongs to the models (each backbone knows its own).
 - mask: int32 `(H, W)`, class indices, `dataset.ignore_index` (255) where no loss or metric
   should look: pixels that augmentation moved in from outside, padding, and pixels that a
   validation tile shares with an earlier tile.
@@ -30,6 +32,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -39,7 +42,7 @@ import cv2
 import numpy as np
 
 from autoseg.data.augment import build_augmentation, check_strength, reseed
-from autoseg.data import imageio
+from autoseg.data import imageio, intensity
 from autoseg.data.dataset import Dataset
 from autoseg.errors import ConfigError, DatasetError
 
@@ -56,20 +59,76 @@ DEFAULT_CACHE_MAX_BYTES = 4 * 1024**3
 # Reading and resizing one example (NumPy; shared with predict and evaluate).
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as uint8 RGB `(H, W, 3)`.
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file's pixels at full depth: `(H, W, C)` in the file's dtype.
 
-    Pixels are taken as stored: EXIF orientation is ignored, as PIL does, so images and the
-    masks drawn on them stay aligned.
+    C is 1 (grey), 3 (RGB) or 4 (RGBA). Pixels are taken as stored: EXIF orientation is
+    ignored, as PIL does, so images and the masks drawn on them stay aligned.
 
     Raises:
         DatasetError: the file cannot be decoded.
     """
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise DatasetError(f"{path} is not a readable image (OpenCV could not decode it).")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return imageio.read_pixels(path, _relative_name(path))
+
+
+def model_input(
+    pixels: np.ndarray, channels: int, rule: dict | None, name: str, error=DatasetError
+) -> np.ndarray:
+    """Brings raw pixels to what a model takes: `channels` channels, scaled by `rule`.
+
+    Args:
+        pixels: `(H, W)` or `(H, W, C)` as read (`read_pixels`).
+        channels: 1 or 3.
+        rule: The intensity rule (`autoseg.data.intensity`), or None for 8-bit images.
+        name: The file or array, for error messages.
+        error: The exception class to raise. Defaults to `DatasetError`.
+
+    Returns:
+        uint8 `(H, W, channels)` without a rule (the pixels as they are), float32 0..255
+        with one.
+
+    Raises:
+        error: a colour image for a grey model, an image deeper than 8 bits without a rule,
+            or an 8-bit image for a model of deeper images.
+    """
+    image = imageio.to_channels(np.asarray(pixels), channels, name, error)
+    if rule is None:
+        if image.dtype != np.uint8:
+            raise error(
+                f"{name} holds {image.dtype} pixels, but 8-bit images (uint8) are expected "
+                "here: no intensity rule says how to scale deeper ones, and cutting them to "
+                "8 bits would lose their contrast. Prepare the deeper images with `autoseg "
+                "prepare` (it records the rule in dataset.yaml) and train on them."
+            )
+        return np.ascontiguousarray(image)
+    if image.dtype == np.uint8 and rule.get("dtype", "uint8") != "uint8":
+        raise error(
+            f"{name} holds 8-bit pixels, but the images here are {rule['dtype']}, scaled by "
+            f"{intensity.describe_rule(rule)}. Pass the image at its full depth (e.g. "
+            "cv2.imread(path, cv2.IMREAD_UNCHANGED)), not converted to 8 bits."
+        )
+    if image.dtype.kind not in "uif":
+        raise error(f"{name} holds {image.dtype} values; expected numbers (uint, int, float).")
+    return intensity.apply_rule(image, rule)
+
+
+def read_image(
+    path: str | os.PathLike, channels: int = 3, rule: dict | None = None
+) -> np.ndarray:
+    """Reads an image file as a model takes it: see `model_input`.
+
+    Args:
+        path: The image file.
+        channels: 1 (grey) or 3 (RGB). Defaults to 3.
+        rule: The intensity rule for images deeper than 8 bits. Defaults to None.
+
+    Returns:
+        uint8 `(H, W, channels)` without a rule, float32 0..255 with one.
+
+    Raises:
+        DatasetError: the file cannot be decoded, or does not fit `channels` and `rule`.
+    """
+    return model_input(read_pixels(path), channels, rule, _relative_name(path))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -89,16 +148,28 @@ def _relative_name(path: str | os.PathLike) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def load_example(dataset: Dataset, stem: str) -> tuple[np.ndarray, np.ndarray]:
+def load_example(
+    dataset: Dataset, stem: str, *, raw: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads one image and its mask at full size.
 
+    Args:
+        dataset: The dataset.
+        stem: The image.
+        raw: Return the pixels as stored (`read_pixels`) instead of as the models take them.
+            Defaults to False.
+
     Returns:
-        `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+        `(image, mask uint8 (H, W))`; the image is `(H, W, dataset.channels)`, uint8 for 8-bit
+        datasets and float32 0..255 for datasets with an intensity rule (or as stored, `raw`).
 
     Raises:
         DatasetError: unreadable files, or a mask whose size differs from its image's.
     """
-    image = read_image(dataset.image_path(stem))
+    if raw:
+        image = read_pixels(dataset.image_path(stem))
+    else:
+        image = read_image(dataset.image_path(stem), dataset.channels, dataset.intensity)
     mask = read_mask(dataset.mask_path(stem))
     if image.shape[:2] != mask.shape:
         raise imageio.size_mismatch(
@@ -112,16 +183,17 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resizes an image to `size = (height, width)`.
 
     Area interpolation when both sides shrink (it averages, so thin structures fade rather
-    than alias), bilinear otherwise.
+    than alias), bilinear otherwise. A `(H, W, 1)` image stays `(height, width, 1)`.
     """
     height, width = size
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
     shrinking = height <= h and width <= w
-    return cv2.resize(
+    resized = cv2.resize(
         image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     )
+    return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -303,7 +375,10 @@ def tile_ownership(
 
 
 def split_stems(
-    dataset: Dataset, val_fraction: float = 0.2, seed: int = 0
+    dataset: Dataset,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    group_pattern: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Splits a dataset's images into training and validation stems.
 
@@ -312,21 +387,31 @@ def split_stems(
     `test`) is shuffled with `seed` and `val_fraction` of it, at least one image, is held
     out; with only `val` listed, training gets every other image outside `test`.
 
+    With `group_pattern`, whole groups are held out instead of single images, so that near
+    duplicates (frames of one video, tiles of one slide) never sit on both sides. The group
+    of an image is the pattern's first capture group, or its whole match, searched in the
+    stem. Groups are taken in a seeded order, each one held out when it brings the validation
+    count closer to `val_fraction` of the pool; at least one group goes to each side.
+
     Args:
         dataset: The dataset.
         val_fraction: Fraction of the pool held out, in (0, 1). Defaults to 0.2.
         seed: Seeds the shuffle. Defaults to 0.
+        group_pattern: A regular expression that finds each stem's group, e.g.
+            `^([^_]+)_` (the text before the first underscore). Defaults to None (images
+            are held out one by one).
 
     Returns:
         `(train_stems, val_stems)`, each sorted.
 
     Raises:
-        ConfigError: `val_fraction` is not in (0, 1).
-        DatasetError: fewer than 2 images to split.
+        ConfigError: `val_fraction` is not in (0, 1), `group_pattern` is not a valid regular
+            expression or does not match some stem.
+        DatasetError: fewer than 2 images (or groups) to split.
 
     Example:
     ```python
-    train, val = split_stems(load_dataset("data/weeds"), val_fraction=0.2, seed=0)
+    train, val = split_stems(load_dataset("data/camvid"), 0.2, seed=0, group_pattern=r"^([^_]+)_")
     ```
     """
     if (
@@ -337,6 +422,7 @@ def split_stems(
         raise ConfigError(
             f"val_fraction must be a number in (0, 1). Received: val_fraction={val_fraction!r}."
         )
+    compiled = _compile_group_pattern(group_pattern)
     splits = dataset.splits or {}
     given_train, given_val = splits.get("train") or [], splits.get("val") or []
     test = set(splits.get("test") or [])
@@ -346,21 +432,95 @@ def split_stems(
         held = set(given_val) | test
         return [s for s in dataset.stems if s not in held], list(given_val)
     pool = sorted(given_train or [s for s in dataset.stems if s not in test])
+    where = (
+        "splits.train" if given_train
+        else "images/ (outside splits.test)" if test
+        else "images/"
+    )
     if len(pool) < 2:
-        where = (
-            "splits.train" if given_train
-            else "images/ (outside splits.test)" if test
-            else "images/"
-        )
         raise DatasetError(
             f"{dataset.root}: {where} holds {len(pool)} image(s); at least 2 are needed to "
             f"keep one for validation. Add images, or list `val` in dataset.yaml splits."
         )
+    rng = np.random.default_rng(seed)
+    if compiled is not None:
+        return _split_groups(dataset, pool, where, compiled, float(val_fraction), rng)
     num_val = min(len(pool) - 1, max(1, int(round(len(pool) * float(val_fraction)))))
-    order = np.random.default_rng(seed).permutation(len(pool))
+    order = rng.permutation(len(pool))
     val = sorted(pool[i] for i in order[:num_val])
     train = sorted(pool[i] for i in order[num_val:])
     return train, val
+
+
+def _compile_group_pattern(group_pattern: str | None) -> re.Pattern | None:
+    if group_pattern is None:
+        return None
+    if not isinstance(group_pattern, str) or not group_pattern:
+        raise ConfigError(
+            f"group_pattern must be a regular expression. Received: {group_pattern!r}."
+        )
+    try:
+        return re.compile(group_pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"group_pattern {group_pattern!r} is not a valid regular expression ({exc}). "
+            r"Example: '^([^_]+)_' groups images by the text before the first underscore."
+        ) from None
+
+
+def image_groups(stems: Sequence[str], pattern: str | re.Pattern) -> dict[str, list[str]]:
+    """Groups stems by `pattern`: its first capture group, or its whole match.
+
+    Returns:
+        group key -> its stems, in the order of `stems`.
+
+    Raises:
+        ConfigError: the pattern does not match some stem (the message lists them).
+    """
+    compiled = pattern if isinstance(pattern, re.Pattern) else _compile_group_pattern(pattern)
+    groups: dict[str, list[str]] = {}
+    unmatched = []
+    for stem in stems:
+        match = compiled.search(stem)
+        key = (match.group(1) if compiled.groups else match.group(0)) if match else None
+        if key is None:
+            unmatched.append(stem)
+            continue
+        groups.setdefault(key, []).append(stem)
+    if unmatched:
+        raise ConfigError(
+            f"group_pattern {compiled.pattern!r} does not match {len(unmatched)} of "
+            f"{len(stems)} image stem(s): {', '.join(unmatched[:5])}"
+            f"{' ...' if len(unmatched) > 5 else ''}. Every stem needs a group; e.g. "
+            r"'^([^_]+)_' takes the text before the first underscore."
+        )
+    return groups
+
+
+def _split_groups(dataset, pool, where, pattern, val_fraction, rng):
+    groups = image_groups(pool, pattern)
+    if len(groups) < 2:
+        (key, members), = groups.items()
+        raise DatasetError(
+            f"{dataset.root}: group_pattern {pattern.pattern!r} puts all {len(members)} "
+            f"images of {where} in one group ({key!r}); a group-aware split needs at least "
+            "two groups. Choose a pattern that separates them, or list `val` in dataset.yaml "
+            "splits."
+        )
+    keys = sorted(groups)
+    target = len(pool) * val_fraction
+    held: list[str] = []
+    count = 0
+    for i in rng.permutation(len(keys)):
+        size = len(groups[keys[i]])
+        if len(held) < len(keys) - 1 and abs(count + size - target) < abs(count - target):
+            held.append(keys[i])
+            count += size
+    if not held:  # every group is larger than twice the target: the one closest to it
+        held.append(min(keys, key=lambda k: (abs(len(groups[k]) - target), k)))
+    val = sorted(s for k in held for s in groups[k])
+    chosen = set(val)
+    return [s for s in pool if s not in chosen], val
 
 
 def class_pixel_fraction(dataset: Dataset, stems: Sequence[str] | None = None) -> np.ndarray:
@@ -505,8 +665,7 @@ def image_sizes(dataset: Dataset, stems: Sequence[str]) -> list[tuple[int, int]]
     for stem in stems:
         image_name = _relative_name(dataset.image_path(stem))
         mask_name = _relative_name(dataset.mask_path(stem))
-        with imageio.open_header(dataset.image_path(stem), image_name) as im:
-            image_size = im.size
+        image_size = imageio.image_size(dataset.image_path(stem), image_name)
         with imageio.open_header(dataset.mask_path(stem), mask_name) as im:
             mask_size = im.size
         if image_size != mask_size:
@@ -523,20 +682,28 @@ def estimate_cache_bytes(
     policy: str = "resize",
     crop_scale: float = 1.0,
 ) -> int:
-    """Bytes that `make_dataset` would hold in memory to cache `stems` (uint8 image + mask).
+    """Bytes that `make_dataset` would hold in memory to cache `stems` (image + mask).
 
-    With policy "crop" this reads each image's header (not its pixels) for its size.
+    An image pixel takes a byte per channel (8-bit datasets) or four (float32, datasets
+    with an intensity rule); a mask pixel one byte. With policy "crop" this reads each
+    image's header (not its pixels) for its size.
     """
     sizes = [input_size] * len(stems) if policy == "resize" else image_sizes(dataset, stems)
-    return _cache_bytes(sizes, policy, input_size, crop_scale)
+    return _cache_bytes(sizes, policy, input_size, crop_scale, _pixel_bytes(dataset))
+
+
+def _pixel_bytes(dataset: Dataset) -> int:
+    """Cached bytes per pixel: the image's channels (1 or 4 bytes each) and the mask's byte."""
+    return dataset.channels * (4 if dataset.intensity else 1) + 1
 
 
 def _cache_bytes(
-    sizes: Sequence[tuple[int, int]], policy: str, input_size: tuple[int, int], crop_scale: float
+    sizes: Sequence[tuple[int, int]], policy: str, input_size: tuple[int, int], crop_scale: float,
+    pixel_bytes: int = 4,
 ) -> int:
     if policy == "resize":
-        return len(sizes) * input_size[0] * input_size[1] * 4
-    return sum(h * w * 4 for h, w in (scaled_size(*size, crop_scale) for size in sizes))
+        return len(sizes) * input_size[0] * input_size[1] * pixel_bytes
+    return sum(h * w * pixel_bytes for h, w in (scaled_size(*size, crop_scale) for size in sizes))
 
 
 def default_cache_max_bytes() -> int:
@@ -620,7 +787,8 @@ def make_dataset(
             draining and restarting at each epoch's end. Defaults to False.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 (H, W, 3) in [0, 255], int32 (H, W))`, with a
+        A `tf.data.Dataset` of `(float32 (H, W, C) in [0, 255], int32 (H, W))`, C =
+        `dataset.channels`, with a
         leading batch axis when `batch_size` is given. Validation with policy "crop" yields
         one element per tile; pixels a tile shares with an earlier one, and padding, are
         ignore in its mask, so each image pixel is scored once.
@@ -667,6 +835,7 @@ def make_dataset(
     sizes = image_sizes(dataset, stems)  # fail here, not inside a tf.data worker
     shuffle = training if shuffle is None else bool(shuffle)
     ignore_index = dataset.ignore_index
+    channels = dataset.channels
     tiling = policy == "crop" and not training
 
     def prepare(index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -680,7 +849,7 @@ def make_dataset(
     use_cache = False
     if cache:
         budget = default_cache_max_bytes() if cache_max_bytes is None else int(cache_max_bytes)
-        needed = _cache_bytes(sizes, policy, input_size, crop_scale)
+        needed = _cache_bytes(sizes, policy, input_size, crop_scale, _pixel_bytes(dataset))
         use_cache = needed <= budget
         if not use_cache:
             logger.info(
@@ -716,8 +885,12 @@ def make_dataset(
         if training and strength > 0:
             compose = augmentation()
             reseed(compose, int(rng.integers(2**63)))
-            out = compose(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+            if image.dtype == np.float32:  # albumentations' float images are 0..1
+                out = compose(image=image * np.float32(1 / 255), mask=mask)
+                image, mask = out["image"] * np.float32(255), out["mask"]
+            else:
+                out = compose(image=image, mask=mask)
+                image, mask = out["image"], out["mask"]
         return image.astype(np.float32), mask.astype(np.int32)
 
     def tiles(index):
@@ -737,7 +910,7 @@ def make_dataset(
 
         def load(index):
             image, mask = tf.numpy_function(tiles, [index], [tf.float32, tf.int32])
-            image.set_shape([None, height, width, 3])
+            image.set_shape([None, height, width, channels])
             mask.set_shape([None, height, width])
             return image, mask
 
@@ -754,7 +927,7 @@ def make_dataset(
             image, mask = tf.numpy_function(
                 example, [index, example_seed], [tf.float32, tf.int32]
             )
-            image.set_shape([height, width, 3])
+            image.set_shape([height, width, channels])
             mask.set_shape([height, width])
             return image, mask
 

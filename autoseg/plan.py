@@ -1,0 +1,629 @@
+"""The plan: what a search does with its time, decided from the data, the machine and the budget.
+
+nnU-Net's lesson on small data: a recipe derived from the dataset and the hardware beats a
+blind search. A search here therefore starts from one configuration it would bet on without
+searching (the recipe, trial 0), drops every configuration that cannot train enough epochs
+in the budget before it runs, and explores variants of the recipe with the rest.
+
+- **The recipe** (`choose_recipe`): a plain U-Net (4 levels, 32 filters on a CPU, 64 on a
+  GPU) where the space has one, else the nearest family; random crops of the photo scaled so
+  that its short side is about `TARGET_SHORT_SIDE` px, at the largest input size up to 256 px
+  (CPU) or 512 px (GPU); CE + soft Dice (the rare classes decide the mean IoU); augmentation
+  0.5 on small datasets; Adam at 1e-3 with a cosine decay; batch 4 (8 on a GPU) or the largest
+  that fits the memory budget; as many epochs as `RECIPE_SHARE` of the budget allows. Every
+  value is the space's nearest to these.
+- **The admissible space**: a configuration is kept when, in the time a winner gets
+  (exploration and finishing), it can train at least `min_epochs` epochs: as many as the
+  recipe gets, capped at what `ENOUGH_IMAGES` training crops take. Others are dropped with
+  their reason.
+- **Shares of the budget**: the recipe `RECIPE_SHARE`, finishing the best trial
+  `FINISH_SHARE` (its continuation; train+val and test-time augmentation will use it too),
+  exploration the rest.
+
+Costs come from `autoseg.speed`: FLOPs and memory of each model configuration, a calibrated
+GFLOP/s, corrected by every trial that runs. `Plan` is saved as `RUNDIR/plan.json` and kept
+on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any, Callable
+
+from autoseg import speed
+from autoseg.errors import BudgetError
+from autoseg.search_space import (
+    Range,
+    SearchSpace,
+    as_values,
+    format_input_size,
+    model_option_grid,
+    parse_input_size,
+)
+
+#: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
+#: explores variants of the recipe.
+RECIPE_SHARE = 0.4
+FINISH_SHARE = 0.2
+
+#: Training crops after which more epochs add little: caps `min_epochs` for long budgets.
+ENOUGH_IMAGES = 4000
+MIN_EPOCHS = 3
+
+#: The recipe scales photos so that their short side is at most about this (power-of-two
+#: scales): CWFID's 966 px photos at 0.5, CamVid's 360 px frames at 1.
+TARGET_SHORT_SIDE = 600
+
+#: The recipe's families, best bet first: from scratch, a plain U-Net wins on small data.
+FAMILY_PREFERENCE = ("unet", "segnet", "deeplabv3plus", "light_unet", "pix2pix")
+
+#: `tuner/bracket` of the recipe, trial 0 of a planned search.
+RECIPE_BRACKET = -2
+
+
+@dataclasses.dataclass
+class DataSummary:
+    """What the plan needs of the dataset and its split."""
+
+    train_images: int
+    val_sizes: list[tuple[int, int]]  # (H, W) of each validation photo
+    median_size: tuple[int, int]
+    class_fraction: dict[str, float]
+    channels: int = 3
+
+    @property
+    def rarest(self) -> tuple[str, float] | None:
+        known = {k: v for k, v in self.class_fraction.items() if v is not None}
+        return min(known.items(), key=lambda kv: kv[1]) if known else None
+
+
+@dataclasses.dataclass
+class Machine:
+    device: str  # "cpu" or "gpu"
+    precision: str  # the Keras policy of the recipe
+    cores: int = 1
+
+
+@dataclasses.dataclass
+class Plan:
+    """The plan of one search (saved as `plan.json`).
+
+    Attributes:
+        budget_seconds: The time budget (None: none).
+        shares: `{"recipe", "explore", "finish"}` shares of the budget.
+        recipe: The recipe's hyperparameter values (the names the HyperModels declare).
+        recipe_epochs: Epochs the recipe trains.
+        min_epochs: Epochs a configuration must reach in a winner's time to be kept (None
+            without a budget).
+        kept, dropped: Configurations (`{"config", "epoch_seconds", ...}`), the dropped
+            with a `reason`.
+        models: The `speed.ModelCost` of every model configuration, as dicts.
+        costs: The `speed.CostModel`, as a dict.
+        data: The `DataSummary`, as a dict.
+        machine: The `Machine`, as a dict.
+        batch_sizes: The space's batch size candidates.
+    """
+
+    budget_seconds: float | None
+    shares: dict[str, float]
+    recipe: dict[str, Any]
+    recipe_epochs: int
+    min_epochs: int | None
+    kept: list[dict]
+    dropped: list[dict]
+    models: list[dict]
+    costs: dict
+    data: dict
+    machine: dict
+    batch_sizes: list[int]
+
+    # -- estimates -------------------------------------------------------------------------
+    @property
+    def cost_model(self) -> speed.CostModel:
+        if not hasattr(self, "_cost_model"):
+            self._cost_model = speed.CostModel.from_dict(self.costs)
+        return self._cost_model
+
+    def _summary(self) -> DataSummary:
+        data = dict(self.data)
+        data["val_sizes"] = [tuple(s) for s in data["val_sizes"]]
+        data["median_size"] = tuple(data["median_size"])
+        return DataSummary(**data)
+
+    def model_cost(self, model_name: str, options: dict[str, Any]) -> speed.ModelCost | None:
+        for entry in self.models:
+            if entry["model_name"] == model_name and _same(entry["options"], options):
+                return speed.ModelCost(**entry)
+        return None
+
+    def epoch_seconds(self, values: dict[str, Any], corrected: bool = True) -> float | None:
+        """Estimated seconds of one epoch of the configuration in `values`, or None when its
+        model is not one the plan measured."""
+        config = configuration(values)
+        cost = self.model_cost(config["model_name"], config["options"])
+        if cost is None:
+            return None
+        return self.cost_model.epoch_seconds(
+            cost, config["input_size"], self.data["train_images"],
+            validation_units(self._summary(), config), corrected=corrected)
+
+    def recipe_seconds(self) -> float | None:
+        """The training time the recipe gets (its share, less a trial's fixed cost)."""
+        if self.budget_seconds is None:
+            return None
+        return self.budget_seconds * self.shares["recipe"] - self.cost_model.fixed_seconds
+
+    def required_epochs(self) -> int | None:
+        """Epochs a configuration must reach in a winner's time: as many as the recipe gets in
+        its share at the current estimates, at most `ENOUGH_IMAGES` crops' worth."""
+        if self.budget_seconds is None:
+            return None
+        recipe = max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
+        enough = math.ceil(ENOUGH_IMAGES / max(1, self.data["train_images"]))
+        return max(1, min(recipe, max(MIN_EPOCHS, enough)))
+
+    def winner_seconds(self) -> float | None:
+        if self.budget_seconds is None:
+            return None
+        return self.budget_seconds * (self.shares["explore"] + self.shares["finish"])
+
+    def admits(self, values: dict[str, Any]) -> str | None:
+        """None when the configuration in `values` may run, else the reason it may not."""
+        config = configuration(values)
+        cost = self.model_cost(config["model_name"], config["options"])
+        if cost is None:
+            return None  # not measured (a space changed on resume): let it run
+        return _rejection(self, cost, config)
+
+    def observe(self, values: dict[str, Any], measured_epoch_seconds: float) -> None:
+        """Corrects the cost model with a trial's steady epoch time."""
+        config = configuration(values)
+        predicted = self.epoch_seconds(values, corrected=False)
+        if predicted:
+            key = speed.config_key(config["model_name"], config["options"])
+            self.cost_model.observe(key, predicted, measured_epoch_seconds)
+            self.costs = self.cost_model.to_dict()
+
+    # -- persistence and display -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    def lines(self, limit: int = 4) -> list[str]:
+        """The `[plan]` lines a search prints first."""
+        return plan_lines(self, limit)
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations: the values that decide a model's cost.
+
+
+def configuration(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"model_name", "options", "input_size" (H, W), "policy", "crop_scale"}` of `values`."""
+    model_name = values["model_name"]
+    prefix = f"{model_name}/"
+    policy = values.get("policy", "resize")
+    return {
+        "model_name": model_name,
+        "options": {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)},
+        "input_size": parse_input_size(values["input_size"]),
+        "policy": policy,
+        "crop_scale": float(values.get("crop_scale", 1.0)) if policy == "crop" else 1.0,
+    }
+
+
+def config_values(model_name: str, options: dict[str, Any], input_size, policy: str,
+                  crop_scale: float) -> dict[str, Any]:
+    values = {"model_name": model_name}
+    values.update({f"{model_name}/{k}": v for k, v in options.items() if not isinstance(v, dict)})
+    values.update({"input_size": format_input_size(tuple(input_size)), "policy": policy})
+    if policy == "crop":
+        values["crop_scale"] = crop_scale
+    return values
+
+
+def describe(values: dict[str, Any]) -> str:
+    """`"unet depth=4 filters=32, 256 crops at 0.5 scale"`."""
+    config = configuration(values)
+    options = " ".join(f"{k}={v}" for k, v in config["options"].items() if not isinstance(v, dict))
+    size = format_input_size(config["input_size"])
+    where = (f"{size} crops at {config['crop_scale']:g} scale" if config["policy"] == "crop"
+             else f"resized to {size}")
+    return f"{config['model_name']}{' ' + options if options else ''}, {where}"
+
+
+def validation_units(data: DataSummary, config: dict[str, Any]) -> int:
+    """Model inputs one validation pass runs: a tile count (crop) or one per photo (resize)."""
+    if config["policy"] != "crop":
+        return len(data.val_sizes)
+    from autoseg.data.pipeline import scaled_size, tile_positions
+
+    th, tw = config["input_size"]
+    total = 0
+    for h, w in data.val_sizes:
+        sh, sw = scaled_size(h, w, config["crop_scale"])
+        total += len(tile_positions(sh, sw, th, tw))
+    return total
+
+
+def _same(a: dict, b: dict) -> bool:
+    norm = lambda d: {k: (v.lower() if isinstance(v, str) else v) for k, v in d.items()
+                      if not isinstance(v, dict)}
+    return norm(a) == norm(b)
+
+
+def _rejection(plan: Plan, cost: speed.ModelCost, config: dict[str, Any]) -> str | None:
+    smallest = min(plan.batch_sizes)
+    limit = plan.machine.get("memory_budget_bytes")
+    if limit and cost.memory_bytes(config["input_size"], smallest) > limit:
+        need = cost.memory_bytes(config["input_size"], smallest)
+        return (f"needs ~{need / 2**20:.0f} MB at batch {smallest}, over the memory budget "
+                f"of {limit / 2**20:.0f} MB")
+    window = plan.winner_seconds()
+    if window is None or plan.min_epochs is None:
+        return None
+    values = config_values(config["model_name"], config["options"], config["input_size"],
+                           config["policy"], config["crop_scale"])
+    if all(plan.recipe.get(k) == v for k, v in values.items()):
+        return None  # the recipe's own configuration
+    seconds = plan.epoch_seconds(values)
+    reach = int(max(0.0, window - plan.cost_model.fixed_seconds) // seconds)
+    needed = plan.required_epochs()
+    if reach < needed:
+        return (f"~{seconds:.0f} s an epoch: {reach} epochs at most in "
+                f"{_minutes(window)} (needs {needed})")
+    return None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe.
+
+
+def nearest(target: Any, value: Any, log_scale: bool = False) -> Any:
+    """The space's value nearest `target`: a choice, a fixed value or a clipped range."""
+    if isinstance(value, Range):
+        clipped = min(max(target, value.min), value.max)
+        return int(round(clipped)) if value.is_int else float(clipped)
+    candidates = as_values(value)
+    if isinstance(target, str) or not all(isinstance(c, (int, float)) for c in candidates):
+        return target if target in candidates else candidates[0]
+    distance = (lambda c: abs(math.log(c / target))) if log_scale else (lambda c: abs(c - target))
+    return min(candidates, key=distance)
+
+
+def recipe_scale(median_size: tuple[int, int]) -> float:
+    """The power-of-two scale that brings the median photo's short side near
+    `TARGET_SHORT_SIDE` (never enlarges)."""
+    scale = 1.0
+    while min(median_size) * scale > TARGET_SHORT_SIDE * 1.25 and scale > 1 / 16:
+        scale /= 2
+    return scale
+
+
+def _model_rank(cost: speed.ModelCost, device: str) -> tuple:
+    family = FAMILY_PREFERENCE.index(cost.model_name) if cost.model_name in FAMILY_PREFERENCE \
+        else len(FAMILY_PREFERENCE)
+    options = cost.options
+    backbone = options.get("backbone", "none")
+    filters = options.get("filters")
+    width = 32 if device == "cpu" else 64
+    return (
+        backbone not in (None, "none"),  # from scratch: no pretrained encoder to gain from
+        family,
+        abs(int(options.get("depth", 4)) - 4),
+        abs(math.log2(filters / width)) if isinstance(filters, (int, float)) else 0,
+    )
+
+
+def choose_recipe(space: SearchSpace, models: list[speed.ModelCost], data: DataSummary,
+                  machine: Machine, memory_limit: int | None) -> tuple[dict[str, Any], int]:
+    """The recipe's hyperparameter values and batch size (see the module docstring).
+
+    Raises:
+        BudgetError: no model of the space fits the memory budget at any batch size.
+    """
+    params = space.params
+    cap = 256 if machine.device == "cpu" else 512
+    sizes = sorted(space.input_sizes(), key=lambda s: s[0] * s[1])
+    fitting_sizes = [s for s in sizes if max(s) <= cap] or sizes[:1]
+    scale = recipe_scale(data.median_size)
+    policies = as_values(params["policy"])
+    batches = sorted(int(b) for b in as_values(params["batch_size"]))
+    target_batch = 4 if machine.device == "cpu" else 8
+    for cost in sorted(models, key=lambda c: _model_rank(c, machine.device)):
+        for size in reversed(fitting_sizes):
+            crop_scale = float(nearest(scale, params["crop_scale"], log_scale=True))
+            scaled_short = min(data.median_size) * crop_scale
+            wants_crop = scaled_short > min(size) or "resize" not in policies
+            policy = "crop" if wants_crop and "crop" in policies else policies[0]
+            fits = [b for b in batches
+                    if not memory_limit or cost.memory_bytes(size, b) <= memory_limit]
+            if not fits:
+                continue
+            batch = max([b for b in fits if b <= target_batch] or [min(fits)])
+            values = config_values(cost.model_name, cost.options, size, policy, crop_scale)
+            values.update({
+                "loss": _recipe_loss(params["loss"]),
+                "aug_strength": float(nearest(0.5 if data.train_images < 1000 else 0.25,
+                                              params["aug_strength"])),
+                "learning_rate": float(nearest(1e-3, params["learning_rate"], log_scale=True)),
+                "batch_size": batch,
+            })
+            return values, batch
+    batch = batches[0]
+    smallest = min(models, key=lambda c: c.memory_bytes(sizes[0], batch))
+    raise BudgetError(
+        f"the memory budget {memory_limit / 2**20:.0f} MB fits no configuration: the smallest "
+        f"({smallest.model_name}) needs {smallest.memory_bytes(sizes[0], batch) / 2**20:.0f} MB "
+        f"at batch {batch} and input {format_input_size(sizes[0])}. Raise --memory-budget or "
+        "list smaller models, input sizes or batch sizes in the space."
+    )
+
+
+#: The recipe's loss, best first: CE + soft Dice (nnU-Net's), then losses that weigh rare
+#: classes up, then plain CE.
+LOSS_PREFERENCE = ("ce_dice", "dice", "focal", "weighted_ce", "tversky", "jaccard", "ce")
+
+
+def _recipe_loss(value: Any) -> str:
+    offered = as_values(value)
+    return next((loss for loss in LOSS_PREFERENCE if loss in offered), offered[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The plan.
+
+
+def enumerate_configurations(space: SearchSpace, models: list[speed.ModelCost]) -> list[dict]:
+    """The cost-deciding values of every configuration of the space (ranges: ends, middle)."""
+    configs = []
+    for cost in models:
+        for size in space.input_sizes():
+            for policy in as_values(space.params["policy"]):
+                scales = as_values(space.params["crop_scale"]) if policy == "crop" else [1.0]
+                for scale in scales:
+                    configs.append(config_values(cost.model_name, cost.options, size, policy,
+                                                 float(scale)))
+    return configs
+
+
+def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSummary,
+              machine: Machine, costs: speed.CostModel, budget_seconds: float | None,
+              memory_limit: int | None) -> Plan:
+    """The plan for a resolved space (see the module docstring).
+
+    Args:
+        space: The resolved search space.
+        models: `speed.measure_models` of every model configuration of the space.
+        data: The dataset and split.
+        machine: Device and precision.
+        costs: The calibrated cost model.
+        budget_seconds: The time budget, or None.
+        memory_limit: The memory budget in bytes, or None.
+
+    Raises:
+        BudgetError: nothing fits the memory budget.
+    """
+    recipe, _ = choose_recipe(space, models, data, machine, memory_limit)
+    shares = {"recipe": RECIPE_SHARE, "explore": 1 - RECIPE_SHARE - FINISH_SHARE,
+              "finish": FINISH_SHARE}
+    plan = Plan(
+        budget_seconds=budget_seconds, shares=shares, recipe=recipe,
+        recipe_epochs=space.max_epochs, min_epochs=None, kept=[], dropped=[],
+        models=[dataclasses.asdict(m) for m in models], costs=costs.to_dict(),
+        data=dataclasses.asdict(data),
+        machine={**dataclasses.asdict(machine), "memory_budget_bytes": memory_limit},
+        batch_sizes=sorted(int(b) for b in as_values(space.params["batch_size"])),
+    )
+    if budget_seconds is not None:
+        seconds = plan.epoch_seconds(recipe)
+        if budget_seconds - costs.fixed_seconds < seconds:
+            raise BudgetError(
+                f"the time budget of {budget_seconds:.0f} s is too short: one epoch of the "
+                f"recipe ({describe(recipe)}) takes ~{seconds:.0f} s after a trial's "
+                f"~{costs.fixed_seconds:.0f} s of start-up. Give a longer --time-budget or a "
+                "space with smaller models or input sizes."
+            )
+        plan.recipe_epochs = max(1, int(plan.recipe_seconds() // seconds))
+        plan.min_epochs = plan.required_epochs()
+    for values in enumerate_configurations(space, models):
+        entry = {"config": values, "epoch_seconds": round(plan.epoch_seconds(values), 2)}
+        reason = plan.admits(values)
+        if reason:
+            plan.dropped.append({**entry, "reason": reason})
+        else:
+            plan.kept.append(entry)
+    return plan
+
+
+def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
+    data, machine, recipe = plan.data, plan.machine, plan.recipe
+    h, w = data["median_size"]
+    rare = DataSummary(**{**data, "val_sizes": [], "median_size": (h, w)}).rarest
+    costs = plan.cost_model
+    lines = [
+        f"[plan] data: {data['train_images']} train / {len(data['val_sizes'])} val photos, "
+        f"median {w}x{h}"
+        + (f", rarest class {rare[0]} {rare[1] * 100:.1f} % of pixels" if rare else "")
+        + f"; {machine['device']} ({machine['cores']} cores), {machine['precision']}, "
+        f"a plain U-Net trains at {costs.gflops:.0f} GFLOP/s"
+    ]
+    seconds = plan.epoch_seconds(recipe)
+    budget = plan.budget_seconds
+    share = (f" in {_minutes(budget * plan.shares['recipe'])} "
+             f"({plan.shares['recipe'] * 100:.0f} % of the budget)" if budget else "")
+    lines.append(
+        f"[plan] recipe (trial 0): {describe(recipe)}, {recipe['loss']}, aug "
+        f"{recipe['aug_strength']:g}, lr {recipe['learning_rate']:.2g} cosine, batch "
+        f"{recipe['batch_size']}: ~{seconds:.0f} s an epoch, {plan.recipe_epochs} epochs{share}"
+    )
+    total = len(plan.kept) + len(plan.dropped)
+    if plan.dropped:
+        lines.append(f"[plan] drops {len(plan.dropped)} of {total} configurations "
+                     f"(all in plan.json), e.g.:")
+        by_cost = sorted(plan.dropped, key=lambda d: d["epoch_seconds"])
+        for entry in by_cost[:limit]:
+            lines.append(f"[plan]   {describe(entry['config'])}: {entry['reason']}")
+    else:
+        lines.append(f"[plan] keeps all {total} configurations")
+    if budget:
+        kept = [k["epoch_seconds"] for k in plan.kept] or [seconds]
+        typical = sorted(kept)[len(kept) // 2]
+        explore = budget * plan.shares["explore"]
+        lines.append(
+            f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "
+            f"~{explore / (typical + costs.fixed_seconds):.0f} epochs' worth at a median "
+            f"~{typical:.0f} s an epoch), and {_minutes(budget * plan.shares['finish'])} "
+            "training the best further"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Exploring around the recipe.
+
+
+def neighbour(start: dict[str, Any], space: SearchSpace, rng: random.Random,
+              admits: Callable[[dict], str | None], seen: Callable[[dict], bool],
+              attempts: int = 200) -> dict[str, Any] | None:
+    """A variant of `start` with one or two of its choices redrawn from the space.
+
+    The groups redrawn: the model (another model configuration, or one option of this one),
+    input size, policy, crop scale, loss, augmentation, learning rate, batch size. Returns
+    None when `attempts` draws found no admissible, unseen variant.
+    """
+    groups = _mutable_groups(start, space)
+    if not groups:
+        return None
+    for _ in range(attempts):
+        count = 1 if rng.random() < 0.6 or len(groups) == 1 else 2
+        values = dict(start)
+        for group in rng.sample(groups, count):
+            values = _redraw(values, group, space, rng)
+        if values.get("policy") != "crop":
+            values.pop("crop_scale", None)
+        if values == start or seen(values) or admits(values) is not None:
+            continue
+        return values
+    return None
+
+
+def _mutable_groups(values: dict[str, Any], space: SearchSpace) -> list[str]:
+    groups = []
+    combos = [(m, c) for m, o in space.models.items() for c in model_option_grid(o)]
+    if len(combos) > 1:
+        groups.append("model")
+    for key in ("input_size", "policy", "loss", "aug_strength", "learning_rate", "batch_size"):
+        value = space.params[key]
+        if isinstance(value, Range) or len(as_values(value)) > 1:
+            groups.append(key)
+    scale = space.params["crop_scale"]
+    if values.get("policy") == "crop" and (isinstance(scale, Range) or len(as_values(scale)) > 1):
+        groups.append("crop_scale")
+    return groups
+
+
+def _redraw(values: dict[str, Any], group: str, space: SearchSpace,
+            rng: random.Random) -> dict[str, Any]:
+    values = dict(values)
+    if group == "model":
+        combos = [(m, c) for m, o in space.models.items() for c in model_option_grid(o)]
+        model_name, options = rng.choice(combos)
+        values = {k: v for k, v in values.items() if not k.startswith(f"{values['model_name']}/")}
+        values["model_name"] = model_name
+        values.update({f"{model_name}/{k}": v for k, v in options.items() if not isinstance(v, dict)})
+        return values
+    value = space.params[group]
+    if isinstance(value, Range):
+        if group == "learning_rate":  # a factor of up to 5 either way, inside the range
+            drawn = values[group] * 5 ** rng.uniform(-1, 1)
+        else:
+            drawn = rng.uniform(value.min, value.max)
+        values[group] = nearest(drawn, value)
+    else:
+        others = [v for v in as_values(value) if v != values.get(group)]
+        if others:
+            values[group] = rng.choice(others)
+    if group == "input_size":
+        values[group] = format_input_size(parse_input_size(values[group]))
+    if group == "policy":
+        if values["policy"] == "crop":
+            values["crop_scale"] = nearest(1.0, space.params["crop_scale"])
+        else:
+            values.pop("crop_scale", None)
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring: what a search runs before its plan.
+
+
+def data_summary(data) -> DataSummary:
+    """The `DataSummary` of a `hypermodel.TrainingData`."""
+    from autoseg.data import pipeline
+
+    dataset = data.dataset
+    fingerprint = dataset.fingerprint or {}
+    val_sizes = pipeline.image_sizes(dataset, data.val_stems)
+    median = ((fingerprint.get("image_size") or {}).get("median")
+              or sorted(val_sizes)[len(val_sizes) // 2])
+    channels = max(fingerprint.get("channels") or [3])
+    return DataSummary(
+        train_images=len(data.train_stems), val_sizes=[tuple(s) for s in val_sizes],
+        median_size=tuple(median), class_fraction=dict(fingerprint.get("class_pixel_fraction") or {}),
+        channels=int(channels),
+    )
+
+
+def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | None,
+                log: Callable[[str], None] | None = None) -> Plan:
+    """Measures the space's models and this machine, then makes the plan.
+
+    Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
+    few training steps of it (`speed.calibrate`); `AUTOSEG_GFLOPS` set to a number skips
+    the timing.
+    """
+    import os
+
+    import keras
+    import keras_tuner as kt
+
+    from autoseg import devices
+
+    space, precision = hypermodel.space, hypermodel.precision
+    combos = [(m, c) for m, o in space.models.items() for c in model_option_grid(o)]
+    if log:
+        log(f"[plan] measuring {len(combos)} model configurations and this machine's speed")
+    data = data_summary(hypermodel.data)
+    with devices.dtype_policy(precision):
+        models = speed.measure_models(combos, hypermodel.data.dataset.num_classes,
+                                      precision_of=lambda family: precision,
+                                      channels=hypermodel.data.dataset.channels)
+    machine = Machine(device="gpu" if devices.gpu_count() else "cpu", precision=precision,
+                      cores=len(os.sched_getaffinity(0)))
+    recipe, batch = choose_recipe(space, models, data, machine, memory_limit)
+    gflops = os.environ.get("AUTOSEG_GFLOPS")
+    if gflops:
+        rate = float(gflops)
+    else:
+        hp = kt.HyperParameters()
+        hp.values = dict(recipe)
+        model = hypermodel.build(hp)
+        cost = next(m for m in models if m.model_name == recipe["model_name"]
+                    and _same(m.options, configuration(recipe)["options"]))
+        # The machine's rate for a plain U-Net: the recipe's measured rate over its efficiency.
+        rate = speed.calibrate(model, batch) / speed.EFFICIENCY.get(cost.key,
+                                                                   speed.DEFAULT_EFFICIENCY)
+        del model
+        keras.backend.clear_session()
+    return make_plan(space, models, data, machine, speed.CostModel(gflops=rate),
+                     budget_seconds, memory_limit)

@@ -1,0 +1,267 @@
+"""What a configuration costs on this machine: FLOPs counted from the graph, a measured rate.
+
+The plan (`autoseg.plan`) needs, before any trial, the seconds an epoch of every
+configuration of the space takes. Three measurements give it:
+
+- `measure_models`: each model configuration of the space built once (not trained) at a
+  reference input size: its training and inference FLOPs and its memory, per input pixel.
+  Fully convolutional models scale with the number of pixels, so one build serves every
+  input size.
+- `calibrate`: a few timed training steps of one model (the recipe's): the GFLOP/s this
+  machine reaches on it.
+- `EFFICIENCY`: how fast each architecture turns FLOPs into time relative to a plain U-Net
+  (dilated and depthwise convolutions run far below the peak on a CPU; RESULTS.md, "Model
+  zoo"). Trials correct it as they run (`CostModel.observe`).
+
+`CostModel.epoch_seconds` puts them together: one epoch trains on one crop or resized
+image per training photo (forward and backward, 3x the forward FLOPs) and validates on
+every tile of every validation photo (forward only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from typing import Any, Callable, Iterable
+
+#: Training FLOPs per forward FLOP: the backward pass costs about twice the forward.
+TRAIN_FLOPS_PER_FORWARD = 3
+
+#: Relative FLOP efficiency (GFLOP/s reached over a plain U-Net's), by `config_key`, from
+#: the per-CPU-second shares of the matmul peak in RESULTS.md ("Model zoo"): unet 68 %,
+#: unet-resnet50 60 %, segnet 60 %, deeplabv3plus-resnet50 26 %, -vgg16 61 %, light_unet 7 %,
+#: pix2pix 67 %. Depthwise MobileNetV2 encoders are not in that table: light_unet's share.
+EFFICIENCY = {
+    "unet": 1.0,
+    "unet/resnet50": 0.88,
+    "unet/vgg16": 0.9,
+    "unet/mobilenetv2": 0.3,
+    "light_unet": 0.1,
+    "segnet": 0.88,
+    "segnet/resnet50": 0.88,
+    "segnet/vgg16": 0.9,
+    "segnet/mobilenetv2": 0.3,
+    "deeplabv3plus/resnet50": 0.38,
+    "deeplabv3plus/vgg16": 0.9,
+    "deeplabv3plus/mobilenetv2": 0.3,
+    "pix2pix": 0.98,
+}
+DEFAULT_EFFICIENCY = 0.5
+
+#: Seconds a trial costs besides its epochs (a fresh process, imports, build, tracing,
+#: checkpoint) until trials measure it: RESULTS.md, 60-minute CWFID search (42 s on CWFID
+#: with 256-px models; smaller models trace faster).
+DEFAULT_FIXED_SECONDS = 30.0
+
+
+def config_key(model_name: str, options: dict[str, Any]) -> str:
+    """`"unet"`, `"unet/resnet50"`: the architecture and its encoder, what sets efficiency."""
+    backbone = options.get("backbone")
+    if backbone in (None, "none"):
+        return model_name
+    return f"{model_name}/{backbone}"
+
+
+def _call_macs(layer, input_shape, output_shape) -> int:
+    """Multiply-accumulates of one call of a conv or dense layer (0 for other layers)."""
+    from keras import layers
+
+    out = [int(d) for d in output_shape[1:]]
+    inp = [int(d) for d in input_shape[1:]]
+    if getattr(layer, "data_format", None) == "channels_first":  # channels last, as below
+        out, inp = out[1:] + out[:1], inp[1:] + inp[:1]
+    if isinstance(layer, layers.Conv2DTranspose):  # every input pixel scatters a kernel
+        return math.prod(inp) * math.prod(layer.kernel_size) * layer.filters
+    if isinstance(layer, layers.SeparableConv2D):
+        middle = inp[-1] * layer.depth_multiplier
+        return math.prod(out[:-1]) * middle * (math.prod(layer.kernel_size) + layer.filters)
+    if isinstance(layer, layers.DepthwiseConv2D):
+        return math.prod(out) * math.prod(layer.kernel_size)
+    if isinstance(layer, layers.Conv2D):
+        return math.prod(out) * math.prod(layer.kernel_size) * inp[-1] // layer.groups
+    if isinstance(layer, layers.Dense):
+        return math.prod(out) * inp[-1]
+    return 0
+
+
+def forward_flops(model) -> int:
+    """Per-image FLOPs (2 x MACs) of the conv and dense calls in `model`'s graph.
+
+    Walks the graph as `autoseg.budget.activation_elements` does (a nested model counts as
+    its layers), so both count the same calls.
+    """
+    from autoseg.budget import _graph_of
+
+    total = 0
+    for nodes in _graph_of(model)._nodes_by_depth.values():
+        for node in nodes:
+            operation = node.operation
+            if node.is_input or operation is model:
+                continue
+            if _graph_of(operation) is not None:
+                total += forward_flops(operation)
+            elif node.input_tensors and node.outputs:
+                total += 2 * _call_macs(
+                    operation, node.input_tensors[0].shape, node.outputs[0].shape
+                )
+    return total
+
+
+def training_forward_flops(model) -> int:
+    """Forward FLOPs per image of what a training step runs: the model's graph plus the
+    sub-models its `train_step` runs outside it (pix2pix's discriminator, twice)."""
+    from autoseg.budget import _training_passes
+
+    return forward_flops(model) + sum(
+        calls * forward_flops(sub) for sub, calls in _training_passes(model)
+    )
+
+
+@dataclasses.dataclass
+class ModelCost:
+    """One model configuration of a space, measured once at a reference input size.
+
+    Attributes:
+        model_name, options: The configuration (options as the space draws them).
+        key: `config_key`, which selects the efficiency.
+        family: The architecture's family.
+        train_flops_per_pixel: Forward FLOPs of a training step per input pixel.
+        infer_flops_per_pixel: Forward FLOPs of inference per input pixel.
+        static_bytes: Predicted training memory that does not grow with the batch.
+        sample_bytes_per_pixel: Predicted training memory per sample and input pixel.
+        params: Parameters.
+        precision: The Keras dtype policy the memory was estimated for.
+    """
+
+    model_name: str
+    options: dict[str, Any]
+    key: str
+    family: str
+    train_flops_per_pixel: float
+    infer_flops_per_pixel: float
+    static_bytes: int
+    sample_bytes_per_pixel: float
+    params: int
+    precision: str = "float32"
+
+    def memory_bytes(self, input_size: tuple[int, int], batch_size: int) -> int:
+        return int(self.static_bytes
+                   + batch_size * self.sample_bytes_per_pixel * input_size[0] * input_size[1])
+
+
+def reference_size(divisor: int) -> tuple[int, int]:
+    """The input size models are measured at: 128 px, or the smallest valid size above."""
+    side = max(divisor, math.ceil(128 / divisor) * divisor)
+    return side, side
+
+
+def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: int,
+                   precision_of: Callable[[str], str] = lambda family: "float32",
+                   channels: int = 3, log: Callable[[str], None] | None = None) -> list[ModelCost]:
+    """Builds each `(model_name, options)` once and measures its FLOPs and memory.
+
+    Args:
+        combos: The model configurations (every combination of each model's options).
+        num_classes: Output classes.
+        precision_of: The dtype policy a family trains under (for the memory estimate).
+        channels: Input channels.
+        log: Called with a line per model configuration, or None.
+    """
+    import keras
+
+    from autoseg import budget, models, registry
+
+    measured = []
+    for model_name, options in combos:
+        spec = registry.ARCHITECTURES.get(model_name)
+        size = reference_size(int(spec.input_divisor({**spec.defaults, **options})))
+        model = models.build(model_name, num_classes, (*size, channels), **options)
+        pixels = size[0] * size[1]
+        precision = precision_of(spec.family)
+        estimate = budget.estimate_training_memory(model, 1, precision=precision,
+                                                   family=spec.family)
+        inference = getattr(model, "inference_model", None) or model
+        cost = ModelCost(
+            model_name=model_name, options=dict(options), key=config_key(model_name, options),
+            family=spec.family,
+            train_flops_per_pixel=training_forward_flops(model) / pixels,
+            infer_flops_per_pixel=forward_flops(inference) / pixels,
+            static_bytes=int(estimate.total_bytes - estimate.per_sample_bytes),
+            sample_bytes_per_pixel=estimate.per_sample_bytes / pixels,
+            params=int(model.count_params()), precision=precision,
+        )
+        measured.append(cost)
+        if log:
+            log(f"{model_name} {options}: {cost.train_flops_per_pixel * 65536 / 1e9:.1f} "
+                f"GFLOPs at 256x256, {cost.params / 1e6:.1f}M parameters")
+        del model, inference
+        keras.backend.clear_session()
+    return measured
+
+
+def calibrate(model, batch_size: int, steps: int = 2) -> float:
+    """GFLOP/s of training `model` (compiled) on this machine: `steps` timed steps after one
+    that traces, on random images and masks."""
+    import numpy as np
+
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    classes = int(model.output_shape[-1])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, *shape)).astype("float32")
+    masks = rng.integers(0, classes, (batch_size, *shape[:2])).astype("int32")
+    model.train_on_batch(images, masks)  # traces
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(images, masks)
+        seconds.append(time.perf_counter() - start)
+    flops = TRAIN_FLOPS_PER_FORWARD * training_forward_flops(model) * batch_size
+    return flops / statistics.median(seconds) / 1e9
+
+
+@dataclasses.dataclass
+class CostModel:
+    """Seconds per epoch of any configuration, corrected by what trials measure.
+
+    Attributes:
+        gflops: The GFLOP/s a plain U-Net reaches in training on this machine.
+        fixed_seconds: A trial's cost besides its epochs.
+        efficiency: Relative efficiency by `config_key` (`EFFICIENCY` by default).
+        observed: Measured over uncorrected predicted epoch time, by `config_key`, one
+            ratio per trial that ran.
+    """
+
+    gflops: float
+    fixed_seconds: float = DEFAULT_FIXED_SECONDS
+    efficiency: dict[str, float] = dataclasses.field(default_factory=lambda: dict(EFFICIENCY))
+    observed: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def correction(self, key: str) -> float:
+        """Measured over predicted: the key's own trials, else every trial's, else 1."""
+        ratios = self.observed.get(key) or [r for rs in self.observed.values() for r in rs]
+        return statistics.geometric_mean(ratios) if ratios else 1.0
+
+    def epoch_seconds(self, cost: ModelCost, input_size: tuple[int, int], train_images: int,
+                      val_units: int, corrected: bool = True) -> float:
+        """One epoch: `train_images` crops or images at `input_size`, forward and backward,
+        and `val_units` validation tiles or images, forward only."""
+        pixels = input_size[0] * input_size[1]
+        flops = pixels * (train_images * TRAIN_FLOPS_PER_FORWARD * cost.train_flops_per_pixel
+                          + val_units * cost.infer_flops_per_pixel)
+        rate = self.gflops * self.efficiency.get(cost.key, DEFAULT_EFFICIENCY)
+        seconds = flops / 1e9 / rate
+        return seconds * self.correction(cost.key) if corrected else seconds
+
+    def observe(self, key: str, predicted: float, measured: float) -> None:
+        """Records one trial's steady epoch time against its uncorrected prediction."""
+        if predicted > 0 and measured > 0:
+            self.observed.setdefault(key, []).append(round(measured / predicted, 4))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CostModel":
+        return cls(**data)
