@@ -231,6 +231,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return {"status": "RUNNING", "values": {
                 **self.search_plan.recipe, "tuner/epochs": self.search_plan.recipe_epochs,
                 "tuner/initial_epoch": 0, "tuner/bracket": RECIPE_BRACKET, "tuner/round": 0}}
+        if self.search_plan.recipe_only:
+            return {"status": "IDLE" if self.ongoing_trials else "STOPPED"}
         if self.deadline is None:
             return super().populate_space(trial_id)
         if self.plan is None:

@@ -149,6 +149,10 @@ class Plan:
             cost, config["input_size"], self.data["train_images"],
             validation_units(self._summary(), config), corrected=corrected)
 
+    @property
+    def recipe_only(self) -> bool:
+        return self.shares.get("explore", 0) == 0 and self.shares.get("finish", 0) == 0
+
     def recipe_seconds(self) -> float | None:
         """The training time the recipe gets (its share, less a trial's fixed cost)."""
         if self.budget_seconds is None:
@@ -396,9 +400,13 @@ def enumerate_configurations(space: SearchSpace, models: list[speed.ModelCost]) 
     return configs
 
 
+#: The shares of `recipe_only`: the recipe for the whole budget, no search.
+RECIPE_ONLY = {"recipe": 1.0, "explore": 0.0, "finish": 0.0}
+
+
 def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSummary,
               machine: Machine, costs: speed.CostModel, budget_seconds: float | None,
-              memory_limit: int | None) -> Plan:
+              memory_limit: int | None, recipe_only: bool = False) -> Plan:
     """The plan for a resolved space (see the module docstring).
 
     Args:
@@ -409,13 +417,14 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
         costs: The calibrated cost model.
         budget_seconds: The time budget, or None.
         memory_limit: The memory budget in bytes, or None.
+        recipe_only: The recipe gets the whole budget and nothing else runs (a baseline).
 
     Raises:
         BudgetError: nothing fits the memory budget.
     """
     recipe, _ = choose_recipe(space, models, data, machine, memory_limit)
-    shares = {"recipe": RECIPE_SHARE, "explore": 1 - RECIPE_SHARE - FINISH_SHARE,
-              "finish": FINISH_SHARE}
+    shares = dict(RECIPE_ONLY) if recipe_only else {
+        "recipe": RECIPE_SHARE, "explore": 1 - RECIPE_SHARE - FINISH_SHARE, "finish": FINISH_SHARE}
     plan = Plan(
         budget_seconds=budget_seconds, shares=shares, recipe=recipe,
         recipe_epochs=space.max_epochs, min_epochs=None, kept=[], dropped=[],
@@ -467,6 +476,9 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
         f"{recipe['batch_size']}: ~{seconds:.0f} s an epoch, {plan.recipe_epochs} epochs{share}"
     )
     total = len(plan.kept) + len(plan.dropped)
+    if plan.recipe_only:
+        lines.append("[plan] recipe only: nothing else runs")
+        return lines
     if plan.dropped:
         lines.append(f"[plan] drops {len(plan.dropped)} of {total} configurations "
                      f"(all in plan.json), e.g.:")
@@ -585,7 +597,7 @@ def data_summary(data) -> DataSummary:
 
 
 def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | None,
-                log: Callable[[str], None] | None = None) -> Plan:
+                log: Callable[[str], None] | None = None, recipe_only: bool = False) -> Plan:
     """Measures the space's models and this machine, then makes the plan.
 
     Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
@@ -626,4 +638,4 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
         del model
         keras.backend.clear_session()
     return make_plan(space, models, data, machine, speed.CostModel(gflops=rate),
-                     budget_seconds, memory_limit)
+                     budget_seconds, memory_limit, recipe_only=recipe_only)

@@ -107,6 +107,7 @@ class SearchOptions:
     verbose: bool = False
     val_fraction: float = 0.2
     val_groups: str | None = None
+    recipe_only: bool = False
     role: str | None = None
     oracle: str | None = None
     worker_id: str | None = None
@@ -143,6 +144,7 @@ def search(
     worker_id: str | None = None,
     oracle_timeout: str | float | None = None,
     val_groups: str | None = None,
+    recipe_only: bool = False,
 ) -> SearchResult:
     """Searches architectures and training settings for a dataset.
 
@@ -189,6 +191,8 @@ def search(
             stem names its group (a video sequence, a field day): validation takes whole
             groups, so near-duplicate photos never sit on both sides. Defaults to None (a
             random split of the images).
+        recipe_only: Train the plan's recipe for the whole budget and nothing else: the
+            one good configuration a search must beat (Hyperband only).
 
     Returns:
         A `SearchResult`. A worker's holds the leaderboard as the chief left it.
@@ -208,6 +212,7 @@ def search(
         max_epochs=max_epochs, time_budget=time_budget, memory_budget=memory_budget,
         precision=precision, strategy=strategy, objective=objective, seed=seed,
         overwrite=overwrite, verbose=verbose, val_fraction=val_fraction, val_groups=val_groups,
+        recipe_only=recipe_only,
         role=role, oracle=oracle, worker_id=worker_id, oracle_timeout=oracle_timeout,
     )
     return run_search(options, log=log)
@@ -275,6 +280,9 @@ def _validate(run: _Run) -> None:
     options = run.options
     run.budget_seconds = parse_duration(options.time_budget)
     run.deadline = time.time() + run.budget_seconds if run.budget_seconds else None
+    if options.recipe_only and options.tuner != "hyperband":
+        raise ConfigError("--recipe-only runs the plan's recipe through the hyperband tuner; "
+                          f"drop --tuner {options.tuner}.")
     if options.tuner not in TUNERS:
         raise ConfigError(f"--tuner {options.tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
     devices.check_precision(options.precision)
@@ -357,7 +365,7 @@ def _make_plan(run: _Run) -> None:
         run.log(f"[plan] kept from {path}")
     else:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
-                                    log=run.log)
+                                    log=run.log, recipe_only=run.options.recipe_only)
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan

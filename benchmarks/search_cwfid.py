@@ -1,6 +1,12 @@
 """A time-budgeted search on CWFID against a plain U-Net trained under the same budget.
 
-Issue #4 §10. Arms, each in its own subprocess (its own TensorFlow, memory and threads):
+Issue #4 §10 and #11 §6. Arms, each in its own subprocess (its own TensorFlow, memory and
+threads):
+
+- `recipe` (#11 arm A): `autoseg search --recipe-only` with the default space: the plan's
+  recipe (`autoseg.plan`) trained for the whole budget, nothing else.
+- `planned` (#11 arm B): `autoseg search` as a user runs it: default space, default tuner,
+  `--budget`: the plan, the recipe as trial 0, its variants, the best continued.
 
 - `hyperband`: `autoseg.search(tuner="hyperband")` over `SPACE` with `--budget`.
 - `random`: `autoseg.search(tuner="random")` over the same space. Run after `hyperband`
@@ -45,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import CWFID, canonical_dataset  # noqa: E402
 
-ARMS = ("hyperband", "random", "baseline")
+ARMS = ("recipe", "planned", "hyperband", "random", "baseline")
 SEED = 0
 VAL_FRACTION = 0.2
 
@@ -155,12 +161,11 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
 
 def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     import autoseg
-    from autoseg import export
-    from autoseg.hypermodel import trial_model_config
-    from autoseg.search import load_run
 
     kwargs = dict(space=SPACE, out=out / arm, tuner=arm, seed=SEED, overwrite=True,
                   val_fraction=VAL_FRACTION)
+    if arm in ("recipe", "planned"):  # issue #11: what a user gets, and its recipe alone
+        kwargs.update(space=None, tuner="hyperband", recipe_only=arm == "recipe")
     hyperband = out / "hyperband.json"
     equal = "time"
     if arm == "random" and hyperband.is_file() and not os.environ.get("SEARCH_CWFID_PARALLEL"):
@@ -173,6 +178,15 @@ def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
         if arm == "random":
             kwargs["max_trials"] = 1000  # the budget decides
     result = autoseg.search(ds.root, **kwargs)
+    return {"equal": equal, **search_scores(result, ds)}
+
+
+def search_scores(result, ds) -> dict:
+    """A search's trials, its best trial, and that trial's model scored at full resolution."""
+    from autoseg import export
+    from autoseg.hypermodel import trial_model_config
+    from autoseg.search import load_run
+
     rows = result.rows
     best = result.best
     run = load_run(result.rundir)
@@ -180,7 +194,6 @@ def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     config = trial_model_config(export.trial_values(export.read_trial(result.rundir, best["trial_id"])))
     scores = full_resolution_scores(model, ds, run["split"]["val"], config)
     return {
-        "equal": equal,
         "trials": {s: sum(1 for r in rows if r["status"] == s) for s in {r["status"] for r in rows}},
         "epochs_total": sum(int(float(r.get("epochs") or 0)) for r in rows),
         "best": {k: best.get(k) for k in best if k in ("trial_id", "model_name", "epochs") or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import time
 
@@ -23,10 +24,17 @@ class Run:
         self.now = 1000.0
         self.overhead, self.per_epoch, self.first_extra = overhead, per_epoch, first_epoch_extra
         self.records: dict[str, dict] = {}
+        self.ends: dict[str, float] = {}  # each trial's end on the fake clock
         oracle.clock = lambda: self.now
         oracle._set_project_dir(str(tmp_path), "p")
         if hasattr(oracle, "set_budget"):
             oracle.set_budget(None, lambda trial_id: self.records.get(trial_id, {}))
+
+    def cost(self, values) -> tuple[float, float]:
+        """(seconds per epoch, score) of a trial."""
+        if self.refine and values["tuner/bracket"] == REFINE_BRACKET:
+            return self.refine
+        return self.per_epoch, 1 - abs(values["x"] - 0.3) + values["tuner/epochs"] / 1000
 
     def step(self):
         """Runs one trial; returns it (status STOPPED when the oracle gives none)."""
@@ -35,11 +43,10 @@ class Run:
             return trial
         values = trial.hyperparameters.values
         epochs = values["tuner/epochs"] - values["tuner/initial_epoch"]
-        per_epoch, score = self.per_epoch, 1 - abs(values["x"] - 0.3) + values["tuner/epochs"] / 1000
-        if self.refine and values["tuner/bracket"] == REFINE_BRACKET:
-            per_epoch, score = self.refine
+        per_epoch, score = self.cost(values)
         seconds = [per_epoch + self.first_extra] + [per_epoch] * (epochs - 1)
         self.now += self.overhead + sum(seconds)
+        self.ends[trial.trial_id] = self.now
         self.records[trial.trial_id] = {"epoch_seconds": seconds, "epochs": epochs}
         self.oracle.update_trial(trial.trial_id, {"score": score}, step=values["tuner/epochs"] - 1)
         trial.status = "COMPLETED"
@@ -175,3 +182,117 @@ def test_a_budgeted_hyperband_search_trains_its_best_trial_on(tiny_dataset, tmp_
     with open(rundir / "leaderboard.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(trials)
     assert elapsed < 150 + 90  # pre-flight, and the trial running at the deadline
+
+
+# -- the planned search: the recipe first, then its variants, then the best trained on ------
+
+from autoseg import plan as search_plan  # noqa: E402
+from autoseg import speed  # noqa: E402
+from autoseg.hyperband import RECIPE_BRACKET  # noqa: E402
+from test_plan import CPU, CWFID_SPACE, GFLOPS, make_space, models_of, summary  # noqa: E402
+
+
+class PlannedRun(Run):
+    """A planned oracle on the fake clock: a trial costs `overhead` plus `slowdown` x the
+    plan's own estimate per epoch; its score peaks at lr 1e-3 and grows with epochs."""
+
+    def __init__(self, tmp_path, budget=3600.0, recipe_only=False, slowdown=1.0, overhead=30.0,
+                 explore_slowdown=1.0):
+        self.space = make_space(CWFID_SPACE)
+        self.plan = search_plan.make_plan(
+            self.space, models_of(self.space), summary(), CPU, speed.CostModel(gflops=GFLOPS),
+            budget, None, recipe_only=recipe_only)
+        super().__init__(planned_oracle(), tmp_path, overhead=overhead, first_epoch_extra=0.0)
+        self.slowdown = slowdown
+        self.explore_slowdown = explore_slowdown  # trials after the recipe
+        self.deadline = self.now + budget
+        self.oracle.set_budget(self.deadline, lambda trial_id: self.records.get(trial_id, {}))
+        self.oracle.set_search_plan(self.plan, self.space, seed=0)
+
+    def cost(self, values) -> tuple[float, float]:
+        per_epoch = self.plan.epoch_seconds(values, corrected=False) * self.slowdown
+        if values["tuner/bracket"] != RECIPE_BRACKET:
+            per_epoch *= self.explore_slowdown
+        return per_epoch, 1 - abs(math.log10(values["learning_rate"]) + 3) / 3 + values["tuner/epochs"] / 1000
+
+    def run(self, limit=200):
+        trials = []
+        for _ in range(limit):
+            trial = self.step()
+            if trial.status != "COMPLETED":
+                break
+            trials.append(trial)
+        return trials
+
+
+def planned_oracle():
+    return BudgetHyperbandOracle(objective=kt.Objective("score", "max"), max_epochs=40, factor=3,
+                                 seed=1)
+
+
+def _config(values):
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
+def test_a_planned_search_runs_the_recipe_then_its_variants_then_the_best_further(tmp_path):
+    run = PlannedRun(tmp_path)
+    trials = run.run()
+    recipe = trials[0].hyperparameters.values
+    assert _config(recipe) == run.plan.recipe
+    assert recipe["tuner/bracket"] == RECIPE_BRACKET
+    assert recipe["tuner/epochs"] == run.plan.recipe_epochs
+    explore = [t for t in trials[1:] if t.hyperparameters.values["tuner/bracket"] >= 0]
+    refine = [t for t in trials if t.hyperparameters.values["tuner/bracket"] == REFINE_BRACKET]
+    assert explore and refine
+    # The bracket opens with the recipe as its control; its fresh trials are variants of
+    # the recipe that the plan admits.
+    assert _config(explore[0].hyperparameters.values) == run.plan.recipe
+    fresh = [t.hyperparameters.values for t in explore[1:]
+             if t.hyperparameters.values["tuner/round"] == 0]
+    assert fresh
+    for values in fresh:
+        assert _config(values) != run.plan.recipe
+        assert run.plan.admits(values) is None
+        changed = {k for k in set(values) | set(run.plan.recipe) if not k.startswith("tuner/")
+                   and values.get(k) != run.plan.recipe.get(k)}
+        assert changed
+    # Exploration ends before the finishing share; the continuations run to the deadline.
+    finish = run.plan.budget_seconds * run.plan.shares["finish"]
+    assert max(run.ends[t.trial_id] for t in explore) <= run.deadline - finish + 1e-6
+    assert all(run.ends[t.trial_id] <= run.deadline + 1e-6 for t in trials)
+    assert trials[-1] in refine
+    assert run.deadline - run.now < run.oracle._trial_seconds(
+        {**trials[-1].hyperparameters.values, "tuner/initial_epoch": 0, "tuner/epochs": 1})
+
+
+def test_exploration_that_runs_slower_than_planned_stops_before_the_finish(tmp_path):
+    """Variants take 3x their estimate: the measured times correct the estimates, and the
+    trial that would run into the finishing share is not started."""
+    run = PlannedRun(tmp_path, explore_slowdown=3.0)
+    trials = run.run()
+    explore = [t for t in trials if t.hyperparameters.values["tuner/bracket"] >= 0]
+    finish = run.plan.budget_seconds * run.plan.shares["finish"]
+    assert len(explore) >= 2
+    assert max(run.ends[t.trial_id] for t in explore) <= run.deadline - finish + 1e-6
+    assert run.oracle.plan["explored"]
+    assert trials[-1].hyperparameters.values["tuner/bracket"] == REFINE_BRACKET
+
+
+def test_recipe_only_stops_after_the_recipe(tmp_path):
+    run = PlannedRun(tmp_path, recipe_only=True)
+    trials = run.run()
+    assert len(trials) == 1
+    assert trials[0].hyperparameters.values["tuner/bracket"] == RECIPE_BRACKET
+    assert run.oracle.create_trial("tuner0").status == "STOPPED"
+
+
+def test_measured_epochs_correct_the_plan_and_survive_a_reload(tmp_path):
+    run = PlannedRun(tmp_path, slowdown=2.0)
+    before = run.plan.epoch_seconds(run.plan.recipe)
+    run.step()  # the recipe, at twice its estimated epoch time
+    assert run.plan.epoch_seconds(run.plan.recipe) == pytest.approx(2 * before, rel=1e-3)
+    again = planned_oracle()
+    again.set_state(run.oracle.get_state())
+    fresh = PlannedRun(tmp_path / "b", slowdown=2.0)
+    again.set_search_plan(fresh.plan, fresh.space)
+    assert fresh.plan.epoch_seconds(fresh.plan.recipe) == pytest.approx(2 * before, rel=1e-3)

@@ -318,3 +318,21 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_recipe_only_trains_the_plans_recipe_alone_and_says_so(tiny_dataset, tmp_path, capsys):
+    """`--recipe-only`: one trial, the plan's recipe, its epochs fitted into the budget."""
+    code = main(["search", "--dataset", str(tiny_dataset), "--space", "ci", "--time-budget",
+                 "75s", "--recipe-only", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[plan] recipe (trial 0): unet" in out and "[plan] recipe only" in out
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    rows = read_rows(tmp_path / "run")
+    assert [r["status"] for r in rows] in (["COMPLETED"], ["STOPPED"])
+    trial = json.loads((tmp_path / "run" / "trials" / f"trial_{rows[0]['trial_id']}"
+                        / "trial.json").read_text())
+    values = trial["hyperparameters"]["values"]
+    assert {k: values[k] for k in plan["recipe"]} == plan["recipe"]
+    assert values["tuner/bracket"] == -2

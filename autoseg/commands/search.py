@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--objective", default="val_mean_iou",
                    help="validation metric to maximise (default: val_mean_iou)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, tuner, augmentation")
+    p.add_argument("--recipe-only", action="store_true",
+                   help="train the plan's recipe for the whole budget, nothing else (a baseline)")
     p.add_argument("--val-groups", metavar="REGEX",
                    help="validate on whole groups of images: the regex's first group (or match) "
                         "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
@@ -78,6 +80,7 @@ def run(args) -> int:
         objective=args.objective,
         seed=args.seed,
         val_groups=args.val_groups,
+        recipe_only=args.recipe_only,
         overwrite=args.overwrite,
         verbose=args.verbose,
         role=args.role,
