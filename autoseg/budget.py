@@ -39,7 +39,9 @@ Why the families differ:
 - DeepLabV3+: dilated convolutions run as space-to-batch copies that no layer outputs
   (`temporary_elements`). At 128 px those copies (mostly ASPP's, rates 6-18 on an 8x8 map)
   add 10.2M elements per sample to 16.7M of layer outputs; without them its factor was 1.70
-  (U-Net: 0.82). With them it is 1.01.
+  (U-Net: 0.82). With them it is 1.01. (That was with Keras' own dilated layers. autoseg's
+  `backbones.Conv2D` now skips those copies where oneDNN dilates natively and drops taps
+  that see only padding; `temporary_elements` counts what is left.)
 - SegNet (0.99 vs U-Net's 0.84): index pooling and unpooling reshape and transpose the
   full-resolution maps into windows and build one-hot masks from the indices; those
   full-resolution temporaries are not layer outputs. Not counted op by op (they belong to

@@ -48,11 +48,13 @@ _POLICIES = {
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 #: Model families (`ArchitectureSpec.family`) that "auto" trains in mixed bfloat16 on a CPU
-#: with `BFLOAT16_CPU_FLAGS`: measured faster than float32 there at equal validation mIoU
-#: (benchmarks/RESULTS.md, "bfloat16 on CPU"). U-Net: 1.56x at 256², batch 2, on an AMD EPYC
-#: with avx512_bf16 (light U-Net 1.02x), val mIoU within 0.01 of float32 on CWFID. Not
-#: listed: deeplabv3plus (0.83x there), segnet and pix2pix (never timed on such a CPU).
-BFLOAT16_FAMILIES = frozenset({"unet"})
+#: with `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU at equal
+#: quality (val mIoU within 0.01 of float32 at the same seed and epochs). None yet, see
+#: benchmarks/RESULTS.md, "bfloat16 on CPU": the only timing on such a CPU (issue #13's
+#: probe on an AMD EPYC: U-Net 1.56x, light U-Net 1.02x, DeepLabV3+ 0.83x) has not been
+#: repeated, and on CWFID a U-Net's best-epoch val mIoU was 0.014 +- 0.006 lower in
+#: bfloat16 (6 seeds, 10 epochs). Add a family here with both measurements.
+BFLOAT16_FAMILIES: frozenset[str] = frozenset()
 
 
 def check_precision(precision: Any) -> str:

@@ -18,7 +18,7 @@ trial's checkpoint), with the seconds per epoch and the load average. The data a
 Without `avx512_bf16` / `amx_bf16` oneDNN emulates bfloat16: the numbers (hence the quality)
 are those of a CPU that has it, the times are not.
 
-    python benchmarks/precision_quality.py [--epochs 8] [--input-size 128x160]
+    python benchmarks/precision_quality.py [--epochs 10] [--input-size 128x176]
                                            [--filters 16] [--batch 4] [--seeds 0]
                                            [--out /tmp/autoseg_precision_quality]
 """
@@ -51,8 +51,8 @@ POLICY = "resize"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--input-size", default="128x160", help="HxW, multiples of 16")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--input-size", default="128x176", help="HxW, multiples of 16")
     parser.add_argument("--filters", type=int, default=16, help="U-Net base width (depth 4)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each a pair of runs")
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     try:
         height, width = (int(v) for v in args.input_size.lower().split("x"))
     except ValueError:
-        sys.exit(f"Error: --input-size {args.input_size!r} is not HxW, e.g. 128x160.")
+        sys.exit(f"Error: --input-size {args.input_size!r} is not HxW, e.g. 128x176.")
     out = Path(args.out)
     ds, how = canonical_dataset(CWFID, out / "data")
     print(f"python {' '.join(sys.argv)}")
@@ -231,8 +231,12 @@ def main(argv=None) -> int:
                       "batch": args.batch, "epochs": args.epochs}
             begun = time.time()
             rows.append(run_in_subprocess(config, args.timeout))
-            print(f"  seed {seed} {precision}: {time.time() - begun:.0f} s"
-                  + (f" ({rows[-1]['error']})" if "error" in rows[-1] else ""), flush=True)
+            row = rows[-1]
+            print(f"  seed {seed} {precision}: {time.time() - begun:.0f} s, "
+                  + (row["error"] if "error" in row else
+                     f"val mIoU last {row['val_mean_iou_last']:.3f} best "
+                     f"{row['val_mean_iou_best']:.3f}, {_median(row['epoch_seconds']):.1f} "
+                     f"s/epoch"), flush=True)
     print(f"\nTotal {(time.time() - started) / 60:.1f} min; load average after: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     print()
