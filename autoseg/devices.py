@@ -50,7 +50,7 @@ BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: Model families (`ArchitectureSpec.family`) that "auto" trains in mixed bfloat16 on a CPU
 #: with `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU at equal
 #: quality (val mIoU within 0.01 of float32 at the same seed and epochs). None yet, see
-#: benchmarks/RESULTS.md, "bfloat16 on CPU": the only timing on such a CPU (issue #13's
+#: benchmarks/RESULTS.md, "... bfloat16 on CPU (issue #13 §1-2)": the only timing on such a CPU (issue #13's
 #: probe on an AMD EPYC: U-Net 1.56x, light U-Net 1.02x, DeepLabV3+ 0.83x) has not been
 #: repeated, and on CWFID a U-Net's best-epoch val mIoU was 0.014 +- 0.006 lower in
 #: bfloat16 (6 seeds, 10 epochs). Add a family here with both measurements.
@@ -128,8 +128,8 @@ def resolve_precision(
 
     Example:
     ```python
-    resolve_precision("auto", family="unet", cpu_flags={"avx512_bf16"})  # on a CPU
-    # 'mixed_bfloat16'
+    resolve_precision("bfloat16")  # 'mixed_bfloat16'
+    resolve_precision("auto", family="unet", cpu_flags={"avx512_vnni"})  # on a CPU: 'float32'
     ```
     """
     if precision in _POLICIES:

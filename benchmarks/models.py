@@ -55,11 +55,11 @@ float32, or mixed_bfloat16 with the model built under it; a row key gains `@poli
   column divides the row's "% of peak per CPU-second" by the conv-kernel share: roughly how
   fast the conv kernels themselves run.
 
-`--ablations` also adds `deeplabv3plus/keras_conv`: DeepLabV3+ with its dilated convolutions
-as plain `keras.layers.Conv2D` (what TensorFlow runs as space-to-batch, autoseg's code before
-autoseg's dilated `autoseg.backbones.Conv2D`), same weights and outputs: the before/after of
-issue #13.
-A "Precision" table compares each model's rows across `--precision` values.
+`--ablations` also adds `deeplabv3plus/keras_conv`: DeepLabV3+ with each dilated
+`autoseg.backbones.Conv2D` turned back into the `keras.layers.Conv2D` autoseg built before
+issue #13 (every tap, run by TensorFlow as space-to-batch), same weights and outputs: that
+issue's before/after in one run. With several `--precision` values, a "Precision" table
+compares each model's rows.
 
 `--experiments` adds single-layer timings (forward + both backward passes, batch
 `--batch`, median of 5 after 2 warm-up calls) that test the usual suspects one at a time;
@@ -80,12 +80,12 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import itertools
 import json
 import math
 import os
 import platform
 import re
-import itertools
 import statistics
 import subprocess
 import sys
