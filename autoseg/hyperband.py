@@ -93,7 +93,6 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self._rng = random.Random(seed + len(self.trials))
         if self._observed is not None:  # what the trials before a resume measured
             plan.costs["observed"] = self._observed
-            plan.__dict__.pop("_cost_model", None)
 
     # -- timing ----------------------------------------------------------------------------
     def create_trial(self, tuner_id):
@@ -179,34 +178,39 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return
         overhead, per_epoch = costs
         left = max(0.0, self.deadline - self.clock())
-        # Distributed workers run a bracket's trials side by side.
-        workers = max(1, len(self.tuner_ids))
-        max_epochs, bracket = self.choose_bracket(left * self.explore_share * workers,
-                                                  overhead, per_epoch)
-        self.plan = {
-            "max_epochs": max_epochs, "bracket": bracket,
-            "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
-            "overhead_seconds": round(overhead, 2), "seconds_per_epoch": round(per_epoch, 3),
-            "seconds_left": round(left, 1), "workers": workers,
-        }
-        self.max_epochs = max_epochs
+        bracket = self._start_bracket(left * self.explore_share, left, overhead, per_epoch)
         # Probe trials that trained this bracket's first-round epochs from scratch join it.
         first_epochs = self._get_epochs(bracket, 0)
-        probes = [
+        self._brackets[0]["rounds"][0] = [
             {"past_id": None, "id": trial_id}
             for trial_id, trial in sorted(self.trials.items())
             if trial.hyperparameters.values.get("tuner/initial_epoch") == 0
             and trial.hyperparameters.values.get("tuner/epochs") == first_epochs
             and trial.status in ("COMPLETED", "RUNNING")
         ][: self._get_size(bracket, 0)]
-        rounds = [[] for _ in range(self._get_num_rounds(bracket))]
-        rounds[0] = probes
-        self._brackets = [{"bracket_num": bracket, "rounds": rounds}]
+
+    def _start_bracket(self, seconds: float, left: float, overhead: float, per_epoch: float,
+                       **extra) -> int:
+        """Makes the most exploratory bracket that fits `seconds` (x the workers seen) the
+        only one left, records it as `self.plan`, and returns its number."""
+        # Distributed workers run a bracket's trials side by side.
+        workers = max(1, len(self.tuner_ids))
+        max_epochs, bracket = self.choose_bracket(seconds * workers, overhead, per_epoch)
+        self.plan = {
+            "max_epochs": max_epochs, "bracket": bracket,
+            "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
+            "overhead_seconds": round(overhead, 2), "seconds_per_epoch": round(per_epoch, 3),
+            "seconds_left": round(left, 1), "workers": workers, **extra,
+        }
+        self.max_epochs = max_epochs
+        self._brackets = [{"bracket_num": bracket,
+                           "rounds": [[] for _ in range(self._get_num_rounds(bracket))]}]
         # KerasTuner moves on to the next bracket when this one cannot give a trial; as its
         # last bracket of the last iteration, this one waits (IDLE) or ends (STOPPED) instead.
         self._current_bracket = 0
         self._current_iteration = 0
         self.hyperband_iterations = 1
+        return bracket
 
     def populate_space(self, trial_id):
         if self.search_plan is not None:
@@ -275,22 +279,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         seconds = [self.search_plan.epoch_seconds(v) for v in samples if v]
         per_epoch = statistics.fmean(
             [s for s in seconds if s] or [self.search_plan.epoch_seconds(self.search_plan.recipe)])
-        overhead = self._fixed_seconds()
         left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
-        workers = max(1, len(self.tuner_ids))
-        max_epochs, bracket = self.choose_bracket(left * workers, overhead, per_epoch)
-        self.plan = {
-            "max_epochs": max_epochs, "bracket": bracket,
-            "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
-            "overhead_seconds": round(overhead, 2), "seconds_per_epoch": round(per_epoch, 3),
-            "seconds_left": round(left, 1), "workers": workers, "explored": False,
-        }
-        self.max_epochs = max_epochs
-        self._brackets = [{"bracket_num": bracket,
-                           "rounds": [[] for _ in range(self._get_num_rounds(bracket))]}]
-        self._current_bracket = 0
-        self._current_iteration = 0
-        self.hyperband_iterations = 1
+        self._start_bracket(left, left, self._fixed_seconds(), per_epoch, explored=False)
 
     def _random_trial(self, trial_id, bracket):
         if self.search_plan is None or bracket["rounds"][0]:

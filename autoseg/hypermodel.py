@@ -43,6 +43,7 @@ from autoseg import budget, devices, registry
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset, resolve_dataset
 from autoseg.errors import ConfigError
+from autoseg.plan import RECIPE_BRACKET
 from autoseg.search_space import (
     Range,
     SearchSpace,
@@ -51,6 +52,7 @@ from autoseg.search_space import (
     load_space,
     parse_input_size,
     resolve_auto,
+    trial_model_config,
 )
 
 
@@ -86,26 +88,6 @@ class TrainingData:
         if self._class_weights is None:  # from the training split only
             self._class_weights = pipeline.class_weights(self.dataset, stems=self.train_stems)
         return self._class_weights
-
-
-def trial_model_config(values: dict[str, Any]) -> dict[str, Any]:
-    """What a trial's hyperparameter values say about its model and input handling.
-
-    Returns:
-        `{"model_name", "options", "input_size" (H, W), "policy", "crop_scale"}` — enough to
-        rebuild the trained architecture (export, predict) without the search space.
-    """
-    model_name = values["model_name"]
-    prefix = f"{model_name}/"
-    options = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-    policy = values.get("policy", "resize")
-    return {
-        "model_name": model_name,
-        "options": options,
-        "input_size": parse_input_size(values["input_size"]),
-        "policy": policy,
-        "crop_scale": float(values.get("crop_scale", 1.0)) if policy == "crop" else 1.0,
-    }
 
 
 def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | None = None,
@@ -289,8 +271,6 @@ class BaseSegmentationHyperModel(kt.HyperModel):
 
     def _allotment(self, hp) -> float | None:
         """The training seconds the plan gives this trial: the recipe's share, else None."""
-        from autoseg.plan import RECIPE_BRACKET
-
         if self.plan is None or hp.values.get("tuner/bracket") != RECIPE_BRACKET:
             return None
         return self.plan.recipe_seconds()

@@ -41,6 +41,7 @@ from autoseg.search_space import (
     format_input_size,
     model_option_grid,
     parse_input_size,
+    trial_model_config,
 )
 
 #: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
@@ -122,9 +123,8 @@ class Plan:
     # -- estimates -------------------------------------------------------------------------
     @property
     def cost_model(self) -> speed.CostModel:
-        if not hasattr(self, "_cost_model"):
-            self._cost_model = speed.CostModel.from_dict(self.costs)
-        return self._cost_model
+        """The cost model `costs` holds (a view: `observe` writes through `costs`)."""
+        return speed.CostModel.from_dict(self.costs)
 
     def _summary(self) -> DataSummary:
         data = dict(self.data)
@@ -141,7 +141,7 @@ class Plan:
     def epoch_seconds(self, values: dict[str, Any], corrected: bool = True) -> float | None:
         """Estimated seconds of one epoch of the configuration in `values`, or None when its
         model is not one the plan measured."""
-        config = configuration(values)
+        config = trial_model_config(values)
         cost = self.model_cost(config["model_name"], config["options"])
         if cost is None:
             return None
@@ -175,7 +175,7 @@ class Plan:
 
     def admits(self, values: dict[str, Any]) -> str | None:
         """None when the configuration in `values` may run, else the reason it may not."""
-        config = configuration(values)
+        config = trial_model_config(values)
         cost = self.model_cost(config["model_name"], config["options"])
         if cost is None:
             return None  # not measured (a space changed on resume): let it run
@@ -183,12 +183,13 @@ class Plan:
 
     def observe(self, values: dict[str, Any], measured_epoch_seconds: float) -> None:
         """Corrects the cost model with a trial's steady epoch time."""
-        config = configuration(values)
+        config = trial_model_config(values)
         predicted = self.epoch_seconds(values, corrected=False)
         if predicted:
             key = speed.config_key(config["model_name"], config["options"])
-            self.cost_model.observe(key, predicted, measured_epoch_seconds)
-            self.costs = self.cost_model.to_dict()
+            costs = self.cost_model
+            costs.observe(key, predicted, measured_epoch_seconds)
+            self.costs = costs.to_dict()
 
     # -- persistence and display -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -207,20 +208,6 @@ class Plan:
 # Configurations: the values that decide a model's cost.
 
 
-def configuration(values: dict[str, Any]) -> dict[str, Any]:
-    """`{"model_name", "options", "input_size" (H, W), "policy", "crop_scale"}` of `values`."""
-    model_name = values["model_name"]
-    prefix = f"{model_name}/"
-    policy = values.get("policy", "resize")
-    return {
-        "model_name": model_name,
-        "options": {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)},
-        "input_size": parse_input_size(values["input_size"]),
-        "policy": policy,
-        "crop_scale": float(values.get("crop_scale", 1.0)) if policy == "crop" else 1.0,
-    }
-
-
 def config_values(model_name: str, options: dict[str, Any], input_size, policy: str,
                   crop_scale: float) -> dict[str, Any]:
     values = {"model_name": model_name}
@@ -233,7 +220,7 @@ def config_values(model_name: str, options: dict[str, Any], input_size, policy: 
 
 def describe(values: dict[str, Any]) -> str:
     """`"unet depth=4 filters=32, 256 crops at 0.5 scale"`."""
-    config = configuration(values)
+    config = trial_model_config(values)
     options = " ".join(f"{k}={v}" for k, v in config["options"].items() if not isinstance(v, dict))
     size = format_input_size(config["input_size"])
     where = (f"{size} crops at {config['crop_scale']:g} scale" if config["policy"] == "crop"
@@ -457,7 +444,7 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
 def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
     data, machine, recipe = plan.data, plan.machine, plan.recipe
     h, w = data["median_size"]
-    rare = DataSummary(**{**data, "val_sizes": [], "median_size": (h, w)}).rarest
+    rare = plan._summary().rarest
     costs = plan.cost_model
     lines = [
         f"[plan] data: {data['train_images']} train / {len(data['val_sizes'])} val photos, "
@@ -631,7 +618,7 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
         hp.values = dict(recipe)
         model = hypermodel.build(hp)
         cost = next(m for m in models if m.model_name == recipe["model_name"]
-                    and _same(m.options, configuration(recipe)["options"]))
+                    and _same(m.options, trial_model_config(recipe)["options"]))
         # The machine's rate for a plain U-Net: the recipe's measured rate over its efficiency.
         rate = speed.calibrate(model, batch) / speed.EFFICIENCY.get(cost.key,
                                                                    speed.DEFAULT_EFFICIENCY)

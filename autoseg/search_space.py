@@ -355,6 +355,26 @@ def parse_input_size(value: Any, source: str = "input_size") -> tuple[int, int]:
     )
 
 
+def trial_model_config(values: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's hyperparameter values say about its model and input handling.
+
+    Returns:
+        `{"model_name", "options", "input_size" (H, W), "policy", "crop_scale"}` — enough to
+        rebuild the trained architecture (export, predict) without the search space.
+    """
+    model_name = values["model_name"]
+    prefix = f"{model_name}/"
+    options = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+    policy = values.get("policy", "resize")
+    return {
+        "model_name": model_name,
+        "options": options,
+        "input_size": parse_input_size(values["input_size"]),
+        "policy": policy,
+        "crop_scale": float(values.get("crop_scale", 1.0)) if policy == "crop" else 1.0,
+    }
+
+
 def format_input_size(size: tuple[int, int]) -> int | str:
     h, w = size
     return h if h == w else f"{w}x{h}"

@@ -22,6 +22,7 @@ from autoseg.search_space import (
     Range,
     as_values,
     model_option_grid,
+    trial_model_config,
     parse_input_size,
     resolve_auto,
     validate_space,
@@ -374,7 +375,7 @@ def test_memory_for_batch_1_only():
     # Dropped exactly when batch 1 is over the budget, and the reason says so.
     by_key = {(c.model_name, json.dumps(c.options, sort_keys=True)): c for c in models}
     for entry in p.kept + p.dropped:
-        config = plan.configuration(entry["config"])
+        config = trial_model_config(entry["config"])
         cost = by_key[(config["model_name"], json.dumps(config["options"], sort_keys=True))]
         need = cost.memory_bytes(config["input_size"], 1)
         reason = entry.get("reason")
