@@ -8,7 +8,8 @@ mean IoU and dice average over the classes present in target or prediction.
 
 Training scores its metrics at the model's input size (resized masks, or tiles of the scaled
 photo); evaluation scores the original masks, so its numbers differ slightly from the
-leaderboard's and are the ones a user of the masks sees.
+leaderboard's and are the ones a user of the masks sees. A model exported with flip
+test-time augmentation does its flips in its graph; the results record which (`tta`).
 
 Outputs (`--out`, default `MODEL_DIR/eval-<dataset name>`):
 ```
@@ -56,6 +57,7 @@ class Evaluation:
         per_image: `{"stem", "pixels", "pixel_accuracy", "mean_iou"}` per image.
         notes: Things the user should know (e.g. a split that fell back to every image).
         out: The folder written, or None.
+        tta: The flip test-time augmentation the model does (`autoseg.json` `tta`).
     """
 
     dataset: Path
@@ -68,6 +70,7 @@ class Evaluation:
     per_image: list[dict[str, Any]]
     notes: list[str]
     out: Path | None = None
+    tta: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; an undefined per-class IoU (class absent) is null."""
@@ -86,6 +89,7 @@ class Evaluation:
             "dice": self.scores["dice"],
             "pixel_accuracy": self.scores["pixel_accuracy"],
             "confusion_matrix": self.confusion.tolist(),
+            "tta": self.tta,
             "notes": list(self.notes),
         }
 
@@ -258,6 +262,7 @@ def evaluate(
         dataset=data.root, split=split, split_source=source, stems=stems,
         classes=list(data.classes), confusion=confusion,
         scores=scores_from_confusion(confusion), per_image=per_image, notes=notes,
+        tta=model.tta,
     )
     record = {
         **result.to_json(),
@@ -348,7 +353,7 @@ def format_report(result: Evaluation) -> str:
     width = max([len("class")] + [len(c) for c in result.classes])
     lines = [
         f"Evaluated {len(result.stems)} image(s) of {result.dataset} "
-        f"(--split {result.split}: {result.split_source})",
+        f"(--split {result.split}: {result.split_source}; flip TTA: {result.tta})",
         f"{'class'.ljust(width)}  IoU",
     ]
     for name, value in zip(result.classes, result.scores["per_class_iou"]):

@@ -9,9 +9,15 @@ DIR/model.keras         the Keras model (loads with safe_mode=True, no custom_ob
 DIR/saved_model/        TensorFlow SavedModel (`model.export(..., format="tf_saved_model")`)
 DIR/model.tflite        TensorFlow Lite, float32, converted from the SavedModel
 DIR/model.onnx          ONNX (tf2onnx; needs the `export` extra)
-DIR/autoseg.json        classes, palette, input size, channels, intensity, policy, trial, ...
+DIR/autoseg.json        classes, palette, input size, channels, intensity, policy, tta, trial, ...
 DIR/leaderboard.csv     a copy of the run's leaderboard
 ```
+
+With `tta` other than "none", every format is the flip test-time-augmented model of
+`autoseg.tta`: the graph flips the image itself and outputs the mean probabilities. `tta="auto"`
+scores none, h and hv on the run's validation photos through `autoseg.predict`'s path (full
+resolution, the trial's resizing or tiling) and keeps the best (`autoseg.tta.choose_flips`);
+`autoseg.json` records the choice, each option's mean IoU and its time per photo (`tta`).
 
 Every model takes float32 `(N, H, W, channels)` pixel values 0..255 (RGB, or grey when the
 dataset's photos were all grey: `channels` 1) and returns `(N, H, W, C)` softmax
@@ -361,6 +367,10 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
                         memory_budget_bytes=budget.memory_budget_bytes())
     space = validate_space(run["space"], f"{rundir / 'run.json'} (space)")
     hypermodel = AutosegHyperModel(space, data)
+    # An epoch as long as the trial's (the plan's passes over the photos; 1 before plans).
+    from autoseg.tuner import read_record
+
+    hypermodel.passes_per_epoch = int(read_record(rundir, trial_id).get("passes_per_epoch") or 1)
     hp = kt.HyperParameters.from_config(trial["hyperparameters"])
     keras.utils.set_random_seed(int(run.get("seed", 0)))
     log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} epochs")
@@ -374,6 +384,7 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     record = {
         "epochs": len(history.history.get("loss", [])),
         "images": len(stems),
+        "passes_per_epoch": hypermodel.last_fit.get("passes_per_epoch"),
         "batch_size": hypermodel.last_fit.get("batch_size"),
         "train_seconds": hypermodel.last_fit.get("train_seconds"),
         "final_loss": float(history.history["loss"][-1]),
@@ -569,6 +580,71 @@ def verify_formats(model_dir: Path, formats: Sequence[str], images) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------
+# Choosing the flip test-time augmentation.
+
+
+def validation_photos(run: dict[str, Any]):
+    """`(dataset, stems, reason)`: the run's validation photos, or `(None, [], why not)`."""
+    from autoseg.data.dataset import load_dataset
+
+    try:
+        dataset = load_dataset(run["dataset"])
+    except (AutosegError, OSError, KeyError, TypeError) as exc:
+        return None, [], f"the run's dataset {run.get('dataset')} is not readable ({exc})"
+    stems = [s for s in (run.get("split") or {}).get("val") or [] if s in dataset.images]
+    if not stems:
+        return None, [], f"no validation photos of the run are left in {dataset.root}"
+    return dataset, stems, ""
+
+
+def tta_scorer(model, metadata: dict[str, Any], dataset, stems: Sequence[str]):
+    """Option -> `autoseg.tta.Measurement` of `model` wrapped with it, on `stems` of `dataset`.
+
+    The photos go through `autoseg.predict.SegmentationModel` (the path `autoseg predict` and
+    `autoseg evaluate` take) with the in-memory Keras model as its network.
+    """
+    import time
+
+    import numpy as np
+
+    from autoseg.evaluate import score_images
+    from autoseg.metrics import scores_from_confusion
+    from autoseg.predict import SegmentationModel
+    from autoseg.tta import Measurement, flip_tta_model
+
+    def score(flips: str) -> Measurement:
+        network = flip_tta_model(model, flips)
+        runner = lambda batch: np.asarray(network(batch, training=False))  # noqa: E731
+        predictor = SegmentationModel(Path("."), metadata, runner, "keras")
+        start = time.perf_counter()
+        confusion, _ = score_images(predictor, dataset, stems, log=lambda _: None)
+        seconds = (time.perf_counter() - start) / max(len(stems), 1)
+        return Measurement(float(scores_from_confusion(confusion)["mean_iou"]), seconds)
+
+    return score
+
+
+def choose_tta(model, metadata: dict[str, Any], run: dict[str, Any], tta: str,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The `tta` record of `autoseg.json`: `tta` itself, or for "auto" the measured best."""
+    from autoseg.tta import choose_flips, describe, requested
+
+    if tta != "auto":
+        return requested(tta)
+    dataset, stems, reason = validation_photos(run)
+    if dataset is None:
+        record = choose_flips(None, reason)
+    else:
+        log(f"[export] choosing flip TTA on {len(stems)} validation photo(s)")
+        record = choose_flips(tta_scorer(model, metadata, dataset, stems))
+        record["val_images"] = len(stems)
+        if metadata.get("refit"):
+            record["reason"] += "; the refit trained on these photos, so the scores are not held out"
+    log(f"[export] {describe(record)}")
+    return record
+
+
+# --------------------------------------------------------------------------------------------
 # The export.
 
 
@@ -610,6 +686,7 @@ def export(
     overwrite: bool = False,
     runs_dir: str | os.PathLike = "runs",
     log: Callable[[str], None] = print,
+    tta: str = "auto",
 ) -> ExportResult:
     """Exports a trial of a search as a model folder (see the module docstring).
 
@@ -628,6 +705,9 @@ def export(
         overwrite: Replace `out` if it exists. Defaults to False.
         runs_dir: Where runs live. Defaults to "runs".
         log: Where progress lines go.
+        tta: Flip test-time augmentation: "none", "h", "hv" (`autoseg.tta.FLIPS`) or "auto"
+            (the best on the run's validation photos; "none" without them). Defaults to
+            "auto", as `autoseg export` does.
 
     Returns:
         An `ExportResult`.
@@ -647,6 +727,7 @@ def export(
     from autoseg import leaderboard
     from autoseg.hypermodel import trial_model_config
     from autoseg.search import load_run
+    from autoseg.tta import check_choice, flip_tta_model
 
     rundir = find_run(run, runs_dir)
     run_config = load_run(rundir)
@@ -661,6 +742,7 @@ def export(
     row = select_trial(rundir, rows, str(trial), objective)
     trial_id = row["trial_id"]
     names, explicit, notes = resolve_formats(formats)
+    check_choice(tta)
     if out is None:
         out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{'-refit' if refit else ''}"
     out = atomic.check_output_dir(out, overwrite)
@@ -713,6 +795,8 @@ def export(
         f"[export] trial {trial_id} of {rundir} ({config['model_name']}, {objective}="
         f"{row.get(objective)}) -> {out}: {', '.join(names)}"
     )
+    metadata["tta"] = choose_tta(model, metadata, run_config, tta, log=log)
+    model = flip_tta_model(model, metadata["tta"]["flips"])
     with atomic.output_dir(out, overwrite) as tmp:
         written, skipped = write_formats(model, tmp, names, explicit=explicit, log=log)
         if "keras" not in written:

@@ -281,6 +281,12 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             [s for s in seconds if s] or [self.search_plan.epoch_seconds(self.search_plan.recipe)])
         left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
         self._start_bracket(left, left, self._fixed_seconds(), per_epoch, explored=False)
+        if self.plan["estimate_seconds"] > left:
+            # Not even the cheapest bracket fits at the costs the recipe measured: its trials
+            # would be cut short (a control and a variant of a few epochs each, ranked by
+            # noise), so the time goes to training the best trial on.
+            self.plan["explored"] = True
+            self.plan["skipped"] = "no bracket fits the time left at the measured costs"
 
     def _random_trial(self, trial_id, bracket):
         if self.search_plan is None or bracket["rounds"][0]:

@@ -177,6 +177,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.last_fit: FitRecord = FitRecord()
         #: The search's `autoseg.plan.Plan`: configurations it drops fail before training.
         self.plan = None
+        #: Passes over the training photos in one epoch; None: the plan's (1 without one).
+        #: A refit sets the trial's own.
+        self.passes_per_epoch: int | None = None
 
     # -- declaring hyperparameters -------------------------------------------------------
     @staticmethod
@@ -308,8 +311,10 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         batch_size = max([b for b in fitting if b <= drawn_batch] or [min(fitting)])
         if batch_size != drawn_batch:
             record["message"] = f"batch {drawn_batch} is over the memory budget; trained with {batch_size}"
+        passes = self.passes_per_epoch or (self.plan.passes_per_epoch if self.plan else 1)
+        record["passes_per_epoch"] = int(passes)
         return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
-                              replicas, estimate)
+                              replicas, estimate, int(passes))
 
     def _datasets(self, setup: "_TrainingSetup", global_batch: int):
         """The training (repeated, augmented) and validation datasets of one attempt."""
@@ -337,7 +342,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 with budget.PeakMemory() as peak:
                     history = model.fit(
                         train, validation_data=val,
-                        steps_per_epoch=pipeline.steps_per_pass(len(self.data.train_stems), global_batch),
+                        steps_per_epoch=pipeline.steps_per_pass(
+                            len(self.data.train_stems) * setup.passes, global_batch),
                         **fit_kwargs,
                     )
                 return history, peak
@@ -378,6 +384,7 @@ class _TrainingSetup:
     batch_size: int
     replicas: int
     estimate: Any
+    passes: int = 1
 
 
 def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):
@@ -423,6 +430,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+#: Epochs `TimeBudget` reads the next epoch's time from (time swings with the machine's load).
+STEADY_EPOCHS = 3
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Ends training at an epoch boundary: before the next epoch would pass the deadline, and
     at the epoch count that fits the trial's allotment of time, if it has one.
@@ -444,7 +455,6 @@ class TimeBudget(keras.callbacks.Callback):
         self.stopped = False
         self._epoch_start = None
         self._train_start = None
-        self._longest = 0.0
         self.epoch_seconds: list[float] = []  # each epoch with its validation
 
     def on_train_begin(self, logs=None):
@@ -463,10 +473,16 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.deadline is None:
             return
-        self._longest = max(self._longest, now - self._epoch_start)
-        if now + self._longest > self.deadline:
+        if now + self.next_epoch_seconds() > self.deadline:
             self.stopped = True
             self.model.stop_training = True
+
+    def next_epoch_seconds(self) -> float:
+        """What the next epoch is expected to take: the longest of the last few steady epochs
+        (the first one also traces the model's functions and fills caches, ~1.5x a steady
+        one on CWFID; counting it stopped a 30-minute recipe 5 minutes early)."""
+        steady = self.epoch_seconds[1:][-STEADY_EPOCHS:] or self.epoch_seconds
+        return max(steady) if steady else 0.0
 
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:
@@ -567,6 +583,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
     def fit(self, hp, model, *args, **kwargs):
         delegate = self._delegate(hp.get("model_name"))
         delegate.plan = self.plan
+        delegate.passes_per_epoch = self.passes_per_epoch
         try:
             return delegate.fit(hp, model, *args, **kwargs)
         finally:

@@ -21,6 +21,10 @@ same class maps:
 Resizing class scores rather than the class map keeps boundaries smooth: measured on CWFID,
 bilinear scores beat a nearest-neighbour resize of the class map.
 
+Flip test-time augmentation (`autoseg.tta`) is inside the exported graph of every format, so
+it needs no code here: `autoseg.json`'s `tta` says what the model does (`SegmentationModel.tta`;
+"none" for exports older than it).
+
 Example:
 ```python
 model = autoseg.load("exports/cwfid-0007")
@@ -52,6 +56,7 @@ from autoseg.data import intensity, pipeline
 from autoseg.data.dataset import IMAGE_EXTENSIONS
 from autoseg.errors import AutosegError, ConfigError, DatasetError
 from autoseg.export import FORMATS, METADATA_FILE
+from autoseg.tta import FLIPS
 
 #: Tiles per network call with the crop policy.
 DEFAULT_BATCH_SIZE = 8
@@ -138,6 +143,12 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
         metadata["intensity"] = intensity.check_rule(metadata.get("intensity"), str(path))
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    tta = metadata.setdefault("tta", None)  # exports before flip TTA ran the single model
+    if tta is not None and not (isinstance(tta, dict) and tta.get("flips") in FLIPS):
+        raise ConfigError(
+            f"{path}: `tta` must be null or an object whose `flips` is one of "
+            f"{', '.join(FLIPS)}. Received: tta={tta!r}."
+        )
     if len(metadata["palette"]) != len(metadata["classes"]):
         raise ConfigError(
             f"{path}: `palette` has {len(metadata['palette'])} colours for "
@@ -295,6 +306,7 @@ class SegmentationModel:
         crop_scale: The photo's scale before tiling (policy "crop"; 1.0 otherwise).
         tile_overlap: Pixels shared by neighbouring tiles (policy "crop").
         batch_size: Tiles per network call.
+        tta: The flips the model file averages over, in its graph (`autoseg.tta.FLIPS`).
     """
 
     def __init__(
@@ -317,6 +329,7 @@ class SegmentationModel:
         self.intensity = metadata.get("intensity")
         self.policy = metadata["policy"]
         self.crop_scale = float(metadata["crop_scale"]) if self.policy == "crop" else 1.0
+        self.tta = (metadata.get("tta") or {}).get("flips", "none")
         if self.policy == "crop":
             try:
                 pipeline.tile_positions(*self.input_size, *self.input_size, overlap=tile_overlap)
@@ -337,7 +350,8 @@ class SegmentationModel:
     def __repr__(self) -> str:
         return (
             f"SegmentationModel({str(self.model_dir)!r}, format={self.format!r}, "
-            f"classes={self.classes}, input_size={self.input_size}, policy={self.policy!r})"
+            f"classes={self.classes}, input_size={self.input_size}, policy={self.policy!r}, "
+            f"tta={self.tta!r})"
         )
 
     def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:

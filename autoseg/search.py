@@ -365,7 +365,8 @@ def _make_plan(run: _Run) -> None:
         run.log(f"[plan] kept from {path}")
     else:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
-                                    log=run.log, recipe_only=run.options.recipe_only)
+                                    log=run.log, recipe_only=run.options.recipe_only,
+                                    runs_recipe=run.options.tuner == "hyperband")
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan

@@ -43,7 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
-from autoseg import native_log
+from autoseg import native_log, progress
 
 ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
 SCRATCH_PREFIX = ".process-"
@@ -104,13 +104,19 @@ def run_trial(tuner, trial, *args, **kwargs):
         shutil.rmtree(stale, ignore_errors=True)
     verbose = kwargs.get("verbose", getattr(tuner.hypermodel, "verbose", 0))
     log_path = None if verbose else trial_dir / LOG_FILE
+    relay = None
+    if not verbose:  # Keras' own progress bar shows otherwise
+        progress_path = trial_dir / progress.PROGRESS_FILE
+        progress_path.unlink(missing_ok=True)  # a resumed search runs the trial again
+        spec["kwargs"]["callbacks"].append(progress.EpochProgress(progress_path))
+        relay = _relay(tuner, trial, progress_path)
     # A resumed search runs the trial again: its error quotes this run's lines only.
     log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
         spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
         spec_path.write_bytes(pickle.dumps(spec))
         code = _call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
-                      str(result_path), str(os.getpid())], log_path)
+                      str(result_path), str(os.getpid())], log_path, relay)
         result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
 
     if result is None:
@@ -147,15 +153,34 @@ def _start_log(log_path: Path, trial_id: str) -> int:
         return log.tell()
 
 
-def _call(command: list[str], log_path: Path | None) -> int:
-    """Runs the trial's process; its stdout and stderr go to `log_path` (None: ours)."""
+def _relay(tuner, trial, path: Path) -> progress.Relay | None:
+    """Shows the trial's progress through the search's log (an autoseg tuner's)."""
+    log = getattr(tuner, "log", None)
+    if log is None:
+        return None
+    number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else trial.trial_id
+    left = getattr(tuner, "seconds_left_after", None)
+    return progress.Relay(path, f"[trial {number}]", log, deadline=getattr(tuner, "deadline", None),
+                          search_left=left(trial) if left else None,
+                          tty=log is print and sys.stdout.isatty())
+
+
+def _call(command: list[str], log_path: Path | None, relay: progress.Relay | None = None) -> int:
+    """Runs the trial's process; its stdout and stderr go to `log_path` (None: ours), and
+    `relay` shows its progress meanwhile."""
     if log_path is None:
         return subprocess.call(command)
     # Unbuffered, so that Python's lines and TensorFlow's native ones keep their order and
     # nothing is lost in a buffer when the process is killed.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a", encoding="utf-8") as log:
-        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            return progress.wait(process, relay)
+        except BaseException:  # as subprocess.call: an interrupted search ends its trial
+            process.kill()
+            process.wait()
+            raise
 
 
 def _death(code: int) -> str:

@@ -92,6 +92,18 @@ class SearchRunMixin:
         where = f" on {worker}" if worker else ""
         self.log(f"[trial {number}{total}] {trial.trial_id} started{where}: {config} ({self._clock()})")
 
+    def seconds_left_after(self, trial) -> float | None:
+        """Without a deadline: the trials planned after `trial` at the mean time of the
+        trials this process ran before it, or None (no plan, or no trial ended yet)."""
+        if self.deadline is not None or not self.planned_trials or self._started_here < 2:
+            return None
+        number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else None
+        if number is None:
+            return None
+        started = self._trial_start.get(trial.trial_id, time.time())
+        mean = (started - self.search_start) / (self._started_here - 1)
+        return max(0, self.planned_trials - number) * mean
+
     def run_trial(self, trial, *args, **kwargs):
         self.hypermodel.last_fit = {}
         if (trial_process.enabled() and self.distribution_strategy is None

@@ -105,7 +105,8 @@ def exported_crop_model(tmp_path_factory) -> tuple[Path, Path, Path]:
         root = tmp_path_factory.mktemp("export")
         dataset = write_canonical_dataset(root / "data", num_images=6, size=(48, 64))
         rundir = make_run(root, dataset)
-        result = export("best", run=rundir, out=root / "model", log=lambda _: None)
+        # The single model (tests compare it with its checkpoint); flip TTA: test_tta.py.
+        result = export("best", run=rundir, out=root / "model", log=lambda _: None, tta="none")
         _CACHE["crop"] = (dataset, rundir, result.out)
     return _CACHE["crop"]
 
@@ -449,6 +450,24 @@ def test_search_export_predict_evaluate_end_to_end(searched, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
+    """A trial of a planned search trained epochs of 2 passes over its photos: its refit too."""
+    from autoseg.export import export
+    from autoseg.tuner import record_path
+
+    _, searched_run = searched
+    rundir = tmp_path / "run"
+    shutil.copytree(searched_run, rundir)
+    path = record_path(rundir, "0")
+    record = json.loads(path.read_text())
+    assert record["passes_per_epoch"] == 1  # no time budget: one pass
+    path.write_text(json.dumps({**record, "passes_per_epoch": 2}))
+    result = export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
+                    log=lambda _: None, tta="none")
+    assert result.metadata["refit"]["passes_per_epoch"] == 2
+
+
 def test_refit_trains_on_train_and_val_for_the_best_epoch_count(searched, tmp_path):
     import keras
 
@@ -456,14 +475,14 @@ def test_refit_trains_on_train_and_val_for_the_best_epoch_count(searched, tmp_pa
 
     _, rundir = searched
     result = export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
-                    log=lambda _: None)
+                    log=lambda _: None, tta="none")
     trial = read_trial(rundir, "0")
     refit = result.metadata["refit"]
     run = json.loads((rundir / "run.json").read_text())
     assert refit["epochs"] == trial["best_step"] + 1
     assert refit["images"] == len(run["split"]["train"]) + len(run["split"]["val"])
     checkpoint_export = export("0", run=rundir, out=tmp_path / "plain", formats="keras",
-                               log=lambda _: None)
+                               log=lambda _: None, tta="none")
     x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
     refitted = keras.saving.load_model(result.out / "model.keras", safe_mode=True)
     original = keras.saving.load_model(checkpoint_export.out / "model.keras", safe_mode=True)

@@ -10,7 +10,7 @@ import time
 import keras_tuner as kt
 import pytest
 
-from autoseg.hyperband import PROBES, REFINE_BRACKET, BudgetHyperbandOracle
+from autoseg.hyperband import PROBES, RECIPE_BRACKET, REFINE_BRACKET, BudgetHyperbandOracle
 
 
 class Run:
@@ -158,8 +158,10 @@ def test_the_plan_and_wall_times_survive_a_reload(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_budgeted_hyperband_search_trains_its_best_trial_on(tiny_dataset, tmp_path):
-    """A real search: probes, a planned bracket, then the winner continued past max_epochs."""
+def test_a_short_budgeted_search_gives_the_recipe_the_whole_budget(tiny_dataset, tmp_path):
+    """A real search of 150 s: exploring (the recipe and two variants, each a third of the
+    recipe's epochs and a trial's start-up) does not fit its 40 %, so the plan gives the
+    recipe all of it, and the one trial trains until the deadline."""
     from autoseg.search import search
 
     rundir = tmp_path / "run"
@@ -167,20 +169,21 @@ def test_a_budgeted_hyperband_search_trains_its_best_trial_on(tiny_dataset, tmp_
     search(str(tiny_dataset), space="ci", out=str(rundir), tuner="hyperband", max_epochs=3,
            time_budget="150s", log=lambda line: None)
     elapsed = time.time() - start
-    plan = json.loads((rundir / "trials" / "oracle.json").read_text())["autoseg_budget"]["plan"]
-    assert plan and plan["seconds_per_epoch"] > 0 and plan["max_epochs"] <= 3
-    trials = {}
+    plan = json.loads((rundir / "plan.json").read_text())
+    assert plan["shares"] == {"recipe": 1.0, "explore": 0.0, "finish": 0.0}
+    assert "the recipe gets the whole budget" in plan["recipe_only_reason"]
+    trials = []
     for path in (rundir / "trials").glob("trial_*/trial.json"):
         trial = json.loads(path.read_text())
         record = json.loads((path.parent / "autoseg.json").read_text())
-        trials[trial["trial_id"]] = (trial["hyperparameters"]["values"], record)
-    for values, record in trials.values():
-        assert len(record["epoch_seconds"]) == record["epochs"] > 0
-    refined = [values for values, _ in trials.values() if values["tuner/bracket"] == REFINE_BRACKET]
-    assert refined, "no trial continued the best one"
-    assert max(v["tuner/epochs"] for v in refined) > 3  # past max_epochs: the budget bounds it
+        trials.append((trial["hyperparameters"]["values"], record))
+    assert len(trials) == 1
+    values, record = trials[0]
+    assert values["tuner/bracket"] == RECIPE_BRACKET
+    assert {k: values[k] for k in plan["recipe"]} == plan["recipe"]
+    assert len(record["epoch_seconds"]) == record["epochs"] > 3  # past max_epochs
     with open(rundir / "leaderboard.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == len(trials)
+        assert len(list(csv.DictReader(f))) == 1
     assert elapsed < 150 + 90  # pre-flight, and the trial running at the deadline
 
 
@@ -188,15 +191,15 @@ def test_a_budgeted_hyperband_search_trains_its_best_trial_on(tiny_dataset, tmp_
 
 from autoseg import plan as search_plan  # noqa: E402
 from autoseg import speed  # noqa: E402
-from autoseg.hyperband import RECIPE_BRACKET  # noqa: E402
 from test_plan import CPU, CWFID_SPACE, GFLOPS, make_space, models_of, summary  # noqa: E402
 
 
 class PlannedRun(Run):
     """A planned oracle on the fake clock: a trial costs `overhead` plus `slowdown` x the
-    plan's own estimate per epoch; its score peaks at lr 1e-3 and grows with epochs."""
+    plan's own estimate per epoch; its score peaks at lr 1e-3 and grows with epochs. Six
+    hours by default: a budget in which the plan explores (see test_plan)."""
 
-    def __init__(self, tmp_path, budget=3600.0, recipe_only=False, slowdown=1.0, overhead=30.0,
+    def __init__(self, tmp_path, budget=6 * 3600.0, recipe_only=False, slowdown=1.0, overhead=30.0,
                  explore_slowdown=1.0):
         self.space = make_space(CWFID_SPACE)
         self.plan = search_plan.make_plan(
@@ -265,6 +268,22 @@ def test_a_planned_search_runs_the_recipe_then_its_variants_then_the_best_furthe
         {**trials[-1].hyperparameters.values, "tuner/initial_epoch": 0, "tuner/epochs": 1})
 
 
+def test_when_the_recipe_measures_no_room_for_a_bracket_the_recipe_goes_on(tmp_path):
+    """The plan expected exploration to fit, but the recipe ran 2x slower than estimated:
+    the cheapest bracket no longer fits before the finish, so no control or variant starts
+    and the recipe is continued (as on CWFID, RESULTS.md: a 5-epoch copy of the recipe
+    was all that started)."""
+    run = PlannedRun(tmp_path, budget=4 * 3600, slowdown=2.0)
+    assert not run.plan.recipe_only
+    trials = run.run()
+    assert trials[0].hyperparameters.values["tuner/bracket"] == RECIPE_BRACKET
+    assert run.oracle.plan["explored"] and "no bracket fits" in run.oracle.plan["skipped"]
+    assert run.oracle.plan["estimate_seconds"] > run.oracle.plan["seconds_left"] - (
+        run.plan.budget_seconds * run.plan.shares["finish"])
+    assert [t.hyperparameters.values["tuner/bracket"] for t in trials[1:]] == [REFINE_BRACKET]
+    assert trials[1].hyperparameters.values["tuner/trial_id"] == trials[0].trial_id
+
+
 def test_exploration_that_runs_slower_than_planned_stops_before_the_finish(tmp_path):
     """Variants take 3x their estimate: the measured times correct the estimates, and the
     trial that would run into the finishing share is not started."""
@@ -283,6 +302,16 @@ def test_recipe_only_stops_after_the_recipe(tmp_path):
     trials = run.run()
     assert len(trials) == 1
     assert trials[0].hyperparameters.values["tuner/bracket"] == RECIPE_BRACKET
+    assert run.oracle.create_trial("tuner0").status == "STOPPED"
+
+
+def test_a_plan_that_gives_the_recipe_the_whole_hour_runs_it_alone(tmp_path):
+    run = PlannedRun(tmp_path, budget=3600.0)
+    assert run.plan.recipe_only and run.plan.recipe_only_reason
+    trials = run.run()
+    assert len(trials) == 1
+    assert trials[0].hyperparameters.values["tuner/epochs"] == run.plan.recipe_epochs
+    assert run.deadline - run.now < run.plan.epoch_seconds(run.plan.recipe) + 30 + 1e-6
     assert run.oracle.create_trial("tuner0").status == "STOPPED"
 
 

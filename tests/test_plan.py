@@ -143,14 +143,25 @@ CWFID_SPACE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_pass_per_epoch(monkeypatch):
+    """The hand-computed epochs below are one pass over the training photos; the passes an
+    epoch takes have their own tests (which set `MAX_PASSES` back)."""
+    monkeypatch.setattr(plan, "MAX_PASSES", 1)
+
+
 @pytest.fixture
 def cwfid_space():
     return make_space(CWFID_SPACE)
 
 
-def cwfid_plan(space, budget, train=40, memory_limit=None, machine=CPU):
+def cwfid_plan(space, budget, train=40, memory_limit=None, machine=CPU, runs_recipe=False):
+    """The plan with the recipe / explore / finish shares whatever the budget (as for a tuner
+    that does not run the recipe first), unless `runs_recipe`: the admission rules. When the
+    plan gives the recipe the whole budget has its own tests below."""
     return plan.make_plan(space, models_of(space), summary(train=train), machine,
-                          speed.CostModel(gflops=GFLOPS), budget, memory_limit)
+                          speed.CostModel(gflops=GFLOPS), budget, memory_limit,
+                          runs_recipe=runs_recipe)
 
 
 # --- recipe_scale and nearest -----------------------------------------------------------------
@@ -208,7 +219,7 @@ def test_tiny_budget_drops_most_configurations():
     space = make_space(CWFID_SPACE)
     data = summary(train=20)  # 28 s an epoch for the recipe
     p = plan.make_plan(space, models_of(space), data, CPU, speed.CostModel(gflops=GFLOPS),
-                       120, None)
+                       120, None, runs_recipe=False)
     assert p.recipe_epochs == 1  # small, never 0
     assert p.min_epochs == 1
     assert window(p) == pytest.approx(120 * 0.6 - 30)
@@ -249,7 +260,7 @@ def test_huge_photo_recipe_crops_at_a_quarter_scale():
     assert space.input_sizes() == [(128, 128), (256, 256)]
     data = summary(train=30, val=4, size=median)
     p = plan.make_plan(space, models_of(space), data, CPU, speed.CostModel(gflops=GFLOPS),
-                       3600, None)
+                       3600, None, runs_recipe=False)
     r = p.recipe
     assert (r["policy"], r["input_size"], r["crop_scale"]) == ("crop", 256, 0.25)
     # A 750x1000 photo is 3x4 tiles of 256 px.
@@ -289,7 +300,7 @@ def test_rare_class_recipe_without_ce_dice_takes_a_loss_of_the_space():
                                    CPU, None)
     assert recipe["loss"] in ("ce", "focal")
     p = plan.make_plan(space, models_of(space), summary(fractions=fractions), CPU,
-                       speed.CostModel(gflops=GFLOPS), None, None)
+                       speed.CostModel(gflops=GFLOPS), None, None, runs_recipe=False)
     assert p.recipe["loss"] == recipe["loss"]
 
 
@@ -321,7 +332,7 @@ def test_camvid_eleven_classes():
                             class_fraction=fractions)
     assert plan.recipe_scale(median) == 1.0
     p = plan.make_plan(space, models_of(space), data, CPU, speed.CostModel(gflops=GFLOPS),
-                       1800, None)
+                       1800, None, runs_recipe=False)
     r = p.recipe
     assert (r["model_name"], r["unet/filters"]) == ("unet", 32)
     assert (r["policy"], r["input_size"], r["crop_scale"]) == ("crop", 256, 1.0)
@@ -368,7 +379,7 @@ def test_memory_for_batch_1_only():
     limit = int(recipe_cost.memory_bytes((256, 256), 1) * 1.2)
     assert recipe_cost.memory_bytes((256, 256), 2) > limit
     p = plan.make_plan(space, models, summary(), CPU, speed.CostModel(gflops=GFLOPS), None,
-                       limit)
+                       limit, runs_recipe=False)
     assert (p.recipe["model_name"], p.recipe["input_size"], p.recipe["batch_size"]) \
         == ("unet", 256, 1)
     assert p.machine["memory_budget_bytes"] == limit
@@ -524,7 +535,7 @@ def draw_variants(start, space, admits, count=60, seed=0) -> list[dict]:
 def test_neighbour_variants_are_close_admissible_and_unseen():
     space = make_space(NEIGHBOUR_SPACE)
     p = plan.make_plan(space, models_of(space), summary(), CPU, speed.CostModel(gflops=GFLOPS),
-                       3600, None)
+                       3600, None, runs_recipe=False)
     start = dict(p.recipe)
     assert start["policy"] == "crop"
     assert p.dropped  # SegNet and the wide U-Nets cannot reach 32 epochs
@@ -561,7 +572,7 @@ def effective(values: dict) -> str:
 def test_neighbour_never_returns_one_configuration_twice():
     space = make_space(NEIGHBOUR_SPACE)
     p = plan.make_plan(space, models_of(space), summary(), CPU, speed.CostModel(gflops=GFLOPS),
-                       3600, None)
+                       3600, None, runs_recipe=False)
     assert p.recipe["policy"] == "crop"
     seen: set[str] = set()
     trained: list[str] = []
@@ -697,3 +708,80 @@ def test_plan_lines_name_the_recipe_the_drops_and_a_reason(cwfid_space):
     assert f"{plan.describe(cheapest['config'])}: {cheapest['reason']}" in text
     assert sum("s an epoch:" in line for line in lines) == 2  # `limit` examples
     assert "exploring variants of the recipe" in text
+
+
+# --- the recipe takes the whole budget while exploring does not pay ----------------------------
+
+def test_an_hour_on_a_cpu_gives_the_recipe_the_whole_budget(cwfid_space):
+    p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    seconds = p.epoch_seconds(p.recipe)  # 44 s
+    assert p.recipe_only and p.shares == plan.RECIPE_ONLY
+    assert p.recipe_epochs == int((3600 - 30) // seconds) == 81
+    # min_epochs 32 (the recipe's 40 %): the recipe and 2 variants for 11 epochs each need
+    # more than exploration's 24 minutes.
+    needed, epochs = plan.minimal_exploration_seconds(
+        cwfid_plan(cwfid_space, budget=3600, runs_recipe=False))
+    assert epochs == 11 and needed > 0.4 * 3600
+    text = "\n".join(p.lines())
+    assert "recipe only: exploring needs ~" in text and "the recipe gets the whole budget" in text
+    assert "81 epochs in 60 min (100 % of the budget)" in text
+    assert "exploring variants" not in text
+
+
+def test_a_long_budget_explores_once_the_recipe_has_enough_crops(cwfid_space):
+    # Six hours: the recipe's 40 % holds 195 epochs, more than 4000 crops' worth (100):
+    # variants compared at 34 epochs fit.
+    p = cwfid_plan(cwfid_space, budget=6 * 3600, runs_recipe=True)
+    assert not p.recipe_only and p.recipe_only_reason is None
+    assert p.min_epochs == 100
+    needed, epochs = plan.minimal_exploration_seconds(p)
+    assert epochs == 34 and needed <= p.budget_seconds * p.shares["explore"]
+    assert "exploring variants of the recipe" in "\n".join(p.lines())
+
+
+def test_the_decision_follows_the_machine_not_the_budget_alone(cwfid_space):
+    # The same hour on a machine 10x faster: the recipe reaches its 4000 crops in its share.
+    fast = plan.make_plan(cwfid_space, models_of(cwfid_space), summary(), CPU,
+                          speed.CostModel(gflops=10 * GFLOPS), 3600, None)
+    assert not fast.recipe_only
+    slow = plan.make_plan(cwfid_space, models_of(cwfid_space), summary(), CPU,
+                          speed.CostModel(gflops=GFLOPS), 3600, None)
+    assert slow.recipe_only
+
+
+def test_the_recipe_only_decision_survives_json(cwfid_space):
+    p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    q = plan.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q.recipe_only and q.recipe_only_reason == p.recipe_only_reason
+    assert q.lines() == p.lines()
+    # A plan.json written before the field existed still loads.
+    old = p.to_dict()
+    del old["recipe_only_reason"]
+    assert plan.Plan.from_dict(old).recipe_only_reason is None
+
+
+# --- passes per epoch: validation at most a fifth of an epoch -----------------------------------
+
+@pytest.mark.parametrize("train, passes", [(40, 2), (32, 2), (64, 1), (8, 8), (3, 8)])
+def test_an_epoch_passes_enough_times_that_validation_is_a_fifth(monkeypatch, cwfid_space,
+                                                                train, passes):
+    monkeypatch.setattr(plan, "MAX_PASSES", 8)
+    p = cwfid_plan(cwfid_space, budget=3600, train=train)
+    assert p.passes_per_epoch == passes
+    assert p.epoch_crops == train * passes
+    # Forward units: training 3 per crop, validation 1 per tile (48 tiles of 256 px).
+    validation = 8 * tiles(CWFID_SIZE, 0.5, 256)
+    share = validation / (3 * train * passes + validation)
+    assert share <= plan.VALIDATION_SHARE or passes == 8
+    if passes > 1:  # one pass fewer would validate for more than a fifth
+        assert validation / (3 * train * (passes - 1) + validation) > plan.VALIDATION_SHARE
+    cost = model_cost("unet", {"depth": 4, "filters": 32})
+    assert p.epoch_seconds(p.recipe) == pytest.approx(
+        expected_epoch(cost, 256, train=train * passes, val_units=validation), rel=1e-6)
+    text = "\n".join(p.lines())
+    assert (f"an epoch is {passes} passes over the training photos" in text) == (passes > 1)
+
+
+def test_without_a_time_budget_an_epoch_is_one_pass(monkeypatch, cwfid_space):
+    monkeypatch.setattr(plan, "MAX_PASSES", 8)
+    assert cwfid_plan(cwfid_space, budget=None).passes_per_epoch == 1

@@ -47,6 +47,10 @@ def test_a_search_prints_no_tensorflow_log_line(tiny_dataset, tmp_path):
     output = result.stdout + result.stderr
     assert TF_LOG_LINE.search(output) is None, output[-3000:]
     assert "Best: trial" in result.stdout
+    # The trial's progress reached the user (a line per epoch: the output is not a terminal).
+    assert re.search(r"^\[trial 1\]  epoch 1/1  loss \d+\.\d{3}  val mIoU \d\.\d{3} \(best "
+                     r"\d\.\d{3}\)  \d+ s/epoch  trial ends in ~0 s$", result.stdout, re.MULTILINE), \
+        result.stdout
     # TensorFlow did log (so the check above means something): into the trial's log.
     logs = sorted(rundir.rglob(LOG_FILE))
     assert [p.parent.name for p in logs] == ["trial_0"], logs
@@ -64,6 +68,21 @@ def test_verbose_shows_tensorflow_and_keras_output(tiny_dataset, tmp_path):
     assert TF_LOG_LINE.search(result.stderr) is not None, result.stderr[-3000:]
     assert re.search(r"/step - .*val_mean_iou: ", result.stdout), result.stdout[-3000:]  # Keras
     assert not list(rundir.rglob(LOG_FILE))
+
+
+@pytest.mark.slow
+def test_quiet_prints_the_leaderboard_and_nothing_else(tiny_dataset, tmp_path):
+    result = _search(tiny_dataset, tmp_path / "run", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best: trial" in result.stdout
+    for chatter in ("[plan]", "[search]", "[trial", "epoch 1/1"):
+        assert chatter not in result.stdout + result.stderr, result.stdout
+
+
+def test_verbose_and_quiet_exclude_each_other(tmp_path):
+    result = _search(tmp_path, tmp_path / "run", "--quiet", "--verbose")
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
 
 
 _COMMAND = textwrap.dedent(

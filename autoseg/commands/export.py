@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 FORMAT_NAMES = "keras,saved_model,tflite,onnx"
+TTA_CHOICES = ("auto", "none", "h", "hv")
 
 
 def add_parser(subparsers) -> None:
@@ -27,16 +28,21 @@ def add_parser(subparsers) -> None:
                         "the export extra, all but onnx)")
     p.add_argument("--refit", action="store_true",
                    help="retrain the configuration on train+val for its best epoch count first")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="auto",
+                   help="flip test-time augmentation inside every format: h (mirror), hv (mirror "
+                        "and upside down), none (the single model, bit for bit); auto (default) "
+                        "keeps the best on the run's validation photos")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from autoseg.export import export
+    from autoseg.tta import describe
 
     result = export(
         args.trial, run=args.rundir, out=args.out, formats=args.formats, refit=args.refit,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, tta=args.tta,
     )
     for note in result.notes:
         print(f"Note: {note}")
@@ -44,4 +50,5 @@ def run(args) -> int:
         name + ("/" if fmt == "saved_model" else "") for fmt, name in result.formats.items()
     )
     print(f"Exported trial {result.trial_id} to {result.out}: {files}, autoseg.json, leaderboard.csv")
+    print(describe(result.metadata.get("tta")))
     return 0

@@ -38,7 +38,7 @@ def run(args) -> int:
     model = load(args.model_dir, format=args.format, tile_overlap=args.tile_overlap)
     report = predict_files(model, args.inputs, args.out, with_overlay=args.overlay)
     done = len(report.written)
-    print(f"Predicted {done} image(s) into {args.out}"
+    print(f"Predicted {done} image(s) into {args.out} (flip TTA: {model.tta})"
           + (f"; {len(report.failed)} could not be read" if report.failed else ""))
     if report.failed:
         print(

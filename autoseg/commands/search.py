@@ -45,7 +45,12 @@ def add_parser(subparsers) -> None:
                    help="validate on whole groups of images: the regex's first group (or match) "
                         "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument("--verbose", action="store_true", help="Keras per-epoch progress")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true",
+                      help="Keras' own per-epoch output and TensorFlow's log, instead of "
+                           "autoseg's progress line")
+    talk.add_argument("--quiet", action="store_true",
+                      help="print only errors and the final leaderboard")
     cluster = p.add_argument_group(
         "distributed search (KerasTuner's chief/worker mode; RUNDIR on a shared filesystem; "
         "see docs/cluster.md)"
@@ -83,6 +88,7 @@ def run(args) -> int:
         recipe_only=args.recipe_only,
         overwrite=args.overwrite,
         verbose=args.verbose,
+        log=(lambda line: None) if args.quiet else print,
         role=args.role,
         oracle=args.oracle,
         worker_id=args.worker_id,

@@ -1,0 +1,102 @@
+"""TimeBudget and CosineSchedule, the callbacks that fit a trial into its time, on a fake clock."""
+
+import types
+
+import keras
+import pytest
+
+from autoseg import hypermodel
+from autoseg.hypermodel import CosineSchedule, TimeBudget
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(hypermodel.time, "time", fake)
+    return fake
+
+
+def _model():
+    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(1.0))
+    return types.SimpleNamespace(stop_training=False, optimizer=optimizer)
+
+
+def run_epochs(budget: TimeBudget, clock: Clock, seconds: list[float], schedule=None) -> list[int]:
+    """Runs epochs of the given durations until the callbacks stop training; returns the
+    epochs that ran."""
+    model = _model()
+    for callback in filter(None, (budget, schedule)):
+        callback.set_model(model)
+        callback.on_train_begin()
+    ran = []
+    for epoch, duration in enumerate(seconds):
+        for callback in filter(None, (budget, schedule)):
+            callback.on_epoch_begin(epoch)
+        clock.now += duration
+        budget.on_epoch_end(epoch)
+        ran.append(epoch)
+        if model.stop_training:
+            break
+    return ran
+
+
+def test_the_deadline_is_read_from_steady_epochs_not_the_traced_first_one(clock):
+    # A first epoch of 220 s (tracing), then 100 s ones; 250 s left after epoch 3.
+    deadline = clock.now + 220 + 3 * 100 + 250
+    budget = TimeBudget(deadline, epochs=50)
+    ran = run_epochs(budget, clock, [220] + [100] * 10)
+    # Epochs 4 and 5 fit (250 s left after epoch 3); the traced epoch would have stopped at 3.
+    assert ran == [0, 1, 2, 3, 4, 5]
+    assert budget.stopped
+    assert clock.now <= deadline
+
+
+def test_a_slower_recent_epoch_is_counted(clock):
+    budget = TimeBudget(None, epochs=50)
+    budget.epoch_seconds = [220.0, 100.0, 100.0, 130.0, 110.0]
+    assert budget.next_epoch_seconds() == 130.0
+    budget.epoch_seconds = [220.0, 100.0, 100.0, 100.0, 100.0, 95.0]
+    assert budget.next_epoch_seconds() == 100.0  # the last three steady epochs
+    budget.epoch_seconds = [220.0]
+    assert budget.next_epoch_seconds() == 220.0  # nothing steady yet: the first one
+
+
+def test_without_time_left_for_another_epoch_training_stops(clock):
+    deadline = clock.now + 250
+    budget = TimeBudget(deadline, epochs=50)
+    ran = run_epochs(budget, clock, [120, 100, 100, 100])
+    assert ran == [0, 1]
+    assert budget.stopped and clock.now <= deadline
+
+
+def test_an_allotment_sets_the_target_after_two_epochs_and_the_cosine_ends_there(clock):
+    budget = TimeBudget(None, epochs=100, allotment_seconds=1000)
+    schedule = CosineSchedule(100, budget=budget)
+    rates = []
+    model = _model()
+    for callback in (budget, schedule):
+        callback.set_model(model)
+        callback.on_train_begin()
+    epoch = 0
+    while not model.stop_training:
+        budget.on_epoch_begin(epoch)
+        schedule.on_epoch_begin(epoch)
+        rates.append(float(model.optimizer.learning_rate.numpy()))
+        clock.now += 150 if epoch == 0 else 100
+        budget.on_epoch_end(epoch)
+        epoch += 1
+    # 150 s + 8 x 100 s fit in 1000 s: 9 epochs, not the 100 asked for.
+    assert epoch == 9 and budget.target == 9
+    assert not budget.stopped  # the allotment ended it, not the deadline
+    assert rates[0] == pytest.approx(1.0)
+    # From epoch 2 on the cosine decays over 9 epochs: the last one near the floor.
+    assert rates[-1] < 0.1
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:]))
