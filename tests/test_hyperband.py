@@ -284,6 +284,28 @@ def test_when_the_recipe_measures_no_room_for_a_bracket_the_recipe_goes_on(tmp_p
     assert trials[1].hyperparameters.values["tuner/trial_id"] == trials[0].trial_id
 
 
+class FallingRun(PlannedRun):
+    """Continuations score below the trial they start from, and run 2.5x faster than
+    estimated (time is left after the first)."""
+
+    def cost(self, values):
+        per_epoch, score = super().cost(values)
+        if values["tuner/bracket"] == REFINE_BRACKET:
+            return per_epoch * 0.4, score - 0.5
+        return per_epoch, score
+
+
+def test_a_trial_below_the_best_is_continued_only_to_double_its_epochs(tmp_path):
+    """The best continued once and fell below its start; its continuation cannot double its
+    epochs in the time left, so the search stops rather than continue it (on CWFID, a
+    1-epoch continuation of a 5-epoch copy of the recipe ran in the last 2 minutes)."""
+    run = FallingRun(tmp_path, budget=4 * 3600, slowdown=2.0)
+    trials = run.run()
+    refine = [t for t in trials if t.hyperparameters.values["tuner/bracket"] == REFINE_BRACKET]
+    assert len(refine) == 1
+    assert run.oracle.create_trial("tuner0").status == "STOPPED"
+
+
 def test_exploration_that_runs_slower_than_planned_stops_before_the_finish(tmp_path):
     """Variants take 3x their estimate: the measured times correct the estimates, and the
     trial that would run into the finishing share is not started."""

@@ -14,7 +14,7 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.errors import ConfigError
-from autoseg.tta import FLIPS, Measurement, choose_flips, describe, flip_tta_model
+from autoseg.tta import FLIPS, MIN_GAIN, Measurement, choose_flips, describe, flip_tta_model
 
 from test_export import exported_crop_model
 
@@ -107,9 +107,13 @@ def test_auto_keeps_the_best_option():
     assert describe(record) == "flip TTA: h (val mIoU 0.740 vs 0.700 without)"
 
 
-def test_auto_keeps_none_unless_a_flip_strictly_raises_the_iou():
+def test_auto_keeps_more_flips_only_for_a_gain_worth_their_cost():
     assert choose_flips(_scorer({"none": 0.70, "h": 0.70, "hv": 0.69}))["flips"] == "none"
     assert choose_flips(_scorer({"none": 0.70, "h": 0.71, "hv": 0.71}))["flips"] == "h"
+    # CWFID's figures: +0.004 for twice the inference is noise.
+    assert choose_flips(_scorer({"none": 0.702, "h": 0.706, "hv": 0.701}))["flips"] == "none"
+    assert choose_flips(_scorer({"none": 0.70, "h": 0.71, "hv": 0.714}))["flips"] == "h"
+    assert choose_flips(_scorer({"none": 0.70, "h": 0.702, "hv": 0.72}))["flips"] == "hv"
 
 
 def test_auto_without_validation_photos_is_none_with_the_reason():
@@ -243,7 +247,10 @@ def test_auto_records_each_option_and_keeps_what_evaluate_measures(exported, tmp
     assert record["requested"] == "auto" and set(ious) == {"none", "h", "hv"}
     assert set(record["seconds_per_photo"]) == {"none", "h", "hv"}
     assert record["val_images"] == len(json.loads((rundir / "run.json").read_text())["split"]["val"])
-    best = max(ious, key=lambda k: (ious[k], -len(FLIPS[k])))
+    best = "none"
+    for option in ("h", "hv"):
+        if ious[option] >= ious[best] + MIN_GAIN:
+            best = option
     assert record["flips"] == best
     assert describe(record) in printed and "flip TTA:" in printed
     result = evaluate(out, dataset, split="val", out=tmp_path / "eval", log=lambda _: None)
