@@ -36,8 +36,8 @@ results are recorded in `autoseg.json` under `verification`.
 A format that fails to convert (a custom layer whose ops TFLite or ONNX lack) is
 an error when named with `formats`, and left out with a note when `formats` is the default.
 
-This module imports TensorFlow only inside its functions: `autoseg.predict` reads its
-constants cheaply.
+This module imports TensorFlow only inside its functions. The folder's file names are
+`autoseg.model_dir`'s.
 """
 
 from __future__ import annotations
@@ -57,16 +57,8 @@ from typing import Any, Callable, Sequence
 
 from autoseg import atomic
 from autoseg.errors import AutosegError, ConfigError, DatasetError, RunError
+from autoseg.model_dir import FORMAT_FILES, FORMATS, METADATA_FILE, METADATA_VERSION
 
-FORMATS = ("keras", "saved_model", "tflite", "onnx")
-FORMAT_FILES = {
-    "keras": "model.keras",
-    "saved_model": "saved_model",
-    "tflite": "model.tflite",
-    "onnx": "model.onnx",
-}
-METADATA_FILE = "autoseg.json"
-METADATA_VERSION = 1
 NORMALISATION = "raw RGB 0..255 float32, normalised inside the model"
 ONNX_OPSET = 17
 INPUT_NAME = "image"

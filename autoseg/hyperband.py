@@ -41,6 +41,7 @@ import time
 import keras_tuner as kt
 
 from autoseg import plan as search_plan
+from autoseg import speed
 
 #: Share of the time left that the exploration bracket may take; the rest trains its winner.
 EXPLORE_SHARE = 0.5
@@ -338,11 +339,15 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         })
         return {"status": "RUNNING", "values": values}
 
-    def _is_best(self, trial) -> bool:
-        scores = [t.score for t in self.trials.values()
-                  if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+    def _best_of(self, trials):
+        """The best of `trials` that completed with a finite score, or None."""
+        done = [t for t in trials
+                if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
         pick = max if self.objective.direction == "max" else min
-        return trial.score == pick(scores)
+        return pick(done, key=lambda t: t.score) if done else None
+
+    def _is_best(self, trial) -> bool:
+        return trial.score == self._best_of(self.trials.values()).score
 
     def _best_completed(self):
         """The best completed trial that no earlier continuation has started from.
@@ -353,13 +358,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             t.hyperparameters.values.get("tuner/trial_id") for t in self.trials.values()
             if t.hyperparameters.values.get("tuner/bracket") == REFINE_BRACKET
         }
-        done = [t for t in self.trials.values()
-                if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)
-                and t.trial_id not in continued]
-        if not done:
-            return None
-        pick = max if self.objective.direction == "max" else min
-        return pick(done, key=lambda t: t.score)
+        return self._best_of(t for t in self.trials.values() if t.trial_id not in continued)
 
     # -- state -----------------------------------------------------------------------------
     def get_state(self):
@@ -390,8 +389,7 @@ def _epoch_seconds(record: dict) -> tuple[float, int] | None:
     seconds = [float(s) for s in (record.get("epoch_seconds") or []) if s is not None]
     if not seconds:
         return None
-    steady = seconds[1:] or seconds
-    return statistics.median(steady), len(seconds)
+    return statistics.median(speed.steady_epochs(seconds)), len(seconds)
 
 
 class BudgetHyperband(kt.Hyperband):

@@ -39,7 +39,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autoseg import budget, devices, registry
+from autoseg import budget, devices, registry, speed
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset, resolve_dataset
 from autoseg.errors import ConfigError
@@ -481,13 +481,13 @@ class TimeBudget(keras.callbacks.Callback):
         """What the next epoch is expected to take: the longest of the last few steady epochs
         (the first one also traces the model's functions and fills caches, ~1.5x a steady
         one on CWFID; counting it stopped a 30-minute recipe 5 minutes early)."""
-        steady = self.epoch_seconds[1:][-STEADY_EPOCHS:] or self.epoch_seconds
+        steady = speed.steady_epochs(self.epoch_seconds)[-STEADY_EPOCHS:]
         return max(steady) if steady else 0.0
 
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:
             return
-        steady = statistics.median(self.epoch_seconds[1:])
+        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
         left = self._train_start + self.allotment - now
         reach = epoch + 1 + max(0, int(left // steady))
         self.target = min(self.target, max(epoch + 1, reach))

@@ -188,12 +188,16 @@ class Plan:
             return None
         return self.budget_seconds * self.shares["recipe"] - self.cost_model.fixed_seconds
 
+    def share_epochs(self) -> int:
+        """Epochs of the recipe that fit its share at the current estimates (at least 1)."""
+        return max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
+
     def required_epochs(self) -> int | None:
         """Epochs a configuration must reach in a winner's time: as many as the recipe gets in
         its share at the current estimates, at most `ENOUGH_IMAGES` crops' worth."""
         if self.budget_seconds is None:
             return None
-        recipe = max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
+        recipe = self.share_epochs()
         enough = math.ceil(ENOUGH_IMAGES / max(1, self.epoch_crops))
         return max(1, min(recipe, max(MIN_EPOCHS, enough)))
 
@@ -463,7 +467,7 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
                 f"~{costs.fixed_seconds:.0f} s of start-up. Give a longer --time-budget or a "
                 "space with smaller models or input sizes."
             )
-        plan.recipe_epochs = max(1, int(plan.recipe_seconds() // seconds))
+        plan.recipe_epochs = plan.share_epochs()
         plan.min_epochs = plan.required_epochs()
     for values in enumerate_configurations(space, models):
         entry = {"config": values, "epoch_seconds": round(plan.epoch_seconds(values), 2)}
@@ -510,8 +514,7 @@ def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
         f"{epochs} epochs each), more than its {_minutes(share)}: the recipe gets the whole "
         "budget")
     plan.shares = dict(RECIPE_ONLY)
-    seconds = plan.epoch_seconds(plan.recipe)
-    plan.recipe_epochs = max(1, int(plan.recipe_seconds() // seconds))
+    plan.recipe_epochs = plan.share_epochs()
 
 
 def plan_lines(plan: Plan, limit: int = 4) -> list[str]:

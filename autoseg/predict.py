@@ -55,7 +55,7 @@ from autoseg import atomic
 from autoseg.data import intensity, pipeline
 from autoseg.data.dataset import IMAGE_EXTENSIONS
 from autoseg.errors import AutosegError, ConfigError, DatasetError
-from autoseg.export import FORMATS, METADATA_FILE
+from autoseg.model_dir import FORMATS, METADATA_FILE
 from autoseg.tta import FLIPS
 
 #: Tiles per network call with the crop policy.

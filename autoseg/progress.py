@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import keras
 
+from autoseg import speed
+
 #: The file in a trial's folder.
 PROGRESS_FILE = "progress.jsonl"
 #: Batch lines are written at most this often.
@@ -78,6 +80,12 @@ class EpochProgress(keras.callbacks.Callback):
                      "seconds": seconds, "loss": _number(logs.get("loss")),
                      "val": _number(logs.get(VAL_KEY)),
                      "stopping": bool(getattr(self.model, "stop_training", False))})
+
+
+def trial_number(trial_id, default: Any = None) -> Any:
+    """The 1-based number a trial is shown with (KerasTuner's ids count from 0), or `default`
+    for an id that is not a count (a worker's OracleClient cannot count trials)."""
+    return int(trial_id) + 1 if str(trial_id).isdigit() else default
 
 
 def _number(value) -> float | None:
@@ -159,8 +167,7 @@ class Relay:
     def steady_seconds(self) -> float | None:
         """The median epoch time, the first (traced) epoch left out once there are others."""
         seconds = [e["seconds"] for e in self._epochs if e.get("seconds")]
-        steady = seconds[1:] or seconds
-        return statistics.median(steady) if steady else None
+        return statistics.median(speed.steady_epochs(seconds)) if seconds else None
 
     def trial_left(self, now: float) -> float | None:
         if not self._epochs:

@@ -56,6 +56,12 @@ DEFAULT_EFFICIENCY = 0.5
 DEFAULT_FIXED_SECONDS = 30.0
 
 
+def steady_epochs(seconds: list[float]) -> list[float]:
+    """The epoch times after the first (which also traces the model's functions and fills
+    caches, ~1.5x a steady one on CWFID), or the first alone while it is the only one."""
+    return list(seconds[1:] or seconds)
+
+
 def config_key(model_name: str, options: dict[str, Any]) -> str:
     """`"unet"`, `"unet/resnet50"`: the architecture and its encoder, what sets efficiency."""
     backbone = options.get("backbone")

@@ -104,12 +104,8 @@ def run_trial(tuner, trial, *args, **kwargs):
         shutil.rmtree(stale, ignore_errors=True)
     verbose = kwargs.get("verbose", getattr(tuner.hypermodel, "verbose", 0))
     log_path = None if verbose else trial_dir / LOG_FILE
-    relay = None
-    if not verbose:  # Keras' own progress bar shows otherwise
-        progress_path = trial_dir / progress.PROGRESS_FILE
-        progress_path.unlink(missing_ok=True)  # a resumed search runs the trial again
-        spec["kwargs"]["callbacks"].append(progress.EpochProgress(progress_path))
-        relay = _relay(tuner, trial, progress_path)
+    # Keras' own progress bar shows with `verbose`.
+    relay = None if verbose else _progress(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
     # A resumed search runs the trial again: its error quotes this run's lines only.
     log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
@@ -153,12 +149,16 @@ def _start_log(log_path: Path, trial_id: str) -> int:
         return log.tell()
 
 
-def _relay(tuner, trial, path: Path) -> progress.Relay | None:
-    """Shows the trial's progress through the search's log (an autoseg tuner's)."""
+def _progress(tuner, trial, trial_dir: Path, callbacks: list) -> progress.Relay | None:
+    """Adds the callback that writes the trial's progress file to `callbacks`; returns the
+    relay that shows it through the search's log (an autoseg tuner's; else None)."""
+    path = trial_dir / progress.PROGRESS_FILE
+    path.unlink(missing_ok=True)  # a resumed search runs the trial again
+    callbacks.append(progress.EpochProgress(path))
     log = getattr(tuner, "log", None)
     if log is None:
         return None
-    number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else trial.trial_id
+    number = progress.trial_number(trial.trial_id, trial.trial_id)
     left = getattr(tuner, "seconds_left_after", None)
     return progress.Relay(path, f"[trial {number}]", log, deadline=getattr(tuner, "deadline", None),
                           search_left=left(trial) if left else None,

@@ -35,7 +35,7 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from autoseg import atomic, leaderboard, trial_process
+from autoseg import atomic, leaderboard, progress, trial_process
 from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle
 from autoseg.search import format_duration
 
@@ -84,7 +84,7 @@ class SearchRunMixin:
     def log_trial_begin(self, trial, worker: str | None = None) -> None:
         # Trial ids count the trials created before (KerasTuner's numbering); a worker's
         # OracleClient cannot count them.
-        number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else "?"
+        number = progress.trial_number(trial.trial_id, "?")
         total = f"/{self.planned_trials}" if self.planned_trials else ""
         config = ", ".join(
             f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
@@ -97,7 +97,7 @@ class SearchRunMixin:
         trials this process ran before it, or None (no plan, or no trial ended yet)."""
         if self.deadline is not None or not self.planned_trials or self._started_here < 2:
             return None
-        number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else None
+        number = progress.trial_number(trial.trial_id)
         if number is None:
             return None
         started = self._trial_start.get(trial.trial_id, time.time())

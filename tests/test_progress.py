@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import types
+from pathlib import Path
 
 import pytest
 
@@ -54,14 +55,25 @@ def test_the_callback_writes_an_epoch_line_and_throttled_batch_lines(tmp_path):
     assert all(b["steps"] == 10 and 1 <= b["step"] <= 10 for b in batches)
 
 
-def test_plain_lines_one_per_epoch_with_loss_val_speed_and_etas(tmp_path):
+def plain_lines(tmp_path, label: str, deadline_in: float | None = None,
+                search_left: float | None = None, **training) -> tuple[list[str], Path]:
+    """The lines a plain (not a terminal) relay logs for a training on the fake clock, and
+    the progress file."""
     clock = Clock()
     path = tmp_path / "progress.jsonl"
     lines = []
-    relay = Relay(path, "[trial 3]", lines.append, deadline=clock.now + 3600, clock=clock)
-    _train(EpochProgress(path, clock=clock), clock, epochs=10, steps=4,
-           epoch_seconds=[90.0] + [60.0] * 9, losses=[0.9, 0.7, 0.6, 0.5] + [0.4] * 6,
-           vals=[0.2, 0.45, 0.4, 0.5] + [0.5] * 6, relay=relay)
+    deadline = clock.now + deadline_in if deadline_in is not None else None
+    relay = Relay(path, label, lines.append, deadline=deadline, search_left=search_left,
+                  clock=clock)
+    _train(EpochProgress(path, clock=clock), clock, relay=relay, **training)
+    return lines, path
+
+
+def test_plain_lines_one_per_epoch_with_loss_val_speed_and_etas(tmp_path):
+    lines, _ = plain_lines(
+        tmp_path, "[trial 3]", deadline_in=3600, epochs=10, steps=4,
+        epoch_seconds=[90.0] + [60.0] * 9, losses=[0.9, 0.7, 0.6, 0.5] + [0.4] * 6,
+        vals=[0.2, 0.45, 0.4, 0.5] + [0.5] * 6)
     assert len(lines) == 10
     assert lines[0] == ("[trial 3]  epoch 1/10  loss 0.900  val mIoU 0.200 (best 0.200)  "
                         "90 s/epoch  trial ends in ~14 min  search in ~58 min")
@@ -72,26 +84,18 @@ def test_plain_lines_one_per_epoch_with_loss_val_speed_and_etas(tmp_path):
 
 
 def test_the_trial_eta_stops_at_the_deadline_and_when_training_stops(tmp_path):
-    clock = Clock()
-    path = tmp_path / "progress.jsonl"
-    lines = []
-    relay = Relay(path, "[trial 1]", lines.append, deadline=clock.now + 300, clock=clock)
-    _train(EpochProgress(path, clock=clock), clock, epochs=50, steps=2,
-           epoch_seconds=[60.0] * 50, losses=[0.5] * 50, vals=[0.5] * 50, relay=relay,
-           stop_at=2)
+    lines, _ = plain_lines(tmp_path, "[trial 1]", deadline_in=300, epochs=50, steps=2,
+                           epoch_seconds=[60.0] * 50, losses=[0.5] * 50, vals=[0.5] * 50,
+                           stop_at=2)
     assert "trial ends in ~4 min  search in ~4 min" in lines[0]  # 49 epochs left, 240 s to go
     assert lines[2].endswith("trial ends in ~0 s  search in ~2 min")  # told to stop
 
 
 def test_without_a_deadline_the_search_eta_adds_the_trials_after_this_one(tmp_path):
-    clock = Clock()
-    path = tmp_path / "progress.jsonl"
-    lines = []
-    relay = Relay(path, "[trial 2]", lines.append, search_left=600.0, clock=clock)
-    _train(EpochProgress(path, clock=clock), clock, epochs=3, steps=1,
-           epoch_seconds=[30.0] * 3, losses=[0.5] * 3, vals=[0.5] * 3, relay=relay)
+    lines, path = plain_lines(tmp_path, "[trial 2]", search_left=600.0, epochs=3, steps=1,
+                              epoch_seconds=[30.0] * 3, losses=[0.5] * 3, vals=[0.5] * 3)
     assert lines[0].endswith("trial ends in ~60 s  search in ~11 min")
-    unknown = Relay(path, "[trial 2]", lambda line: None, clock=clock)
+    unknown = Relay(path, "[trial 2]", lambda line: None, clock=Clock())
     unknown.poll()
     assert "search in" not in unknown.line()
 

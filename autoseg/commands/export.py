@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from autoseg.tta import CHOICES as TTA_CHOICES  # no TensorFlow: keeps --help quick
+
 FORMAT_NAMES = "keras,saved_model,tflite,onnx"
-TTA_CHOICES = ("auto", "none", "h", "hv")
 
 
 def add_parser(subparsers) -> None:
