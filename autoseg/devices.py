@@ -5,8 +5,8 @@
   `LossScaleOptimizer` that `Model.compile` wraps around the optimizer); or "bfloat16"
   (`mixed_bfloat16`: the same with bfloat16 computation, which has float32's range and needs
   no loss scaling). "auto" is mixed where a GPU is visible. On a CPU it is bfloat16 where
-  the CPU computes bfloat16 natively (`avx512_bf16` or `amx_bf16`) and the model family
-  trains measurably faster in it at equal quality (`BFLOAT16_FAMILIES`), else float32:
+  the CPU computes bfloat16 natively (`avx512_bf16` or `amx_bf16`) and the architecture
+  trains measurably faster in it at equal quality (`BFLOAT16_MODELS`), else float32:
   without those instructions oneDNN emulates bfloat16, and float16 on CPU, both slower.
 - Strategy (`--strategy`): "none" (one device), or "mirrored" (`tf.distribute.MirroredStrategy`:
   one replica per GPU, or per logical CPU device where no GPU is visible, each training on
@@ -24,6 +24,7 @@ This module imports TensorFlow and Keras only inside the functions that need the
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterable, Iterator
 
 from autoseg.errors import ConfigError
@@ -47,14 +48,22 @@ _POLICIES = {
 #: BF16 (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later) and AMX.
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
-#: Model families (`ArchitectureSpec.family`) that "auto" trains in mixed bfloat16 on a CPU
-#: with `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU at equal
-#: quality (val mIoU within 0.01 of float32 at the same seed and epochs). None yet, see
-#: benchmarks/RESULTS.md, "... bfloat16 on CPU (issue #13 §1-2)": the only timing on such a CPU (issue #13's
-#: probe on an AMD EPYC: U-Net 1.56x, light U-Net 1.02x, DeepLabV3+ 0.83x) has not been
-#: repeated, and on CWFID a U-Net's best-epoch val mIoU was 0.014 +- 0.006 lower in
-#: bfloat16 (6 seeds, 10 epochs). Add a family here with both measurements.
-BFLOAT16_FAMILIES: frozenset[str] = frozenset()
+#: Architectures (registry names) that "auto" trains in mixed bfloat16 on a CPU with
+#: `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU at equal quality
+#: (benchmarks/RESULTS.md, "bfloat16 on a CPU that has it"). Add one with both measurements.
+#: The plain U-Net: 1.33x at 32 filters (1.47x at 64) on an AMD EPYC with avx512_bf16, val
+#: mIoU +0.002 (last epoch) / +0.001 (best) over 3 seeds of 20 epochs at the recipe's width
+#: on CWFID. Not light_unet (1.03x); the other families measured faster (SegNet 1.20x,
+#: DeepLabV3+ 1.39x, pix2pix 1.70x) but their quality in bfloat16 is not measured yet.
+BFLOAT16_MODELS: frozenset[str] = frozenset({"unet"})
+
+#: Training img/s in mixed bfloat16 over float32, by architecture, on a CPU with native
+#: bfloat16 (RESULTS.md, "bfloat16 on a CPU that has it": AMD EPYC with avx512_bf16, 256²,
+#: one run each). The plan's cost model multiplies an architecture's speed by it where it
+#: trains in mixed bfloat16 on such a CPU; trials then correct it. U-Net's gain grows with
+#: width (16 / 32 / 64 filters at batch 4: 1.23x / 1.33x / 1.47x): 32 is the plan's recipe.
+BFLOAT16_SPEEDUP = {"unet": 1.33, "segnet": 1.20, "deeplabv3plus": 1.39, "pix2pix": 1.70,
+                    "light_unet": 1.03}
 
 
 def check_precision(precision: Any) -> str:
@@ -87,6 +96,7 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
+@functools.lru_cache(maxsize=8)
 def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (empty where there is no such file).
 
@@ -106,17 +116,17 @@ def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 
 def resolve_precision(
     precision: str = "auto",
-    family: str | None = None,
+    model: str | None = None,
     cpu_flags: Iterable[str] | None = None,
 ) -> str:
-    """The Keras dtype policy a precision stands for, for one model family.
+    """The Keras dtype policy a precision stands for, for one architecture.
 
     Args:
         precision: "auto", "float32", "mixed" or "bfloat16" (or a policy name this returns).
             Defaults to "auto": "mixed_float16" when a GPU is visible; on a CPU,
-            "mixed_bfloat16" when `family` is in `BFLOAT16_FAMILIES` and the CPU has one of
+            "mixed_bfloat16" when `model` is in `BFLOAT16_MODELS` and the CPU has one of
             `BFLOAT16_CPU_FLAGS`; else "float32".
-        family: The model family that will train (`ArchitectureSpec.family`), or None
+        model: The architecture that will train (its registry name), or None
             (unknown: "auto" then never picks bfloat16). Defaults to None.
         cpu_flags: The CPU's flags; None reads them (`read_cpu_flags()`). For tests.
 
@@ -129,7 +139,7 @@ def resolve_precision(
     Example:
     ```python
     resolve_precision("bfloat16")  # 'mixed_bfloat16'
-    resolve_precision("auto", family="unet", cpu_flags={"avx512_vnni"})  # on a CPU: 'float32'
+    resolve_precision("auto", model="unet", cpu_flags={"avx512_vnni"})  # on a CPU: 'float32'
     ```
     """
     if precision in _POLICIES:
@@ -137,10 +147,19 @@ def resolve_precision(
     check_precision(precision)
     if gpu_count():
         return "mixed_float16"
-    if family not in BFLOAT16_FAMILIES:
+    if model not in BFLOAT16_MODELS:
         return "float32"
     flags = read_cpu_flags() if cpu_flags is None else frozenset(cpu_flags)
     return "mixed_bfloat16" if flags & BFLOAT16_CPU_FLAGS else "float32"
+
+
+def training_speedup(model: str | None, policy: str) -> float:
+    """How much faster an architecture trains under `policy` than in float32 on this machine's CPU:
+    `BFLOAT16_SPEEDUP` for mixed bfloat16 where the CPU has native bfloat16, else 1 (what
+    is not measured is left to the trials' own epoch times)."""
+    if policy != "mixed_bfloat16" or not read_cpu_flags() & BFLOAT16_CPU_FLAGS:
+        return 1.0
+    return BFLOAT16_SPEEDUP.get(model or "", 1.0)
 
 
 @contextlib.contextmanager

@@ -142,7 +142,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         data: The `TrainingData` every trial trains on.
         verbose: Keras per-epoch progress (0, 1 or 2).
         precision: "float32", "mixed" (Keras' `mixed_float16` policy while a trial's model
-            is built and compiled) or "auto" (mixed on a GPU, float32 on CPU); see
+            is built and compiled), "bfloat16" or "auto" (per family: mixed on a GPU, mixed
+            bfloat16 on a CPU with native bfloat16 for the architectures measured faster in
+            it, else float32); resolved per architecture by `precision_of`; see
             `autoseg.devices`. Defaults to "float32".
 
     A model built under a `tf.distribute` strategy's scope (KerasTuner's
@@ -173,7 +175,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.space = dataclasses.replace(space, models=models)
         self.data = data
         self.verbose = verbose
-        self.precision = devices.resolve_precision(precision)  # a Keras policy name
+        devices.resolve_precision(precision)  # raises ConfigError on an unknown one
+        #: What the user asked for ("auto", "float32", ...): resolved per architecture.
+        self.precision_option = precision
         self.last_fit: FitRecord = FitRecord()
         #: The search's `autoseg.plan.Plan`: configurations it drops fail before training.
         self.plan = None
@@ -221,6 +225,16 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 crop_scale = float(drawn)
         return policy, crop_scale
 
+    def precision_of(self, model_name: str | None) -> str:
+        """The Keras dtype policy an architecture (registry name) trains under."""
+        return devices.resolve_precision(self.precision_option, model=model_name)
+
+    def precisions(self) -> str | dict[str, str]:
+        """The policy of every architecture in the space: one name when they all share it,
+        else a mapping architecture -> policy (what `run.json` records as `precision`)."""
+        policies = {name: self.precision_of(name) for name in sorted(self.space.models)}
+        return next(iter(policies.values())) if len(set(policies.values())) == 1 else policies
+
     # -- KerasTuner contract -------------------------------------------------------------
     def build(self, hp) -> keras.Model:
         from autoseg import losses, metrics, models
@@ -232,7 +246,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         dataset = self.data.dataset
         # Layers keep the policy they are built with; compile wraps the optimizer in a
         # LossScaleOptimizer when the model's policy is mixed_float16.
-        with devices.dtype_policy(self.precision):
+        with devices.dtype_policy(self.precision_of(model_name)):
             model = models.build(model_name, dataset.num_classes,
                                  (*input_size, dataset.channels), **options)
             set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
@@ -288,8 +302,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         # Every replica holds the whole model and trains on its own batch: the batch size
         # (drawn, bounded, recorded as `batch_size`) is per replica, the budget per device.
         replicas = devices.num_replicas(getattr(model, "distribute_strategy", None))
+        dtype = self.precision_of(hp.get("model_name"))
         record = self.last_fit = FitRecord(params=int(model.count_params()), batch_size=drawn_batch,
-                                           precision=self.precision, replicas=replicas)
+                                           precision=dtype, replicas=replicas)
         if self.plan is not None and "tuner/bracket" not in hp.values:
             # Other tuners draw from the whole space; the planned Hyperband only admissible ones.
             reason = self.plan.admits(hp.values)
@@ -297,10 +312,10 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 _fail(record, f"dropped by the plan: {reason}")
         family = registry.ARCHITECTURES.get(hp.get("model_name")).family
         estimate = functools.partial(budget.estimate_training_memory, model,
-                                     precision=self.precision, family=family)
+                                     precision=dtype, family=family)
         limit = self.data.memory_budget_bytes
         fitting = (
-            budget.admissible_batch_sizes(model, candidates, limit, precision=self.precision,
+            budget.admissible_batch_sizes(model, candidates, limit, precision=dtype,
                                           family=family)
             if limit else candidates
         )
@@ -569,7 +584,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
         families = {registry.ARCHITECTURES.get(n).family for n in self.space.models}
         self.delegates = {
             f: family_hypermodel_class(f)(self.space, data, verbose=verbose,
-                                          precision=self.precision)
+                                          precision=precision)
             for f in families
         }
 

@@ -681,18 +681,18 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
 
     from autoseg import devices
 
-    space, precision = hypermodel.space, hypermodel.precision
+    space = hypermodel.space
     combos = [(m, c) for m, o in space.models.items() for c in model_option_grid(o)]
     if log:
         log(f"[plan] measuring {len(combos)} model configurations and this machine's speed")
     data = data_summary(hypermodel.data)
-    with devices.dtype_policy(precision):
-        models = speed.measure_models(combos, hypermodel.data.dataset.num_classes,
-                                      precision_of=lambda family: precision,
-                                      channels=hypermodel.data.dataset.channels)
-    machine = Machine(device="gpu" if devices.gpu_count() else "cpu", precision=precision,
+    models = speed.measure_models(combos, hypermodel.data.dataset.num_classes,
+                                  precision_of=hypermodel.precision_of,
+                                  channels=hypermodel.data.dataset.channels)
+    machine = Machine(device="gpu" if devices.gpu_count() else "cpu", precision="float32",
                       cores=len(os.sched_getaffinity(0)))
     recipe, batch = choose_recipe(space, models, data, machine, memory_limit)
+    machine.precision = hypermodel.precision_of(recipe["model_name"])
     gflops = os.environ.get("AUTOSEG_GFLOPS")
     if gflops:
         rate = float(gflops)
@@ -702,9 +702,11 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
         model = hypermodel.build(hp)
         cost = next(m for m in models if m.model_name == recipe["model_name"]
                     and _same(m.options, trial_model_config(recipe)["options"]))
-        # The machine's rate for a plain U-Net: the recipe's measured rate over its efficiency.
-        rate = speed.calibrate(model, batch) / speed.EFFICIENCY.get(cost.key,
-                                                                   speed.DEFAULT_EFFICIENCY)
+        # The machine's float32 rate for a plain U-Net: the recipe's measured rate over its
+        # efficiency and its precision's speed-up.
+        rate = speed.calibrate(model, batch) / (
+            speed.EFFICIENCY.get(cost.key, speed.DEFAULT_EFFICIENCY)
+            * devices.training_speedup(cost.model_name, cost.precision))
         del model
         keras.backend.clear_session()
     return make_plan(space, models, data, machine, speed.CostModel(gflops=rate),

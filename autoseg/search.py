@@ -20,13 +20,12 @@ import dataclasses
 import json
 import re
 import shutil
-import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable
 
 from autoseg import atomic
+from autoseg.callable_module import make_callable
 from autoseg.errors import BudgetError, ConfigError, RunError
 
 RUN_FILE = "run.json"
@@ -345,10 +344,18 @@ def _make_training_data(run: _Run) -> None:
                             memory_budget_bytes=run.memory_limit, deadline=run.deadline)
     run.distribution = devices.make_strategy(options.strategy)
     run.hypermodel = AutosegHyperModel(run.space, run.data, verbose=1 if options.verbose else 0,
-                                       precision=devices.resolve_precision(options.precision))
-    run.config["precision"] = run.hypermodel.precision  # the Keras policy: float32, mixed_float16
+                                       precision=options.precision)
+    # The Keras policy (float32, mixed_float16, mixed_bfloat16), or one per family under auto.
+    run.config["precision"] = run.hypermodel.precisions()
     run.config["strategy"] = "mirrored" if run.distribution is not None else "none"
     run.config["replicas"] = devices.num_replicas(run.distribution)
+
+
+def _describe_precision(precision: str | dict[str, str]) -> str:
+    """`run.json`'s precision as a phrase: "float32", or "unet mixed_bfloat16, ..."."""
+    if isinstance(precision, str):
+        return precision
+    return ", ".join(f"{family} {policy}" for family, policy in precision.items())
 
 
 def _group_option(options: SearchOptions) -> dict[str, Any]:
@@ -395,7 +402,7 @@ def _tune(run: _Run) -> SearchResult:
         f"{run.dataset.num_classes} classes) -> {run.rundir}; memory budget "
         f"{run.memory_limit / 2**30:.1f} GB"
         + (f" per device, {replicas} replicas" if replicas > 1 else "")
-        + f", {run.hypermodel.precision}"
+        + f", {_describe_precision(run.config['precision'])}"
         + (f", time budget {run.budget_seconds / 60:.0f} min" if run.budget_seconds else "")
     )
     kt_tuner = make_tuner(
@@ -504,11 +511,5 @@ def load_run(rundir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-class _CallableModule(types.ModuleType):
-    """Lets `autoseg.search(...)` call `search()` although `autoseg.search` is this module."""
-
-    def __call__(self, *args, **kwargs) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# `autoseg.search(...)` runs `search(...)` although `autoseg.search` is this module.
+make_callable(__name__, "search")

@@ -26,6 +26,8 @@ import statistics
 import time
 from typing import Any, Callable, Iterable
 
+from autoseg import devices
+
 #: Training FLOPs per forward FLOP: the backward pass costs about twice the forward.
 TRAIN_FLOPS_PER_FORWARD = 3
 
@@ -164,14 +166,14 @@ def reference_size(divisor: int) -> tuple[int, int]:
 
 
 def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: int,
-                   precision_of: Callable[[str], str] = lambda family: "float32",
+                   precision_of: Callable[[str], str] = lambda model_name: "float32",
                    channels: int = 3, log: Callable[[str], None] | None = None) -> list[ModelCost]:
     """Builds each `(model_name, options)` once and measures its FLOPs and memory.
 
     Args:
         combos: The model configurations (every combination of each model's options).
         num_classes: Output classes.
-        precision_of: The dtype policy a family trains under (for the memory estimate).
+        precision_of: The dtype policy an architecture trains under (for the memory estimate).
         channels: Input channels.
         log: Called with a line per model configuration, or None.
     """
@@ -185,7 +187,7 @@ def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: in
         size = reference_size(int(spec.input_divisor({**spec.defaults, **options})))
         model = models.build(model_name, num_classes, (*size, channels), **options)
         pixels = size[0] * size[1]
-        precision = precision_of(spec.family)
+        precision = precision_of(model_name)
         estimate = budget.estimate_training_memory(model, 1, precision=precision,
                                                    family=spec.family)
         inference = getattr(model, "inference_model", None) or model
@@ -232,7 +234,7 @@ class CostModel:
     """Seconds per epoch of any configuration, corrected by what trials measure.
 
     Attributes:
-        gflops: The GFLOP/s a plain U-Net reaches in training on this machine.
+        gflops: The GFLOP/s a plain U-Net reaches in training on this machine, in float32.
         fixed_seconds: A trial's cost besides its epochs.
         efficiency: Relative efficiency by `config_key` (`EFFICIENCY` by default).
         observed: Measured over uncorrected predicted epoch time, by `config_key`, one
@@ -256,7 +258,8 @@ class CostModel:
         pixels = input_size[0] * input_size[1]
         flops = pixels * (train_images * TRAIN_FLOPS_PER_FORWARD * cost.train_flops_per_pixel
                           + val_units * cost.infer_flops_per_pixel)
-        rate = self.gflops * self.efficiency.get(cost.key, DEFAULT_EFFICIENCY)
+        rate = (self.gflops * self.efficiency.get(cost.key, DEFAULT_EFFICIENCY)
+                * devices.training_speedup(cost.model_name, cost.precision))
         seconds = flops / 1e9 / rate
         return seconds * self.correction(cost.key) if corrected else seconds
 

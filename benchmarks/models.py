@@ -105,6 +105,9 @@ MATMUL_SIZE = 2048
 EXTRA_ROWS = [
     ("unet/resnet50", "unet", {"backbone": "resnet50"}),
     ("deeplabv3plus/vgg16", "deeplabv3plus", {"backbone": "vgg16"}),
+    # The plan's recipe on CPU is a 32-filter U-Net; the bfloat16 speed-up shrinks with width.
+    ("unet/f32", "unet", {"filters": 32}),
+    ("unet/f16", "unet", {"filters": 16}),
 ]
 #: `--ablations`: whole-model variants that remove one suspected cost.
 ABLATION_ROWS = [

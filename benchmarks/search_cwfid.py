@@ -7,6 +7,8 @@ threads):
   recipe (`autoseg.plan`) trained for the whole budget, nothing else.
 - `planned` (#11 arm B): `autoseg search` as a user runs it: default space, default tuner,
   `--budget`: the plan, the recipe as trial 0, its variants, the best continued.
+- `<arm>@<precision>` (e.g. `planned@float32`): that arm with `--precision <precision>`
+  instead of the default `auto`.
 
 - `hyperband`: `autoseg.search(tuner="hyperband")` over `SPACE` with `--budget`.
 - `random`: `autoseg.search(tuner="random")` over the same space. Run after `hyperband`
@@ -92,7 +94,7 @@ def main() -> int:
     if args.arm:
         return run_arm(args.arm, out, args.budget, args.threads)
     arms = [a for a in args.arms.split(",") if a]
-    unknown = sorted(set(arms) - set(ARMS))
+    unknown = sorted({a for a in arms if a.partition("@")[0] not in ARMS})
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; valid arms: {', '.join(ARMS)}")
     if not args.report:
@@ -104,7 +106,8 @@ def main() -> int:
         if args.parallel:
             launch_parallel(todo, out, args.budget)
         else:
-            for arm in sorted(todo, key=ARMS.index):  # random after hyperband: equal epochs
+            for arm in sorted(todo, key=lambda a: ARMS.index(a.partition("@")[0])):  # random
+                # after hyperband: equal epochs
                 subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
                                 "--budget", args.budget], check=True)
     print(report(out, arms))
@@ -162,8 +165,10 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
 def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     import autoseg
 
-    kwargs = dict(space=SPACE, out=out / arm, tuner=arm, seed=SEED, overwrite=True,
-                  val_fraction=VAL_FRACTION)
+    arm, _, precision = arm.partition("@")  # e.g. planned@float32: --precision float32
+    kwargs = dict(space=SPACE, out=out / (arm + (f"@{precision}" if precision else "")),
+                  tuner=arm, seed=SEED, overwrite=True, val_fraction=VAL_FRACTION,
+                  precision=precision or "auto")
     if arm in ("recipe", "planned"):  # issue #11: what a user gets, and its recipe alone
         kwargs.update(space=None, tuner="hyperband", recipe_only=arm == "recipe")
     hyperband = out / "hyperband.json"

@@ -41,7 +41,8 @@ TWO_CPU_SEARCH = TWO_CPUS + textwrap.dedent("""
 
     dataset, rundir = sys.argv[1], sys.argv[2]
     result = search(dataset, space="ci", out=rundir, tuner="random", max_trials=1,
-                    max_epochs=1, strategy="mirrored", log=lambda line: None)
+                    max_epochs=1, strategy="mirrored", precision="float32",
+                    log=lambda line: None)
     (row,) = result.rows
     trial_dir = f"{rundir}/trials/trial_{row['trial_id']}"
     with open(f"{trial_dir}/autoseg.json") as f:
