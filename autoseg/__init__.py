@@ -1,7 +1,22 @@
 """autoseg: AutoML for semantic segmentation with Keras 3 and KerasTuner.
 
-The public Python API. Attributes are imported lazily so that `import autoseg` (and the
-CLI's `--help`) stays free of TensorFlow and Keras.
+The public Python API: one function per CLI command, whose keyword arguments are the
+command's options (dashes as underscores, same defaults).
+
+```python
+import autoseg
+
+dataset = autoseg.prepare("raw/weeds", "data/weeds")
+result = autoseg.search("data/weeds", space="quick", time_budget="30m")
+print(autoseg.leaderboard(result.rundir, top=5))
+exported = autoseg.export("best", run=result.rundir, format="keras,tflite")
+autoseg.predict(exported.out, "field/", out="masks", format="tflite")
+autoseg.evaluate(exported.out, "data/weeds", split="val").scores["mean_iou"]
+model = autoseg.load(exported.out)      # model.predict(image) -> class map
+```
+
+Attributes are imported lazily so that `import autoseg` (and the CLI's `--help`) stays free
+of TensorFlow and Keras.
 """
 
 import importlib
@@ -25,11 +40,19 @@ _LAZY = {
     "resolve_dataset": "autoseg.data.dataset",
     "build_model": ("autoseg.models", "build"),
     "load": "autoseg.predict",
-    # The module itself, which is callable: `autoseg.search(...)` runs `search.search(...)`.
-    # A plain function could not keep the name: importing the submodule `autoseg.search`
-    # (as the CLI and tests do) rebinds the package attribute to the module.
+    # The modules themselves, which are callable: `autoseg.search(...)` runs
+    # `autoseg.search.search(...)`, and so on (see `autoseg.callable_module`).
     "search": ("autoseg.search", None),
+    "leaderboard": ("autoseg.leaderboard", None),
+    "export": ("autoseg.export", None),
+    "predict": ("autoseg.predict", None),
+    "evaluate": ("autoseg.evaluate", None),
 }
+
+__all__ = [
+    "prepare", "search", "leaderboard", "export", "predict", "evaluate", "load",
+    "load_dataset", "resolve_dataset", "build_model",
+]
 
 
 def __getattr__(name):
@@ -45,4 +68,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(set(globals()) | set(_LAZY))

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from autoseg import atomic
+from autoseg.callable_module import make_callable
 from autoseg.errors import ConfigError
 
 SPLITS = ("val", "test", "all")
@@ -232,7 +233,7 @@ def evaluate(
 
     Example:
     ```python
-    result = evaluate("exports/weeds-0007", "data/weeds", split="val")
+    result = autoseg.evaluate("exports/weeds-0007", "data/weeds", split="val")
     result.scores["mean_iou"]
     ```
     """
@@ -364,3 +365,7 @@ def format_report(result: Evaluation) -> str:
         f"mean IoU {s['mean_iou']:.4f}  dice {s['dice']:.4f}  pixel accuracy {s['pixel_accuracy']:.4f}"
     )
     return "\n".join(lines)
+
+
+# `autoseg.evaluate(...)` runs `evaluate(...)` although `autoseg.evaluate` is this module.
+make_callable(__name__, "evaluate")

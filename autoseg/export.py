@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autoseg import atomic
+from autoseg.callable_module import make_callable
 from autoseg.errors import AutosegError, ConfigError, DatasetError, RunError
 from autoseg.model_dir import FORMAT_FILES, FORMATS, METADATA_FILE, METADATA_VERSION
 
@@ -679,6 +680,7 @@ def export(
     runs_dir: str | os.PathLike = "runs",
     log: Callable[[str], None] = print,
     tta: str = "auto",
+    format: str | Sequence[str] | None = None,
 ) -> ExportResult:
     """Exports a trial of a search as a model folder (see the module docstring).
 
@@ -700,19 +702,22 @@ def export(
         tta: Flip test-time augmentation: "none", "h", "hv" (`autoseg.tta.FLIPS`) or "auto"
             (the best on the run's validation photos; "none" without them). Defaults to
             "auto", as `autoseg export` does.
+        format: The CLI's name for `formats` (`--format`); give one of the two. Defaults
+            to None.
 
     Returns:
         An `ExportResult`.
 
     Raises:
         ConfigError: no such run, no COMPLETED trial, an unknown trial id, an unknown format,
-            onnx without the `export` extra, or `out` exists without `overwrite`.
+            onnx without the `export` extra, `out` exists without `overwrite`, or both
+            `format` and `formats` are given.
         RunError: a named format failed to convert, or a format's class maps differ from
             model.keras's on more than `MAX_DIFFERING_FRACTION` of the sample pixels.
 
     Example:
     ```python
-    result = autoseg.export.export("best", run="runs/weeds", formats="keras,tflite")
+    result = autoseg.export("best", run="runs/weeds", format="keras,tflite")
     model = autoseg.load(result.out, format="tflite")
     ```
     """
@@ -721,6 +726,13 @@ def export(
     from autoseg.search import load_run
     from autoseg.tta import check_choice, flip_tta_model
 
+    if format is not None:
+        if formats is not None:
+            raise ConfigError(
+                "Give the formats once, as format= (the CLI's --format) or formats=. "
+                f"Received: format={format!r}, formats={formats!r}."
+            )
+        formats = format
     rundir = find_run(run, runs_dir)
     run_config = load_run(rundir)
     objective = run_config.get("objective", "val_mean_iou")
@@ -824,3 +836,7 @@ def export(
             f"({source})")
     return ExportResult(out=Path(out), trial_id=trial_id, formats=metadata["formats"],
                         metadata=metadata, notes=notes)
+
+
+# `autoseg.export(...)` runs `export(...)` although `autoseg.export` is this module.
+make_callable(__name__, "export")

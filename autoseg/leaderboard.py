@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from autoseg import atomic
+from autoseg.callable_module import make_callable
 from autoseg.errors import ConfigError, RunError
 
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -695,3 +697,87 @@ def _text(value: Any) -> str:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
+@dataclasses.dataclass
+class Leaderboard:
+    """A search's leaderboard as `leaderboard()` reads it; `str()` gives the CLI's table.
+
+    Attributes:
+        path: The CSV read.
+        rows: Its rows in the CSV's order (ranked trials by rank, then the others by trial
+            id), only the first `top` when `top` was given; values are strings.
+        objective: The column that ranks trials.
+        direction: "max" or "min".
+        best: The best COMPLETED or STOPPED row of the whole CSV, or None.
+        counts: How many trials have each status, over the whole CSV.
+        plot: The PNG written, or None.
+    """
+
+    path: Path
+    rows: list[dict[str, str]]
+    objective: str
+    direction: str
+    best: dict[str, str] | None
+    counts: dict[str, int]
+    plot: Path | None = None
+
+    def __str__(self) -> str:
+        return format_table(self.rows)
+
+
+def leaderboard(
+    rundir: str | os.PathLike | None = None,
+    *,
+    top: int | None = None,
+    plot: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = "runs",
+) -> Leaderboard:
+    """Reads a search's leaderboard, as `autoseg leaderboard` shows it.
+
+    Args:
+        rundir: A run folder or its leaderboard CSV. Defaults to None: the run under
+            `runs_dir` whose leaderboard was written last.
+        top: Keep only the `top` best rows. Defaults to None (all).
+        plot: Also plot the objective against the parameter count into this PNG, Pareto
+            front marked (needs matplotlib). Defaults to None.
+        runs_dir: Where runs live. Defaults to "runs".
+
+    Returns:
+        A `Leaderboard`.
+
+    Raises:
+        ConfigError: no such run or leaderboard, a leaderboard without trials yet, or
+            `top` below 1.
+
+    Example:
+    ```python
+    board = autoseg.leaderboard("runs/weeds", top=5)
+    print(board)                      # the table
+    board.best["trial_id"], board.best[board.objective]
+    ```
+    """
+    if top is not None and top < 1:
+        raise ConfigError(f"top must be a positive whole number. Received: top={top!r}.")
+    path = find_leaderboard(rundir, runs_dir)
+    rows = read_leaderboard(path)
+    if not rows:
+        raise ConfigError(
+            f"{path} lists no trials yet. {_SEARCH_FIRST}, or wait for the running search to "
+            "finish its first trial."
+        )
+    objective = objective_column(rows)
+    direction = infer_direction(rows, objective)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.get("status") or "?"] = counts.get(row.get("status") or "?", 0) + 1
+    written = plot_leaderboard(rows, plot, objective, direction) if plot is not None else None
+    return Leaderboard(
+        path=path, rows=rows[:top] if top else rows, objective=objective, direction=direction,
+        best=best_row(rows, objective, direction), counts=counts, plot=written,
+    )
+
+
+# `autoseg.leaderboard(...)` runs `leaderboard(...)` although `autoseg.leaderboard` is this
+# module.
+make_callable(__name__, "leaderboard")

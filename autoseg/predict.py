@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from autoseg import atomic
+from autoseg.callable_module import make_callable
 from autoseg.data import intensity, pipeline
 from autoseg.data.dataset import IMAGE_EXTENSIONS
 from autoseg.errors import AutosegError, ConfigError, DatasetError
@@ -742,3 +743,59 @@ def predict_files(
             f"{out / path.stem}_*.png in {time.perf_counter() - start:.2f}s"
         )
     return report
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    format: str = "keras",
+    tile_overlap: int = 0,
+    overlay: bool = True,
+    log: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
+) -> PredictReport:
+    """Segments image files and folders with an exported model, as `autoseg predict` does.
+
+    `load` then `predict_files`: for each image, at its original size, `<stem>_mask.png`,
+    `<stem>_color.png` and (unless `overlay` is False) `<stem>_overlay.png` in `out`.
+    Unreadable images are skipped and listed in the report's `failed`; the CLI then exits
+    with 1, this function returns normally.
+
+    Args:
+        model_dir: A folder written by `autoseg export`.
+        inputs: An image file or folder, or several.
+        out: The output folder (created if needed).
+        format: The model file to run: keras, saved_model, tflite or onnx. Defaults to
+            "keras".
+        tile_overlap: Pixels shared by neighbouring tiles for a crop-policy model. Defaults
+            to 0, the tiling validation scored.
+        overlay: Also write `<stem>_overlay.png` (the CLI's `--no-overlay` sets it to False).
+            Defaults to True.
+        log: Where the progress line of each image goes. Defaults to print.
+        warn: Where problems with single inputs go. Defaults to stderr.
+
+    Returns:
+        A `PredictReport`.
+
+    Raises:
+        ConfigError: a missing input, no image to predict, two inputs with the same stem,
+            `out` is a file, or a bad model folder or format (see `load`).
+
+    Example:
+    ```python
+    report = autoseg.predict("exports/weeds-0007", "field/", out="masks", format="tflite")
+    [outputs for _, outputs in report.written]
+    ```
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    collect_inputs(inputs)  # a bad input is reported before the model loads
+    model = load(model_dir, format=format, tile_overlap=tile_overlap)
+    return predict_files(model, inputs, out, with_overlay=overlay, log=log, warn=warn)
+
+
+# `autoseg.predict(...)` runs `predict(...)` although `autoseg.predict` is this module.
+make_callable(__name__, "predict")

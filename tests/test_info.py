@@ -99,3 +99,42 @@ def test_info_on_a_raw_folder_says_to_prepare_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and "dataset.yaml is missing" in err and "autoseg prepare" in err
     assert "Traceback" not in err
+
+
+def test_info_shows_colour_names_and_renaming_in_dataset_yaml_works(tmp_path, capsys):
+    from autoseg.data.pipeline import class_pixel_fraction
+
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    (tmp_path / "raw" / "masks").mkdir()
+    mask = np.zeros((4, 6, 3), np.uint8)
+    mask[:, 4:] = (0, 255, 0)  # 8 px
+    mask[3, :3] = (255, 0, 0)  # 3 px
+    Image.new("RGB", (6, 4)).save(tmp_path / "raw" / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "raw" / "masks" / "a.png")
+    ds = tmp_path / "ds"
+    dataset = prepare(tmp_path / "raw", ds)
+    assert dataset.classes == ["background", "green", "red"]
+    before = class_pixel_fraction(dataset)
+    np.testing.assert_allclose(before, [13 / 24, 8 / 24, 3 / 24], atol=1e-6)
+    capsys.readouterr()
+
+    assert main(["info", str(ds)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert list(rows) == ["background", "green", "red"]
+    assert f"Rename classes: edit the `classes:` list in {ds / 'dataset.yaml'}" in out
+    assert "--labels FILE" in out and "Note:" not in out
+
+    meta = yaml.safe_load((ds / "dataset.yaml").read_text())
+    meta["classes"] = ["soil", "crop", "weed"]
+    (ds / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    renamed = load_dataset(ds)
+    assert renamed.classes == ["soil", "crop", "weed"]
+    np.testing.assert_allclose(class_pixel_fraction(renamed), before, atol=1e-6)  # by index
+    assert main(["info", str(ds)]) == 0
+    out = capsys.readouterr().out
+    assert "counts classes background, green, red, not the classes listed" in out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert list(rows) == ["soil", "crop", "weed"]
+    assert [float(rows[n][-2]) for n in rows] == pytest.approx([54.17, 33.33, 12.5], abs=0.01)
+    assert [int(rows[n][-1]) for n in rows] == [1, 1, 1]

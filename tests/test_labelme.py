@@ -286,3 +286,119 @@ def test_primitives_every_shape_type_is_drawn(labelme_examples_dir, tmp_path):
     _, area = box("polygon")  # shoelace area 10,996; the outline adds under its length, 434
     assert 10996 <= area <= 10996 + 434
     assert load_dataset(dataset.root).fingerprint["class_image_count"]["point"] == 1
+
+
+# --- subfolders ------------------------------------------------------------------------------
+
+def test_subfolders_are_read_recursively_with_folder_prefixed_stems(tmp_path, capsys):
+    """Two field days share the stem img_001: each keeps its own image, shapes and stem."""
+    from autoseg.data.dataset import detect_format
+
+    src = tmp_path / "src"
+    write_labelme(src / "day1", "img_001", [shape("a", [[0, 0], [9, 9]], "rectangle")], size=(40, 30))
+    write_labelme(src / "day2", "img_001", [shape("b", [[2, 2], [5, 5]], "rectangle")], size=(24, 16))
+    write_labelme(src / "day2" / "am", "img_002", [shape("a", [[0, 0], [1, 1]], "rectangle")],
+                  size=(8, 6), embed=True)
+    write_labelme(src, "top", [shape("b", [[0, 0], [3, 3]], "rectangle")], size=(10, 10))
+    (src / ".trash").mkdir()
+    (src / ".trash" / "broken.json").write_text("{not json")  # hidden: never read
+    (src / "day1" / ".draft.json").write_text("{not json")
+    assert [labelme.relative_name(p, src) for p in labelme.find_labelme_files(src)] == [
+        "day1/img_001.json", "day2/am/img_002.json", "day2/img_001.json", "top.json"]
+    assert detect_format(src) == "labelme"
+
+    dataset = prepare(src, tmp_path / "out")
+    assert dataset.stems == ["day1__img_001", "day2__am__img_002", "day2__img_001", "top"]
+    assert dataset.classes == ["background", "a", "b"]
+    day1 = np.asarray(Image.open(dataset.mask_path("day1__img_001")))
+    day2 = np.asarray(Image.open(dataset.mask_path("day2__img_001")))
+    assert day1.shape == (30, 40) and day2.shape == (16, 24)  # each from its own folder's image
+    assert (day1 == 1).sum() == 100 and set(np.unique(day1)) == {0, 1}
+    assert (day2 == 2).sum() == 16 and set(np.unique(day2)) == {0, 2}
+    assert dataset.image_path("day1__img_001").read_bytes() == (src / "day1" / "img_001.png").read_bytes()
+    assert Image.open(dataset.image_path("day2__am__img_002")).size == (8, 6)  # imageData
+    assert prepare(src, tmp_path / "again").stems == dataset.stems
+
+
+def test_a_file_alone_in_a_subfolder_is_prefixed_too(tmp_path):
+    """No clash: the prefix is always there, so a stem never changes when files are added."""
+    src = tmp_path / "src"
+    write_labelme(src, "b", [shape("x", [[0, 0], [3, 3]], "rectangle")])
+    write_labelme(src / "day1", "a", [shape("x", [[0, 0], [3, 3]], "rectangle")])
+    assert prepare(src, tmp_path / "out").stems == ["b", "day1__a"]
+    assert labelme.output_stem(src / "day1" / "a.json", src) == "day1__a"
+
+
+def test_image_path_resolves_from_the_json_folder(tmp_path):
+    src = tmp_path / "src"
+    (src / "photos").mkdir(parents=True)
+    Image.new("RGB", (12, 8), (1, 2, 3)).save(src / "photos" / "p.png")
+    write_labelme(src / "day1", "x", [shape("a", [[0, 0], [2, 2]], "rectangle")], size=(12, 8),
+                  image_path="../photos/p.png", write_image=False)
+    write_labelme(src / "day2", "y", [shape("a", [[0, 0], [2, 2]], "rectangle")], size=(12, 8),
+                  image_path="p.png", write_image=False)
+    with pytest.raises(DatasetError, match=r"^day2/y.json has no `imageData` and its imagePath "
+                       r"'p.png' does not exist \(.*day2/p.png\)"):
+        prepare(src, tmp_path / "out")
+    Image.new("RGB", (12, 8), (7, 8, 9)).save(src / "day2" / "p.png")
+    dataset = prepare(src, tmp_path / "out")
+    assert dataset.image_path("day1__x").read_bytes() == (src / "photos" / "p.png").read_bytes()
+    assert dataset.image_path("day2__y").read_bytes() == (src / "day2" / "p.png").read_bytes()
+
+
+def test_stems_that_would_clash_are_refused_naming_both_files(tmp_path):
+    src = tmp_path / "src"
+    write_labelme(src, "day1__x", [shape("a", [[0, 0], [3, 3]], "rectangle")])
+    write_labelme(src / "day1", "x", [shape("a", [[0, 0], [3, 3]], "rectangle")])
+    with pytest.raises(DatasetError) as info:
+        prepare(src, tmp_path / "out")
+    assert str(info.value) == (
+        "day1/x.json and day1__x.json would both be written as 'day1__x' (files in subfolders "
+        "are named <folder>__<stem>). Rename one of them."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_orphans_are_looked_for_in_every_json_folder(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_labelme(src / "day1", "x", [shape("a", [[0, 0], [3, 3]], "rectangle")])
+    (src / "exports").mkdir()
+    Image.new("RGB", (4, 4)).save(src / "exports" / "x.png")  # no JSON here: not the annotator's
+    Image.new("RGB", (4, 4)).save(src / "day1" / "lonely.png")
+    with pytest.raises(DatasetError, match=r"^1 image\(s\) in .* have no Labelme JSON: day1/lonely.png\. "):
+        prepare(src, tmp_path / "out")
+    assert prepare(src, tmp_path / "out", skip_orphans=True).stems == ["day1__x"]
+    assert "no JSON file annotates: day1/lonely.png." in capsys.readouterr().err
+
+
+def test_auto_format_prefers_a_mask_folder_over_labelme_files_in_subfolders(tmp_path):
+    from autoseg.data.dataset import detect_format
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    Image.new("RGB", (4, 4)).save(src / "images" / "a.png")
+    Image.new("RGB", (4, 4)).save(src / "masks" / "a.png")
+    write_labelme(src / "originals", "a", [shape("a", [[0, 0], [3, 3]], "rectangle")])
+    assert detect_format(src) == "color"
+    write_labelme(src, "top", [shape("a", [[0, 0], [3, 3]], "rectangle")])
+    assert detect_format(src) == "labelme"  # a Labelme file in SRC itself still wins, as before
+
+
+def test_real_labelme_files_in_two_day_folders_match_labelme2voc(labelme_examples_dir, tmp_path):
+    import shutil
+
+    root = labelme_examples_dir / "video_annotation"
+    src = tmp_path / "src"
+    for day, frame in (("day1", "00000100"), ("day2", "00000101")):
+        (src / day).mkdir(parents=True)
+        # The same JSON stem in both days; imagePath still names the frame's JPEG beside it.
+        shutil.copy(root / "data_annotated" / f"{frame}.json", src / day / "img_001.json")
+        shutil.copy(root / "data_annotated" / f"{frame}.jpg", src / day / f"{frame}.jpg")
+    dataset = prepare(src, tmp_path / "out", labels=root / "labels.txt")
+    assert dataset.stems == ["day1__img_001", "day2__img_001"]
+    for day, frame in (("day1", "00000100"), ("day2", "00000101")):
+        reference = root / "reference_masks" / f"{frame}.png"
+        assert agreement(dataset.mask_path(f"{day}__img_001"), reference) >= 0.999
+        source = root / "data_annotated" / f"{frame}.jpg"
+        assert dataset.image_path(f"{day}__img_001").read_bytes() == source.read_bytes()

@@ -107,7 +107,7 @@ def test_discovered_palette_is_black_first_then_sorted(tmp_path):
     write_pair(tmp_path, "b", colour_mask([[1, 3], [0, 0]], (BLACK, (9, 9, 9), RED, (0, 0, 200))))
     palette = masks.discover_palette(masks.find_pairs(tmp_path))
     assert palette.colors == [BLACK, (0, 0, 200), (9, 9, 9), RED]
-    assert palette.classes == ["background", "class_1", "class_2", "class_3"]
+    assert palette.classes == ["background", "blue", "black", "red"]  # named by colour
     with pytest.raises(DatasetError, match=r"The masks hold 4 colours .* but 3 class names were given"):
         masks.discover_palette(masks.find_pairs(tmp_path), ["a", "b", "c"])
 
@@ -124,7 +124,7 @@ def test_colour_folder_prepares_with_discovered_and_given_palette(tmp_path):
     write_pair(src, "a", colour_mask([[0, 1, 2], [2, 2, 0]]))
     write_pair(src, "b", colour_mask([[0, 0, 0], [0, 0, 2]]))
     discovered = prepare(src, tmp_path / "d")
-    assert discovered.classes == ["background", "class_1", "class_2"]
+    assert discovered.classes == ["background", "green", "red"]
     assert np.asarray(Image.open(discovered.mask_path("a"))).tolist() == [[0, 1, 2], [2, 2, 0]]
     (tmp_path / "labels.txt").write_text("soil\ncrop\nweed\n")
     named = prepare(src, tmp_path / "n", labels=tmp_path / "labels.txt")
@@ -356,6 +356,6 @@ def test_cwfid_with_given_palette(cwfid_dir, tmp_path, capsys):
 
 def test_cwfid_with_discovered_palette(cwfid_dir, tmp_path):
     dataset = prepare(cwfid_dir, tmp_path / "out")
-    assert dataset.classes == ["background", "class_1", "class_2"]
+    assert dataset.classes == ["background", "green", "red"]
     assert dataset.palette == [BLACK, GREEN, RED]
     assert_cwfid(dataset, dataset.classes)

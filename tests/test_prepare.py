@@ -253,12 +253,12 @@ def test_prepare_writes_the_canonical_layout(tmp_path, capsys):
     src = colour_source(tmp_path / "src", image_ext=".JPG")
     assert main(["prepare", str(src), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "Prepared" in out and "2 images, 3 classes" in out and "class_1" in out
+    assert "Prepared" in out and "2 images, 3 classes" in out and " green " in out
     root = tmp_path / "out"
     assert sorted(p.name for p in (root / "images").iterdir()) == ["a.jpg", "b.jpg"]
     assert (root / "images" / "a.jpg").read_bytes() == (src / "images" / "a.JPG").read_bytes()
     meta = yaml.safe_load((root / "dataset.yaml").read_text())
-    assert meta["classes"] == ["background", "class_1", "class_2"]
+    assert meta["classes"] == ["background", "green", "red"]
     assert meta["ignore_index"] == 255
     assert set(meta["fingerprint"]) == {"num_images", "image_size", "channels", "pixel_dtype",
                                         "value_range", "value_percentiles", "class_pixel_fraction",
@@ -294,7 +294,7 @@ def test_resolve_dataset_prepares_once_and_reuses_the_cache(tmp_path, monkeypatc
     os.utime(src / "masks" / "a.png", ns=(1, 1))
     changed = resolve_dataset(src)
     assert changed.root != first.root and changed.root.parent == first.root.parent
-    assert changed.classes == ["background", "class_1", "class_2"]
+    assert changed.classes == ["background", "green", "red"]
 
 
 def test_resolve_dataset_uses_the_given_cache_root(tmp_path):

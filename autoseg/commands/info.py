@@ -30,11 +30,34 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.dataset)
     fingerprint = dataset.fingerprint
-    if args.recompute or not fingerprint:
+    stale = _stale_class_names(dataset, fingerprint)
+    if stale:
+        print(
+            f"Note: the fingerprint in {dataset.root / 'dataset.yaml'} counts classes "
+            f"{', '.join(stale)}, not the classes listed (renamed?): recounted from the masks."
+        )
+    if args.recompute or not fingerprint or stale:
         fingerprint = compute_fingerprint(dataset)
     print(f"Dataset {dataset.root}")
     print(format_fingerprint(dataset, fingerprint))
     return 0
+
+
+def _stale_class_names(dataset, fingerprint: dict[str, Any] | None) -> list[str]:
+    """The fingerprint's class names when they are not the dataset's (classes renamed)."""
+    counted = (fingerprint or {}).get("class_pixel_fraction")
+    if isinstance(counted, dict) and list(counted) != list(dataset.classes):
+        return [str(name) for name in counted]
+    return []
+
+
+def rename_hint(dataset) -> str:
+    """How to rename the classes of `dataset`: what `load_dataset` reads, or `prepare` again."""
+    return (
+        f"Rename classes: edit the `classes:` list in {dataset.root / 'dataset.yaml'} (one "
+        "name per mask value, in the order above), or prepare the source again with "
+        "--labels FILE (one name a line) or, for colour masks, --palette FILE."
+    )
 
 
 def _size(value: Any) -> str:
@@ -64,7 +87,7 @@ def _depth(fingerprint: dict[str, Any]) -> str:
 
 
 def format_fingerprint(dataset, fingerprint: dict[str, Any]) -> str:
-    """Renders a fingerprint as lines of text: a summary, then one row per class.
+    """Renders a fingerprint as lines of text: a summary, one row per class, how to rename.
 
     Args:
         dataset: The `Dataset` (for class order, palette, ignore index, channels and
@@ -102,4 +125,5 @@ def format_fingerprint(dataset, fingerprint: dict[str, Any]) -> str:
         lines.append(
             f"{i:>5}  {name:<{width}}  {colour:<15}  {percent:>8}  {image_counts.get(name, '?'):>6}"
         )
+    lines += ["", rename_hint(dataset)]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ FORMATS = ("auto", "labelme", "color", "index", "binary")
 CHANNELS = (1, 3)
 # Bump when `prepare` would write a different dataset from the same source: it renames
 # every `resolve_dataset` cache entry.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -230,7 +230,10 @@ def detect_format(src: str | Path) -> str:
     """Tells which raw format a source folder holds.
 
     Any `*.json` directly in `src` with a `shapes` key makes it "labelme"; else `images/` +
-    `masks/` make it "color" or "index" by the masks' mode (see `autoseg.data.masks`).
+    `masks/` make it "color" or "index" by the masks' mode (see `autoseg.data.masks`); else
+    such a `*.json` in a subfolder (not hidden) makes it "labelme" (one folder per field day,
+    say). Subfolders come after `images/` + `masks/` so that a mask source keeping its
+    Labelme originals in a subfolder stays a mask source.
 
     Raises:
         DatasetError: none of these, or only invalid JSON files (the first one's problem).
@@ -239,11 +242,14 @@ def detect_format(src: str | Path) -> str:
 
     src = Path(src)
     jsons = labelme.find_labelme_files(src)
-    if any(labelme.is_labelme_file(p) for p in jsons):
+    top = [p for p in jsons if p.parent == src]
+    if any(labelme.is_labelme_file(p) for p in top):
         return "labelme"
     if (src / "images").is_dir() and (src / "masks").is_dir():
         return masks.detect_kind(src)
-    for p in jsons:
+    if any(labelme.is_labelme_file(p) for p in jsons if p.parent != src):
+        return "labelme"
+    for p in top:
         labelme.read_labelme_file(p, p.name)  # raises with the reason it is not Labelme
     nested = sorted(
         p.name for p in src.iterdir()

@@ -14,12 +14,22 @@ Labelme's own `shape_to_mask` draws them, with its default widths (`line_width=1
 
 Any other shape type is refused with an error naming the file and shape.
 
-The image comes from base64 `imageData` when present (some files' `imagePath` points at the
-JSON itself), else from `imagePath`, relative to the JSON. An `imagePath` that resolves
-outside the source folder is refused. Images read from `imagePath` are rotated per EXIF,
-as Labelme shows them to the annotator.
+The JSON files are found in the source folder and, recursively, in its subfolders (one per
+field day, say); hidden files and folders (names starting with '.') are skipped. A file
+directly in the source folder keeps its stem (`img_001.json` -> `img_001`); a file in a
+subfolder takes its folder path as a prefix, parts joined by `__` (`day1/img_001.json` ->
+`day1__img_001`, `day1/am/img_001.json` -> `day1__am__img_001`), always, not only when two
+stems clash, so a file's stem does not change when another file is added. Two files that
+would still share a stem (`day1__img_001.json` beside `day1/img_001.json`) are refused.
 
-Classes, as labelme2voc reads `labels.txt` (one name a line, blank lines skipped):
+The image comes from base64 `imageData` when present (some files' `imagePath` points at the
+JSON itself), else from `imagePath`, relative to the JSON's own folder. An `imagePath` that
+resolves outside the source folder is refused. Images read from `imagePath` are rotated per
+EXIF, as Labelme shows them to the annotator. An image in a folder that holds JSON files
+is an orphan when no JSON file annotates it (same folder and stem, or its `imagePath`).
+
+Classes, as labelme2voc reads `labels.txt` (`--labels`, else `labels.txt` directly in the
+source folder; one name a line, blank lines skipped):
 `__ignore__` is no class (its shapes become 255, the ignore index), the other lines are
 classes 0, 1, 2, ... in file order; `_background_` (class 0 in labelme2voc) is named
 `background`. Without a labels file, class 0 is `background` and the labels found in the
@@ -35,6 +45,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -104,12 +115,53 @@ class LabelmeFile:
         return [shape["label"] for shape in self.shapes]
 
 
+STEM_SEPARATOR = "__"
+
+
 def find_labelme_files(src: Path) -> list[Path]:
-    """The `*.json` files directly in `src` (not in subfolders), sorted by name."""
-    return sorted(
-        p for p in src.iterdir()
-        if p.suffix.lower() == ".json" and p.is_file() and not p.name.startswith(".")
-    )
+    """The `*.json` files in `src` and its subfolders, hidden ones skipped.
+
+    Returns:
+        The files sorted by their path relative to `src`, compared folder by folder
+        (`day1/b.json`, `day1/pm/a.json`, `top.json`).
+    """
+    found = []
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(folder, f) for f in files
+            if f.lower().endswith(".json") and not f.startswith(".")
+        ]
+    return sorted(found, key=lambda p: p.relative_to(src).parts)
+
+
+def relative_name(path: Path, src: Path) -> str:
+    """How messages refer to a file under `src`: `x.json`, `day1/x.json`."""
+    return path.relative_to(src).as_posix()
+
+
+def output_stem(path: Path, src: Path) -> str:
+    """The dataset stem of a Labelme file: `img_001`, or `day1__img_001` in `src/day1/`."""
+    return STEM_SEPARATOR.join((*path.parent.relative_to(src).parts, path.stem))
+
+
+def output_stems(paths: list[Path], src: Path) -> list[str]:
+    """`output_stem` of each file.
+
+    Raises:
+        DatasetError: two files would write the same stem.
+    """
+    seen: dict[str, Path] = {}
+    for path in paths:
+        stem = output_stem(path, src)
+        if stem in seen:
+            raise DatasetError(
+                f"{relative_name(seen[stem], src)} and {relative_name(path, src)} would both "
+                f"be written as {stem!r} (files in subfolders are named "
+                f"<folder>{STEM_SEPARATOR}<stem>). Rename one of them."
+            )
+        seen[stem] = path
+    return list(seen)
 
 
 def load_json(path: Path, name: str) -> Any:
@@ -405,7 +457,8 @@ def convert_folder(
     """Converts the Labelme files in `src` into `out/images/` and `out/masks/`.
 
     Args:
-        src: The folder holding the `*.json` files.
+        src: The folder holding the `*.json` files, directly or in subfolders (see the
+            module docstring for the stems they are written as).
         out: A folder with empty `images/` and `masks/` subfolders.
         labels: A labels file. Defaults to `src/labels.txt` if present, else the labels
             found in the files.
@@ -421,7 +474,8 @@ def convert_folder(
     paths = find_labelme_files(src)
     if not paths:
         raise DatasetError(f"{src} holds no Labelme *.json file.")
-    files = [read_labelme_file(p, p.name) for p in paths]
+    stems = dict(zip(paths, output_stems(paths, src)))
+    files = [read_labelme_file(p, relative_name(p, src)) for p in paths]
     if labels is None and (src / "labels.txt").is_file():
         labels = src / "labels.txt"
     label_map = read_labels_file(labels) if labels is not None else gather_labels(files)
@@ -446,7 +500,7 @@ def convert_folder(
             )
         mask = rasterize(f.shapes, size, label_map.label_to_index, f.name)
         image_bytes, ext = imageio.canonical_image(data, image, suffix, oriented)
-        stem = f.path.stem
+        stem = stems[f.path]
         (out / "images" / f"{stem}{ext}").write_bytes(image_bytes)
         imageio.write_mask(out / "masks" / f"{stem}.png", mask)
     return label_map.classes, default_palette(len(label_map.classes))
@@ -473,8 +527,12 @@ def _skip_files_without_image(src: Path, files: list[LabelmeFile]) -> list[Label
 
 
 def _check_orphan_images(src: Path, files: list[LabelmeFile], skip_orphans: bool) -> None:
-    """Fails (or warns) on images in `src` that no JSON file annotates."""
-    stems = {f.path.stem for f in files}
+    """Fails (or warns) on images beside the JSON files that no JSON file annotates.
+
+    Only `src` and the folders holding JSON files are looked at: a folder of reference
+    masks or exports without JSON files is not the annotator's.
+    """
+    annotated = {(f.path.parent, f.path.stem) for f in files}
     referenced = set()
     for f in files:
         if f.image_path is not None:
@@ -482,10 +540,11 @@ def _check_orphan_images(src: Path, files: list[LabelmeFile], skip_orphans: bool
                 referenced.add(resolve_image_path(f, src))
             except DatasetError:
                 pass  # reported when (and if) the image is needed
+    folders = sorted({src, *(f.path.parent for f in files)})
     orphans = [
-        p.name for p in sorted(src.iterdir())
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        and p.stem not in stems and p.resolve() not in referenced
+        relative_name(p, src) for folder in folders for p in sorted(folder.iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        and (folder, p.stem) not in annotated and p.resolve() not in referenced
     ]
     if not orphans:
         return

@@ -20,8 +20,11 @@ Colour masks map each colour to a class. The palette is either
   or as a list `[{name: background, color: [0, 0, 0]}, ...]`, or as a dataset.yaml-style
   mapping with `classes` and `palette` lists; a colour not in it is an error; or
 - discovered: every distinct colour is a class, black (if present) is `background` at
-  index 0, the others follow sorted by (R, G, B) and are named `class_<i>`, or by the names
-  in `--labels` / `SRC/labels.txt` (one a line, in that index order).
+  index 0, the others follow sorted by (R, G, B) and are named after their colour (`green`,
+  `red`, `dark_blue`, ...: the nearest basic colour name, see `autoseg.data.color_names`;
+  `green_2` when two colours share a name), or by the names in `--labels` /
+  `SRC/labels.txt` (one a line, in that index order). Rename classes later in the prepared
+  dataset's `dataset.yaml` (`classes:`, in index order).
 
 Index masks are used as they are. Class names come from `--labels`, `--palette`,
 `SRC/dataset.yaml` or `SRC/labels.txt`, else `class_0` ... `class_<max>`. A value of
@@ -48,6 +51,7 @@ import yaml
 from PIL import Image
 
 from autoseg.data import imageio
+from autoseg.data.color_names import color_class_names
 from autoseg.data.dataset import IGNORE_INDEX, IMAGE_EXTENSIONS, default_palette, warn
 from autoseg.data.labelme import BACKGROUND_CLASS, IGNORE_LABEL, read_labels_file
 from autoseg.errors import ConfigError, DatasetError
@@ -309,8 +313,8 @@ def discover_palette(pairs: list[Pair], names: list[str] | None = None) -> Palet
 
     Args:
         pairs: The image/mask pairs (every mask is read).
-        names: Class names in index order. Defaults to `background` for black and
-            `class_<i>` for the others.
+        names: Class names in index order. Defaults to `background` for black and the
+            colour's name for the others (see `autoseg.data.color_names`).
 
     Raises:
         DatasetError: unreadable masks, more colours than 8-bit masks hold, or a `names`
@@ -333,9 +337,8 @@ def discover_palette(pairs: list[Pair], names: list[str] | None = None) -> Palet
     ordered = ([black] if black in found else []) + sorted(found - {black})
     colors = [unpack_color(c) for c in ordered]
     if names is None:
-        names = [
-            BACKGROUND_CLASS if c == (0, 0, 0) else f"class_{i}" for i, c in enumerate(colors)
-        ]
+        first = 1 if colors[:1] == [(0, 0, 0)] else 0  # black, if any, is first
+        names = [BACKGROUND_CLASS] * first + color_class_names(colors[first:])
     elif len(names) != len(colors):
         raise DatasetError(
             f"The masks hold {len(colors)} colours ({', '.join(map(str, colors[:12]))}"
