@@ -33,7 +33,7 @@ import gc
 import math
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import keras_tuner as kt
@@ -43,7 +43,7 @@ from autoseg import budget, devices, registry, speed
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset, resolve_dataset
 from autoseg.errors import ConfigError
-from autoseg.plan import RECIPE_BRACKET
+from autoseg.plan import RECIPE_BRACKET, recipe_takes_all
 from autoseg.search_space import (
     Range,
     SearchSpace,
@@ -275,9 +275,17 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         kwargs.pop("validation_data", None)
         initial_epoch = int(kwargs.get("initial_epoch", 0))
         time_budget = TimeBudget(self.data.deadline, epochs=epochs,
-                                 allotment_seconds=self._allotment(hp))
-        callbacks = list(kwargs.pop("callbacks", [])) + [
-            time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
+                                 allotment_seconds=self._allotment(hp),
+                                 reconsider=self._reconsider(hp))
+        if time_budget.reconsider is not None:
+            # Keras' loop must be able to run on if the recipe comes to take the whole budget:
+            # its share is `shares["recipe"]` of it. TimeBudget stops at its target.
+            epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
+        callbacks = list(kwargs.pop("callbacks", []))
+        for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
+            if hasattr(callback, "target") and callable(getattr(callback, "_target", None)):
+                callback.target = lambda: time_budget.target
+        callbacks += [time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
         start = time.time()
@@ -285,6 +293,14 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                                              verbose=verbose, **kwargs)
         self._record_fit(history, peak, time_budget, start)
         return history
+
+    def _reconsider(self, hp) -> Callable[[float], str | None] | None:
+        """For the recipe of a plan that explores after it: `plan.recipe_takes_all` at the
+        recipe's measured epoch time (see `TimeBudget`); else None."""
+        if (self.plan is None or self.plan.recipe_only or self.data.deadline is None
+                or hp.values.get("tuner/bracket") != RECIPE_BRACKET):
+            return None
+        return functools.partial(recipe_takes_all, self.plan)
 
     def _allotment(self, hp) -> float | None:
         """The training seconds the plan gives this trial: the recipe's share, else None."""
@@ -382,6 +398,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         record["epochs"] = len(losses_seen)
         record["stopped_by_budget"] = time_budget.stopped
         record["epoch_seconds"] = time_budget.epoch_seconds  # Hyperband's cost model reads it
+        if time_budget.plan_change:
+            record["plan_change"] = time_budget.plan_change  # the search's log shows it
         bad = [i for i, v in enumerate(losses_seen) if not math.isfinite(v)]
         if bad or not losses_seen:
             _fail(record, f"loss diverged (NaN/inf) at epoch {bad[0] + 1 if bad else 1}; "
@@ -456,17 +474,24 @@ class TimeBudget(keras.callbacks.Callback):
     With an allotment (the recipe's share of the budget), the epoch target is re-estimated
     from the measured epochs after the second one, and `CosineSchedule` decays over the new
     target: the recipe ends its schedule inside its share rather than being cut mid-way.
+    With `reconsider` (the recipe of a plan that explores afterwards), the first steady
+    epoch time goes to it; a reason back means exploring no longer fits, and the allotment
+    becomes the time to the deadline: one schedule to the end of the budget.
 
     Attributes:
         target: The epoch (absolute, exclusive) training ends at.
     """
 
     def __init__(self, deadline: float | None, epochs: int | None = None,
-                 allotment_seconds: float | None = None):
+                 allotment_seconds: float | None = None,
+                 reconsider: Callable[[float], str | None] | None = None):
         super().__init__()
         self.deadline = deadline
         self.target = epochs
         self.allotment = allotment_seconds
+        self.reconsider = reconsider
+        #: Why the allotment changed to the whole budget (`reconsider`'s reason), or None.
+        self.plan_change: str | None = None
         self.stopped = False
         self._epoch_start = None
         self._train_start = None
@@ -483,6 +508,7 @@ class TimeBudget(keras.callbacks.Callback):
             return
         now = time.time()
         self.epoch_seconds.append(round(now - self._epoch_start, 3))
+        self._reconsider()
         self._fit_allotment(epoch, now)
         if self.target is not None and epoch + 1 >= self.target:
             self.model.stop_training = True
@@ -498,6 +524,17 @@ class TimeBudget(keras.callbacks.Callback):
         one on CWFID; counting it stopped a 30-minute recipe 5 minutes early)."""
         steady = speed.steady_epochs(self.epoch_seconds)[-STEADY_EPOCHS:]
         return max(steady) if steady else 0.0
+
+    def _reconsider(self) -> None:
+        if self.reconsider is None or len(self.epoch_seconds) < 2 or self.deadline is None:
+            return  # the first epoch also traces: wait for a steady one
+        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
+        reason, self.reconsider = self.reconsider(steady), None  # once
+        if reason:
+            self.plan_change = reason
+            self.allotment = self.deadline - self._train_start
+            # The epochs that fit are counted afresh (`_fit_allotment` only lowers a target).
+            self.target = self.params.get("epochs", self.target) if self.params else self.target
 
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:

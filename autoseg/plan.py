@@ -33,6 +33,7 @@ on resume.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -497,11 +498,32 @@ def minimal_exploration_seconds(plan: Plan) -> tuple[float, int]:
     recipe takes the time; beyond it (long budgets, fast machines) exploring pays."""
     epochs = max(MIN_EPOCHS, math.ceil((plan.min_epochs or plan.recipe_epochs) / EXPLORE_FIDELITY))
     recipe = plan.epoch_seconds(plan.recipe)
-    variants = sorted(k["epoch_seconds"] for k in plan.kept) or [recipe]
+    # The kept configurations' times as planned, corrected by what trials measured since.
+    scale = plan.cost_model.correction()
+    variants = sorted(k["epoch_seconds"] * scale for k in plan.kept) or [recipe]
     typical = variants[len(variants) // 2]
     fixed = plan.cost_model.fixed_seconds
     seconds = (fixed + epochs * recipe) + MIN_VARIANTS * (fixed + epochs * typical)
     return seconds, epochs
+
+
+def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
+    """Re-checks the plan while its recipe trains: at the recipe's measured epoch time, the
+    reason exploring no longer fits its share, or None. With a reason, the recipe should
+    train to the end of the budget in one schedule: a second schedule on the same weights
+    (the finishing continuation) lost to one long one on CWFID (RESULTS.md, issue #11 arms
+    at 30 minutes: 0.578 against 0.673)."""
+    if plan.budget_seconds is None or plan.recipe_only:
+        return None
+    plan = Plan.from_dict(copy.deepcopy(plan.to_dict()))  # the search's own observes trials
+    plan.observe(plan.recipe, measured_epoch_seconds)
+    needed, epochs = minimal_exploration_seconds(plan)
+    share = plan.budget_seconds * plan.shares["explore"]
+    if needed <= share:
+        return None
+    return (f"the recipe measured {measured_epoch_seconds:.0f} s an epoch: exploring would "
+            f"need ~{_minutes(needed)} ({MIN_VARIANTS} variants and the recipe, {epochs} epochs "
+            f"each), more than its {_minutes(share)}; the recipe trains to the end of the budget")
 
 
 def _recipe_only_unless_exploration_fits(plan: Plan) -> None:

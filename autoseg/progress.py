@@ -8,7 +8,7 @@ and shows them: on a terminal one line updated in place (with the batch within t
 otherwise one plain line per epoch through the search's `log`:
 
 ```
-[trial 1] epoch 7/42  loss 0.213  val mIoU 0.612 (best 0.630)  81 s/epoch  trial ends in ~47 min  search in ~52 min
+[trial 0003]  epoch 7/42  loss 0.213  val mIoU 0.612 (best 0.630)  81 s/epoch  trial ends in ~47 min  search in ~52 min
 ```
 
 The trial's ETA is its epochs left (its target, which `TimeBudget` may lower) at the median
@@ -50,13 +50,17 @@ class EpochProgress(keras.callbacks.Callback):
         self._epoch_start = None
         self._last_batch = 0.0
         self._epoch = 0
+        #: The trial's epoch target as training sets it (`TimeBudget.target`), or None: the
+        #: `epochs` Keras was given.
+        self.target: Callable[[], int | None] | None = None
 
     def _write(self, event: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
 
     def _target(self) -> int | None:
-        epochs = (self.params or {}).get("epochs")
+        epochs = self.target() if self.target else None
+        epochs = epochs or (self.params or {}).get("epochs")
         return int(epochs) if epochs else None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -100,7 +104,7 @@ class Relay:
 
     Args:
         path: The trial's progress file.
-        label: What the line starts with, e.g. "[trial 3]".
+        label: What the line starts with, e.g. "[trial 0003]" (the trial's id).
         log: Where plain lines go (one per epoch) when `tty` is False.
         deadline: The search's deadline (time.time() seconds), or None.
         search_left: Seconds the search has left besides this trial when there is no

@@ -83,6 +83,8 @@ def format_duration(seconds: float) -> str:
 
 
 def default_rundir(dataset_path: str | Path) -> Path:
+    """`runs/<folder name>` of the dataset the user gave: a raw folder keeps its own name
+    (its prepared copy's name carries a hash of its contents, which an edit changes)."""
     return Path("runs") / Path(dataset_path).resolve().name
 
 
@@ -103,6 +105,7 @@ class SearchOptions:
     objective: str = "val_mean_iou"
     seed: int = 0
     overwrite: bool = False
+    continue_on_new_data: bool = False
     verbose: bool = False
     val_fraction: float = 0.2
     val_groups: str | None = None
@@ -135,6 +138,7 @@ def search(
     objective: str = "val_mean_iou",
     seed: int = 0,
     overwrite: bool = False,
+    continue_on_new_data: bool = False,
     verbose: bool = False,
     val_fraction: float = 0.2,
     log: Callable[[str], None] = print,
@@ -156,7 +160,8 @@ def search(
         dataset: A prepared dataset or any raw folder `autoseg prepare` understands.
         space: A search-space YAML, a bundled name (default, quick, ci) or a dict.
             Defaults to "default".
-        out: The run folder. Defaults to `runs/<dataset name>`.
+        out: The run folder. Defaults to `runs/<name of the dataset folder given>` (a raw
+            folder's own name, not that of the prepared copy in the cache).
         tuner: hyperband (default), bayesian, random or grid.
         max_trials: Trials at most. Defaults to 10 (Hyperband: its brackets decide).
         max_epochs: Epochs per trial at most; overrides the space's `max_epochs`.
@@ -166,14 +171,19 @@ def search(
             memory, else available RAM, times a safety factor. With several replicas it
             bounds each device: the batch size is then per replica.
         precision: "float32", "mixed" (float16 computation, float32 weights and head, loss
-            scaling) or "auto": mixed when a GPU is visible, float32 on CPU. Defaults to
-            "auto".
+            scaling), "bfloat16", or "auto": mixed when a GPU is visible; on a CPU with
+            native bfloat16, bfloat16 for the architectures measured faster at equal quality
+            (`autoseg.devices.BFLOAT16_MODELS`); else float32. Defaults to "auto".
         strategy: "mirrored" (one replica per GPU; per logical CPU device without a GPU),
             "none", or "auto": mirrored when more than one GPU is visible. The dataset is
             batched at the per-replica batch size x replicas. Defaults to "auto".
         objective: The validation metric to maximise. Defaults to "val_mean_iou".
         seed: Seed for the split, the tuner and augmentation.
         overwrite: Start afresh; otherwise the same command resumes the run.
+        continue_on_new_data: Resume although the data changed since the run started (an
+            annotation edited, a raw folder prepared again): later trials train and validate
+            on the new data, earlier ones keep their scores. Without it such a resume is
+            refused, naming what changed.
         verbose: Keras per-epoch progress.
         val_fraction: Share of the images held out for validation (unless dataset.yaml
             lists the split). Defaults to 0.2.
@@ -210,7 +220,8 @@ def search(
         dataset=dataset, space=space, out=out, tuner=tuner, max_trials=max_trials,
         max_epochs=max_epochs, time_budget=time_budget, memory_budget=memory_budget,
         precision=precision, strategy=strategy, objective=objective, seed=seed,
-        overwrite=overwrite, verbose=verbose, val_fraction=val_fraction, val_groups=val_groups,
+        overwrite=overwrite, continue_on_new_data=continue_on_new_data, verbose=verbose,
+        val_fraction=val_fraction, val_groups=val_groups,
         recipe_only=recipe_only,
         role=role, oracle=oracle, worker_id=worker_id, oracle_timeout=oracle_timeout,
     )
@@ -262,7 +273,7 @@ def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
     run = _Run(options=options, log=log)
     _validate(run)
     _load_inputs(run)
-    run.rundir = Path(options.out) if options.out else default_rundir(run.dataset.root)
+    run.rundir = Path(options.out) if options.out else default_rundir(options.dataset)
     run.config = _run_config(run.dataset, run.space, options)
     _make_training_data(run)
     run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit, log=log)
@@ -318,11 +329,17 @@ def _load_inputs(run: _Run) -> None:
 def _prepare_run(run: _Run) -> None:
     """The run folder: created, resumed (the same search only) or started afresh."""
     options, cluster = run.options, run.cluster
-    run.rundir = Path(options.out) if options.out else default_rundir(run.dataset.root)
+    run.rundir = Path(options.out) if options.out else default_rundir(options.dataset)
     run.config = _run_config(run.dataset, run.space, options)
     if cluster and cluster.is_worker:
         cluster.wait_for_chief(run.rundir)  # then run.json is the chief's: checked, never written
-    run.resuming = _prepare_rundir(run.rundir, run.config, options.overwrite)
+    run.resuming = _prepare_rundir(run.rundir, run.config, options.overwrite,
+                                   options.continue_on_new_data)
+    if run.resuming and options.continue_on_new_data:
+        change = _data_change(json.loads((run.rundir / RUN_FILE).read_text()), run.config)
+        if change:
+            run.log(f"[search] the data changed since the run started ({change}): later "
+                    "trials train and validate on the new data (--continue-on-new-data)")
     if cluster:
         cluster.announce(run.rundir)  # a chief's first heartbeat: its workers wait while it starts
 
@@ -441,7 +458,8 @@ def _check_objective(objective: str, classes: list[str]) -> None:
 
 def _run_config(ds, space, options: SearchOptions) -> dict:
     return {
-        "dataset": str(Path(ds.root).resolve()),
+        "source": str(Path(options.dataset).resolve()),  # what the user gave (a raw folder)
+        "dataset": str(Path(ds.root).resolve()),  # the prepared dataset trials read
         "classes": list(ds.classes),
         "palette": [list(c) for c in ds.palette],
         "ignore_index": ds.ignore_index,
@@ -458,8 +476,10 @@ def _run_config(ds, space, options: SearchOptions) -> dict:
     }
 
 
-def _prepare_rundir(rundir: Path, config: dict, overwrite: bool) -> bool:
-    """Returns True when resuming. Refuses to resume a different search."""
+def _prepare_rundir(rundir: Path, config: dict, overwrite: bool,
+                    continue_on_new_data: bool = False) -> bool:
+    """Returns True when resuming. Refuses to resume a different search, and a search whose
+    data changed unless `continue_on_new_data`."""
     run_file = rundir / RUN_FILE
     if overwrite and rundir.exists():
         shutil.rmtree(rundir)
@@ -473,13 +493,34 @@ def _prepare_rundir(rundir: Path, config: dict, overwrite: bool) -> bool:
             )
         return False
     previous = json.loads(run_file.read_text())
-    for key in ("dataset", "classes", "space", "tuner", "objective", "seed"):
+    change = _data_change(previous, config)
+    if change and not continue_on_new_data:
+        raise ConfigError(
+            f"The data of the run in {rundir} changed since it started: {change}. Pass "
+            "--overwrite to start afresh on the new data, or --continue-on-new-data to go on "
+            "with its trials (later ones train and validate on the new data)."
+        )
+    for key in ("classes", "space", "tuner", "objective", "seed") + (() if change else ("dataset",)):
         if previous.get(key) != config.get(key):
             raise ConfigError(
                 f"{rundir} holds a different search ({key} differs: was {previous.get(key)!r}). "
                 "Pass --overwrite to start afresh, or --out for a new run folder."
             )
     return True
+
+
+def _data_change(previous: dict, config: dict) -> str | None:
+    """What changed in the data of the same source since `previous` (a run.json), or None
+    (also when the source differs: that is another search)."""
+    same_source = previous.get("source", previous.get("dataset")) == config["source"]
+    if previous.get("dataset") != config["dataset"]:
+        if same_source:
+            return (f"{config['source']} now prepares into {config['dataset']} (was "
+                    f"{previous.get('dataset')}): its files changed")
+        return None
+    if previous.get("fingerprint") and previous["fingerprint"] != config["fingerprint"]:
+        return f"the fingerprint of {config['dataset']} differs (it was prepared again)"
+    return None
 
 
 def _result(rundir: Path, objective: str, worker_id: str | None = None) -> SearchResult:

@@ -246,7 +246,7 @@ class CostModel:
     efficiency: dict[str, float] = dataclasses.field(default_factory=lambda: dict(EFFICIENCY))
     observed: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
-    def correction(self, key: str) -> float:
+    def correction(self, key: str | None = None) -> float:
         """Measured over predicted: the key's own trials, else every trial's, else 1."""
         ratios = self.observed.get(key) or [r for rs in self.observed.values() for r in rs]
         return statistics.geometric_mean(ratios) if ratios else 1.0

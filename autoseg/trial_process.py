@@ -158,9 +158,8 @@ def _progress(tuner, trial, trial_dir: Path, callbacks: list) -> progress.Relay 
     log = getattr(tuner, "log", None)
     if log is None:
         return None
-    number = progress.trial_number(trial.trial_id, trial.trial_id)
     left = getattr(tuner, "seconds_left_after", None)
-    return progress.Relay(path, f"[trial {number}]", log, deadline=getattr(tuner, "deadline", None),
+    return progress.Relay(path, f"[trial {trial.trial_id}]", log, deadline=getattr(tuner, "deadline", None),
                           search_left=left(trial) if left else None,
                           tty=log is print and sys.stdout.isatty())
 

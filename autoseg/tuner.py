@@ -82,15 +82,17 @@ class SearchRunMixin:
         self.log_trial_begin(trial)
 
     def log_trial_begin(self, trial, worker: str | None = None) -> None:
-        # Trial ids count the trials created before (KerasTuner's numbering); a worker's
-        # OracleClient cannot count them.
-        number = progress.trial_number(trial.trial_id, "?")
+        # One name everywhere: the trial id, as in the leaderboard, trials/trial_<id> and the
+        # export's folder. The count (ids count the trials created before, from 0) is extra;
+        # a worker's OracleClient cannot count trials.
+        number = progress.trial_number(trial.trial_id)
         total = f"/{self.planned_trials}" if self.planned_trials else ""
+        count = f" ({number}{total})" if number is not None else ""
         config = ", ".join(
             f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
         )
         where = f" on {worker}" if worker else ""
-        self.log(f"[trial {number}{total}] {trial.trial_id} started{where}: {config} ({self._clock()})")
+        self.log(f"[trial {trial.trial_id}] started{where}{count}: {config} ({self._clock()})")
 
     def seconds_left_after(self, trial) -> float | None:
         """Without a deadline: the trials planned after `trial` at the mean time of the
@@ -150,7 +152,9 @@ class SearchRunMixin:
         )
         where = f" on {worker}" if worker else ""
         took = f" in {time.time() - start:.0f}s" if start is not None else ""
-        self.log(f"[trial] {trial_id} ended{where}{took}: {outcome} ({self._clock()})")
+        self.log(f"[trial {trial_id}] ended{where}{took}: {outcome} ({self._clock()})")
+        if record.get("plan_change"):
+            self.log(f"[plan] changed during trial {trial_id}: {record['plan_change']}")
 
     def _write_record(self, trial_id: str, record: dict) -> None:
         atomic.write_text(record_path(self.rundir, trial_id),

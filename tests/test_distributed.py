@@ -285,7 +285,7 @@ def test_chief_and_two_workers_complete_the_search(processes):
     for row in rows:
         record = read_json(procs.rundir / "trials" / f"trial_{row['trial_id']}" / "autoseg.json")
         assert record["worker"] == row["worker"] and record["status"] == "COMPLETED"
-        assert f"{row['trial_id']} started on {row['worker']}" in procs.log("chief")
+        assert f"[trial {row['trial_id']}] started on {row['worker']}" in procs.log("chief")
     # Who writes what: the chief alone writes the run's files; workers only their own.
     assert {p.name for p in (procs.rundir / "distributed").iterdir()} == {"chief.json", "w1.json", "w2.json"}
     assert read_json(procs.rundir / "distributed" / "chief.json")["state"] == "finished"
@@ -341,5 +341,5 @@ def test_a_restarted_chief_resumes_and_keeps_completed_trials(processes):
         assert (again["train_seconds"], again["worker"]) == (row["train_seconds"], row["worker"])
     assert "resuming" in procs.log("chief")
     # The trial running at the kill went on with its worker; no second worker ran it again.
-    started = re.findall(r"\] (\d+) started:", procs.log("w1") + procs.log("w2"))
+    started = re.findall(r"\[trial (\d+)\] started[^:]*:", procs.log("w1") + procs.log("w2"))
     assert sorted(started) == ["0", "1", "2", "3"], started

@@ -749,6 +749,22 @@ def test_the_decision_follows_the_machine_not_the_budget_alone(cwfid_space):
     assert slow.recipe_only
 
 
+def test_a_recipe_measured_slower_than_planned_takes_the_whole_budget(cwfid_space):
+    # Six hours explore at the planned epoch time (test above); at 3x that time they do not.
+    p = cwfid_plan(cwfid_space, budget=6 * 3600, runs_recipe=True)
+    planned = p.epoch_seconds(p.recipe)
+    costs = json.dumps(p.costs)
+    assert plan.recipe_takes_all(p, planned) is None
+    reason = plan.recipe_takes_all(p, 3 * planned)
+    assert reason and f"measured {3 * planned:.0f} s an epoch" in reason
+    assert "the recipe trains to the end of the budget" in reason
+    # The search's plan is left as it was (its oracle observes the trial when it ends).
+    assert json.dumps(p.costs) == costs and not p.recipe_only
+    # A plan that is the recipe alone, or has no budget, has nothing to re-check.
+    alone = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    assert plan.recipe_takes_all(alone, 10 * planned) is None
+
+
 def test_the_recipe_only_decision_survives_json(cwfid_space):
     p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
     q = plan.Plan.from_dict(json.loads(json.dumps(p.to_dict())))

@@ -48,12 +48,17 @@ def test_a_search_prints_no_tensorflow_log_line(tiny_dataset, tmp_path):
     assert TF_LOG_LINE.search(output) is None, output[-3000:]
     assert "Best: trial" in result.stdout
     # The trial's progress reached the user (a line per epoch: the output is not a terminal).
-    assert re.search(r"^\[trial 1\]  epoch 1/1  loss \d+\.\d{3}  val mIoU \d\.\d{3} \(best "
+    assert re.search(r"^\[trial 0\]  epoch 1/1  loss \d+\.\d{3}  val mIoU \d\.\d{3} \(best "
                      r"\d\.\d{3}\)  \d+ s/epoch  trial ends in ~0 s$", result.stdout, re.MULTILINE), \
         result.stdout
     # TensorFlow did log (so the check above means something): into the trial's log.
     logs = sorted(rundir.rglob(LOG_FILE))
     assert [p.parent.name for p in logs] == ["trial_0"], logs
+    # One trial name everywhere: its start, progress and end lines, its folder (above) and
+    # the leaderboard's trial_id all say "0".
+    assert re.search(r"^\[trial 0\] started \(1(/1)?\): ", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^\[trial 0\] ended in \d+s: val_mean_iou=", result.stdout, re.MULTILINE)
+    assert (rundir / "leaderboard.csv").read_text().splitlines()[1].split(",")[1] == "0"
     assert logs[0].parent.parent == rundir / "trials"
     assert "absl::InitializeLog" in logs[0].read_text()
     # The search's own process logged too; a successful command leaves no log behind.

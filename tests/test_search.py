@@ -337,3 +337,69 @@ def test_recipe_only_trains_the_plans_recipe_alone_and_says_so(tiny_dataset, tmp
     values = trial["hyperparameters"]["values"]
     assert {k: values[k] for k in plan["recipe"]} == plan["recipe"]
     assert values["tuner/bracket"] == -2
+
+
+def _raw_colour_folder(src: Path) -> Path:
+    """A raw folder of colour masks (images/ + masks/), 6 photos of 48x64, 3 colours."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    colours = np.array([(0, 0, 0), (0, 255, 0), (255, 0, 0)], np.uint8)
+    for i in range(6):
+        labels = np.zeros((48, 64), np.uint8)
+        labels[8:24, 8 + 4 * i:30 + 4 * i] = 1
+        labels[30:44, 20:50] = 2
+        image = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8) + 60 * labels[..., None]
+        Image.fromarray(image.astype(np.uint8)).save(src / "images" / f"p{i}.png")
+        Image.fromarray(colours[labels]).save(src / "masks" / f"p{i}.png")
+    return src
+
+
+def test_a_raw_folder_runs_under_its_own_name_and_an_edit_is_named_not_resumed(
+        tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOSEG_CACHE_DIR", str(tmp_path / "cache"))
+    src = _raw_colour_folder(tmp_path / "field_day")
+    args = ["search", "--dataset", str(src), *CI_ARGS, "--max-trials", "1", "--max-epochs", "1"]
+    assert main(args) == 0
+    rundir = tmp_path / "runs" / "field_day"  # the folder's name, not its cache copy's
+    run = json.loads((rundir / "run.json").read_text())
+    assert run["source"] == str(src.resolve()) and run["dataset"] != run["source"]
+    capsys.readouterr()
+    # An annotation edit: the same command names the change and leaves the run as it was.
+    mask = np.asarray(Image.open(src / "masks" / "p0.png")).copy()
+    mask[2:6, 2:6] = (255, 0, 0)
+    Image.fromarray(mask).save(src / "masks" / "p0.png")
+    before = (rundir / "run.json").read_text()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "changed since it started" in err and str(src.resolve()) in err
+    assert "--overwrite" in err and "--continue-on-new-data" in err and "Traceback" not in err
+    assert (rundir / "run.json").read_text() == before
+    assert not (tmp_path / "runs" / f"field_day-{Path(run['dataset']).name}").exists()
+    # Continuing on the new data resumes the same run, now reading the new preparation.
+    assert main(args + ["--max-trials", "2", "--continue-on-new-data"]) == 0
+    out = capsys.readouterr().out
+    assert "the data changed since the run started" in out and "resuming" in out
+    after = json.loads((rundir / "run.json").read_text())
+    assert after["dataset"] != run["dataset"] and after["source"] == run["source"]
+    assert len(read_rows(rundir)) == 2
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["field_day"]
+
+
+def test_a_run_folder_from_before_source_was_recorded_still_resumes():
+    from autoseg.search import _data_change
+
+    old = {"dataset": "/data/weeds", "fingerprint": {"images": 6}}
+    same = {"source": "/data/weeds", "dataset": "/data/weeds", "fingerprint": {"images": 6}}
+    assert _data_change(old, same) is None
+    reprepared = {**same, "fingerprint": {"images": 7}}
+    assert "prepared again" in _data_change(old, reprepared)
+    other = {"source": "/data/other", "dataset": "/data/other", "fingerprint": {"images": 6}}
+    assert _data_change(old, other) is None  # another dataset: refused as another search

@@ -100,3 +100,36 @@ def test_an_allotment_sets_the_target_after_two_epochs_and_the_cosine_ends_there
     # From epoch 2 on the cosine decays over 9 epochs: the last one near the floor.
     assert rates[-1] < 0.1
     assert all(a >= b for a, b in zip(rates[1:], rates[2:]))
+
+
+def _reconsidering_budget(clock, reason):
+    """A recipe planned for 10 epochs of 100 s (1000 s of a 2600 s budget), Keras allowed 30."""
+    asked = []
+
+    def reconsider(seconds):
+        asked.append(seconds)
+        return reason
+
+    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000,
+                        reconsider=reconsider)
+    budget.set_params({"epochs": 30})
+    return budget, asked
+
+
+def test_a_recipe_that_finds_exploring_no_longer_fits_trains_to_the_deadline(clock):
+    budget, asked = _reconsidering_budget(clock, "exploring would need ~40 min")
+    schedule = CosineSchedule(30, budget=budget)
+    ran = run_epochs(budget, clock, [150] + [100] * 40, schedule)
+    assert asked == [100.0]  # once, at the first steady epoch
+    assert budget.plan_change == "exploring would need ~40 min"
+    # 2600 s: 150 + 24 x 100 = 2550 s, the next epoch would pass the deadline.
+    assert len(ran) == 25 and budget.target == 25
+    # One schedule to the end: the last epoch's learning rate is near the floor.
+    assert float(schedule.model.optimizer.learning_rate.numpy()) < 0.1
+
+
+def test_a_recipe_whose_plan_still_holds_keeps_its_share(clock):
+    budget, asked = _reconsidering_budget(clock, None)
+    ran = run_epochs(budget, clock, [150] + [100] * 40)
+    assert asked == [100.0] and budget.plan_change is None
+    assert len(ran) == 9 and budget.target == 9  # 150 + 8 x 100 s fit its 1000 s

@@ -45,6 +45,9 @@ def add_parser(subparsers) -> None:
                    help="validate on whole groups of images: the regex's first group (or match) "
                         "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    p.add_argument("--continue-on-new-data", action="store_true",
+                   help="resume although the data changed since the run started (later "
+                        "trials use the new data); without it such a resume is refused")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("--verbose", action="store_true",
                       help="Keras' own per-epoch output and TensorFlow's log, instead of "
@@ -87,6 +90,7 @@ def run(args) -> int:
         val_groups=args.val_groups,
         recipe_only=args.recipe_only,
         overwrite=args.overwrite,
+        continue_on_new_data=args.continue_on_new_data,
         verbose=args.verbose,
         log=(lambda line: None) if args.quiet else print,
         role=args.role,
