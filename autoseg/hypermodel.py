@@ -39,7 +39,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autoseg import budget, devices, registry, speed
+from autoseg import budget, devices, progress, registry, speed
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset, resolve_dataset
 from autoseg.errors import ConfigError
@@ -283,7 +283,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
         callbacks = list(kwargs.pop("callbacks", []))
         for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
-            if hasattr(callback, "target") and callable(getattr(callback, "_target", None)):
+            if isinstance(callback, progress.EpochProgress):
                 callback.target = lambda: time_budget.target
         callbacks += [time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
         verbose = kwargs.pop("verbose", self.verbose)
@@ -534,7 +534,7 @@ class TimeBudget(keras.callbacks.Callback):
             self.plan_change = reason
             self.allotment = self.deadline - self._train_start
             # The epochs that fit are counted afresh (`_fit_allotment` only lowers a target).
-            self.target = self.params.get("epochs", self.target) if self.params else self.target
+            self.target = (self.params or {}).get("epochs", self.target)
 
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:

@@ -20,6 +20,7 @@ Pure Python and `csv`: no TensorFlow or Keras here. matplotlib is imported only 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -768,9 +769,7 @@ def leaderboard(
         )
     objective = objective_column(rows)
     direction = infer_direction(rows, objective)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("status") or "?"] = counts.get(row.get("status") or "?", 0) + 1
+    counts = dict(collections.Counter(row.get("status") or "?" for row in rows))
     written = plot_leaderboard(rows, plot, objective, direction) if plot is not None else None
     return Leaderboard(
         path=path, rows=rows[:top] if top else rows, objective=objective, direction=direction,

@@ -618,11 +618,13 @@ class PredictReport:
         written: `(input, [output files])` per image predicted.
         failed: `(input, reason)` per input that could not be read.
         ignored: Files in input folders without an image extension.
+        tta: The flips the model averaged (`autoseg.json`'s `tta`: "none", "h", "hv").
     """
 
     written: list[tuple[Path, list[Path]]] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     ignored: list[Path] = dataclasses.field(default_factory=list)
+    tta: str = "none"
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
@@ -709,7 +711,7 @@ def predict_files(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder.")
     out.mkdir(parents=True, exist_ok=True)
-    report = PredictReport(ignored=ignored)
+    report = PredictReport(ignored=ignored, tta=model.tta)
     if ignored:
         warn(
             f"Note: ignored {len(ignored)} file(s) without an image extension: "

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 
 from autoseg import leaderboard
-from autoseg.errors import ConfigError
 
 _WIDTH = 120
 _FAILURES_SHOWN = 5
@@ -41,15 +39,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = leaderboard.find_leaderboard(args.rundir)
-    rows = leaderboard.read_leaderboard(path)
-    if not rows:
-        raise ConfigError(
-            f"{path} lists no trials yet. Run `autoseg search --dataset PATH` first, or wait "
-            "for the running search to finish its first trial."
-        )
-    objective = leaderboard.objective_column(rows)
-    direction = leaderboard.infer_direction(rows, objective)
+    board = leaderboard.leaderboard(args.rundir)  # the plot comes after the table
+    path, rows, objective, direction = board.path, board.rows, board.objective, board.direction
     print(f"{path}  ({objective}, {'higher' if direction == 'max' else 'lower'} is better)")
     print(leaderboard.format_table(rows, top=args.top, width=_WIDTH))
     # The table cuts messages short; a failure's reason is worth a whole line.
@@ -59,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if len(failed) > _FAILURES_SHOWN:
         more = len(failed) - _FAILURES_SHOWN
         print(f"... {more} more failures: see the message column of {path}")
-    counts = Counter(row.get("status") or "?" for row in rows)
-    print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    best = leaderboard.best_row(rows, objective, direction)
+    print(f"{len(rows)} trials: "
+          + ", ".join(f"{n} {s}" for s, n in sorted(board.counts.items())))
+    best = board.best
     if best is None:
         print("No trial has COMPLETED yet: there is no best trial.")
     else:

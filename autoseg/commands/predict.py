@@ -32,13 +32,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autoseg.predict import collect_inputs, load, predict_files
+    from autoseg.predict import predict
 
-    collect_inputs(args.inputs)  # usage errors before the model loads
-    model = load(args.model_dir, format=args.format, tile_overlap=args.tile_overlap)
-    report = predict_files(model, args.inputs, args.out, with_overlay=args.overlay)
+    report = predict(args.model_dir, args.inputs, args.out, format=args.format,
+                     tile_overlap=args.tile_overlap, overlay=args.overlay)
     done = len(report.written)
-    print(f"Predicted {done} image(s) into {args.out} (flip TTA: {model.tta})"
+    print(f"Predicted {done} image(s) into {args.out} (flip TTA: {report.tta})"
           + (f"; {len(report.failed)} could not be read" if report.failed else ""))
     if report.failed:
         print(
