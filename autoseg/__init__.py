@@ -35,9 +35,9 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prepare": "autoseg.data.dataset",
+    "prepare": "autoseg.data.sources",
     "load_dataset": "autoseg.data.dataset",
-    "resolve_dataset": "autoseg.data.dataset",
+    "resolve_dataset": "autoseg.data.sources",
     "build_model": ("autoseg.models", "build"),
     "load": "autoseg.predict",
     # The modules themselves, which are callable: `autoseg.search(...)` runs

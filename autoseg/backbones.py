@@ -24,6 +24,7 @@ import keras
 from keras import layers, ops
 
 from autoseg.errors import ConfigError
+from autoseg.model_contract import PREPROCESSING_SUFFIX
 from autoseg.registry import BACKBONES, is_test_backbone, register_backbone
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -409,7 +410,7 @@ def _resnet_block(x, filters, *, strides, dilation, conv_shortcut, name):
 )
 def resnet50(inputs, output_stride=32):
     schedule = _StrideSchedule(output_stride)
-    x = ImageNetPreprocessing("caffe", name="resnet50_preprocessing")(inputs)
+    x = ImageNetPreprocessing("caffe", name="resnet50" + PREPROCESSING_SUFFIX)(inputs)
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     schedule.downsample()
@@ -450,7 +451,7 @@ def resnet50(inputs, output_stride=32):
 )
 def vgg16(inputs, output_stride=32):
     schedule = _StrideSchedule(output_stride)
-    x = ImageNetPreprocessing("caffe", name="vgg16_preprocessing")(inputs)
+    x = ImageNetPreprocessing("caffe", name="vgg16" + PREPROCESSING_SUFFIX)(inputs)
     taps = {}
     for block, (filters, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), 1):
         for conv in range(1, convs + 1):
@@ -537,7 +538,7 @@ _MOBILENETV2_BLOCKS = (
 def mobilenetv2(inputs, output_stride=32):
     schedule = _StrideSchedule(output_stride)
     taps = {}
-    x = ImageNetPreprocessing("tf", name="mobilenetv2_preprocessing")(inputs)
+    x = ImageNetPreprocessing("tf", name="mobilenetv2" + PREPROCESSING_SUFFIX)(inputs)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)
     schedule.downsample()
     x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)

@@ -15,61 +15,27 @@ per-op temporaries that no layer outputs (dilated convolutions' space-to-batch c
 `factor` absorbs the rest (outputs freed early, smaller temporaries, gradient buffers alive
 at the peak).
 
-Calibration: ``python benchmarks/memory.py --json run.json`` (CPU, TF 2.21, Keras 3.15,
-float32, Adam, the `ce` loss and the segmentation metrics, 2 `model.fit` steps on a tf.data
-dataset, peak-RSS growth over build + compile + fit, one fresh process per run). It runs
-every architecture at tiny widths at 32 px (the overhead set: 40-150 variables, activations
-negligible) and with its default backbone, narrowed to 32 filters, at 128 and 192 px x
-batch 2 and 8 (DeepLabV3+ with ResNet-50 at 128 px only: too slow here at 192), 24 runs in
-about 14 minutes on 2 loaded cores. The constants are the least-squares fit over two such
-runs (48 runs), ``benchmarks/memory.py --rows run1.json run2.json``:
-
-    measured - parameter_bytes = 43 MiB + 2.41 MiB x variables
-                                 + factor[family] x batch x (activation + temporary) x 4 B
-    factor: unet 0.84, segnet 0.99, deeplabv3plus 1.01, pix2pix 0.83; one common: 0.87
-    FIXED_BYTES: RSS before the model was 619-633 MiB in every run
-
-A third run with these constants, not used in the fit, measured 0.88x to 1.09x the
-predicted growth (24 runs, 150 MiB to 2.1 GiB). The factor from a configuration's two batch
-sizes alone moves by about +-10% between runs on a loaded machine (U-Net 0.76-0.87,
-DeepLabV3+ 0.92-1.12), so the second decimal of a factor is noise; the family differences
-below are not.
-
-Why the families differ:
-- DeepLabV3+: dilated convolutions run as space-to-batch copies that no layer outputs
-  (`temporary_elements`). At 128 px those copies (mostly ASPP's, rates 6-18 on an 8x8 map)
-  add 10.2M elements per sample to 16.7M of layer outputs; without them its factor was 1.70
-  (U-Net: 0.82). With them it is 1.01. (That was with Keras' own dilated layers. autoseg's
-  `backbones.Conv2D` now skips those copies where oneDNN dilates natively and drops taps
-  that see only padding; `temporary_elements` counts what is left.)
-- SegNet (0.99 vs U-Net's 0.84): index pooling and unpooling reshape and transpose the
-  full-resolution maps into windows and build one-hot masks from the indices; those
-  full-resolution temporaries are not layer outputs. Not counted op by op (they belong to
-  autoseg's own layers, not to Keras), hence the family's own factor.
-- Pix2Pix counts the generator once and the discriminator twice (`activation_elements`);
-  its factor (0.83) is close to its U-Net generator's.
-- The overhead, not the parameters, dominates small models: at 32 px, models of 44 to 241
-  trainable variables grow by 150 to 680 MiB beyond their parameter bytes, whatever their
-  parameter count (the traced train step holds forward, gradient and optimizer ops per
-  variable).
-
-Held-out check (`tests/test_budget.py`, slow lane, one fresh process per run): tiny models of
-every family at 64 and 128 px, batch 4, measured 0.90x-1.05x the prediction; wider ones at
-128 px, batch 8, where activations are about half the growth, 0.96x-1.06x, except
-DeepLabV3+ on MobileNetV2 at 1.18x. MobileNetV2 costs more than its variables and layer
-outputs show (U-Net on MobileNetV2 in the overhead set: 1.09x); that is not accounted for.
+The constants (`FIXED_BYTES`, the overhead, `FAMILY_ACTIVATION_FACTORS`,
+`BACKBONE_ACTIVATION_SCALES`) come from `benchmarks/memory.py` (peak-RSS growth over build,
+compile and two `fit` steps, one fresh process per configuration, least squares over the
+runs). `benchmarks/RESULTS.md`, "Training memory", holds the calibration: its commands, the
+fitted values, the held-out check and why the families differ. Briefly: DeepLabV3+'s dilated
+convolutions make space-to-batch copies that no layer outputs (`temporary_elements`);
+SegNet's index pooling builds full-resolution temporaries of its own; pix2pix counts its
+discriminator twice; small models are dominated by the per-variable overhead.
 
 Within a family the measured growth is linear in batch. Only CPU was measured (no GPU here).
 On a GPU the same formula is compared with the device's free memory; the host-side
 constants (`FIXED_BYTES`, the overhead) then make it conservative.
 
-Precision (`precision=`): the calibration above is float32, 4 bytes per activation element.
-Under mixed precision (`mixed_float16`, `mixed_bfloat16`) layer outputs and temporaries are
-16-bit, so `bytes_per_element` is 2 and the per-sample term halves; parameters, gradients and
-Adam's slots stay float32 (`parameter_bytes` unchanged), as do the factor and the overhead.
-This is not calibrated (mixed precision only pays on a GPU, and none was measured): what it
-leaves out is small, the float32 classifier head (`num_classes` channels), BatchNormalization's
-float32 statistics and the per-step float16 copies of the weights (2 bytes per parameter).
+Precision (`precision=`): the calibration is float32, 4 bytes per activation element.
+Under mixed precision (`mixed_float16` on a GPU, `mixed_bfloat16` on a CPU with bf16
+instructions, see `autoseg.devices`) layer outputs and temporaries are 16-bit, so
+`bytes_per_element` is 2 and the per-sample term halves; parameters, gradients and Adam's
+slots stay float32 (`parameter_bytes` unchanged), as do the factor and the overhead. The
+16-bit case is not calibrated: what it leaves out is small, the float32 classifier head
+(`num_classes` channels), BatchNormalization's float32 statistics and the per-step 16-bit
+copies of the weights (2 bytes per parameter).
 
 Replicas (`tf.distribute.MirroredStrategy`): every device holds the whole model and trains on
 its own per-replica batch, so the estimate at the per-replica batch size is compared with one
@@ -82,7 +48,6 @@ This module imports TensorFlow and Keras only inside the functions that need the
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
 import os
 import re
@@ -92,14 +57,15 @@ import sys
 import threading
 from typing import Any, Iterable
 
+from autoseg import devices, model_contract
 from autoseg.errors import BudgetError, ConfigError
 
 #: Per-sample bytes = factor x (layer-output + temporary) bytes, for families not below: the
-#: one common factor of the calibration fit (module docstring).
+#: one common factor of the calibration fit (benchmarks/RESULTS.md, "Training memory").
 ACTIVATION_FACTOR = 0.87
 
 #: The factor of each measured family (`ArchitectureSpec.family`), from the same fit with one
-#: factor per family. Why they differ: see the module docstring.
+#: factor per family. Why they differ: see benchmarks/RESULTS.md, "Training memory".
 FAMILY_ACTIVATION_FACTORS: dict[str, float] = {
     "unet": 0.84,
     "segnet": 0.99,
@@ -220,21 +186,11 @@ def _graph_of(model: Any):
     return None
 
 
-def _training_passes(model: Any) -> list:
-    """`(sub_model, calls_per_step)` that training runs outside the model's own graph."""
-    passes = getattr(model, "training_passes", None)
-    if passes is not None:
-        return list(passes)
-    discriminator = getattr(model, "discriminator", None)
-    if discriminator is not None and _graph_of(discriminator) is not None:
-        return [(discriminator, 2)]  # Pix2Pix: on the real and on the fake pair
-    return []
-
-
 def _training_nodes(model: Any, name: str, calls: int = 1):
     """Yields `(node, calls_per_step, model_name)` for every layer call training runs."""
     graph = _graph_of(model)
-    extra = _training_passes(model)
+    extra = [(sub, calls) for sub, calls in model_contract.training_passes(model)
+             if _graph_of(sub) is not None]
     if graph is None and not extra:
         extra = [(sub, 1) for sub in getattr(model, "layers", []) if _graph_of(sub) is not None]
         if not extra:
@@ -386,14 +342,13 @@ def activation_factor(family: str | None = None) -> float:
 def _factor(model: Any, factor: float | None, family: str | None) -> float | None:
     """The given factor, else the family's, scaled for the model's backbone.
 
-    A backbone of `autoseg.backbones` begins with a layer named `<backbone>_preprocessing`.
+    The backbone is `model_contract.backbone_of(model)`.
     """
     if factor is not None:
         return factor
-    for layer in getattr(model, "layers", ()):
-        backbone = layer.name.removesuffix("_preprocessing")
-        if backbone != layer.name and backbone in BACKBONE_ACTIVATION_SCALES:
-            return activation_factor(family) * BACKBONE_ACTIVATION_SCALES[backbone]
+    backbone = model_contract.backbone_of(model)
+    if backbone in BACKBONE_ACTIVATION_SCALES:
+        return activation_factor(family) * BACKBONE_ACTIVATION_SCALES[backbone]
     return None
 
 
@@ -547,17 +502,6 @@ def _cgroup_headroom_bytes() -> int | None:
     return None
 
 
-def _gpu_visible() -> bool:
-    # Importing TensorFlow only to learn there is no GPU costs seconds and ~0.5 GB.
-    if "tensorflow" not in sys.modules and (
-        os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")
-    ):
-        return False
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def _nvidia_smi_total_bytes() -> int | None:
     """Total memory of the first visible GPU per nvidia-smi, or None."""
     exe = shutil.which("nvidia-smi")
@@ -588,7 +532,7 @@ def available_memory_bytes() -> tuple[int, str]:
     Raises:
         BudgetError: a GPU is visible but its total memory cannot be read (no nvidia-smi).
     """
-    if _gpu_visible():
+    if devices.gpu_visible():
         import tensorflow as tf
 
         total = _nvidia_smi_total_bytes()
@@ -673,7 +617,7 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         device = self.device
         if device is None:
-            device = "gpu" if "tensorflow" in sys.modules and _gpu_visible() else "cpu"
+            device = "gpu" if "tensorflow" in sys.modules and devices.gpu_visible() else "cpu"
         if device == "gpu":
             import tensorflow as tf
 

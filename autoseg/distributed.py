@@ -54,7 +54,8 @@ import keras_tuner as kt
 
 from autoseg import atomic
 from autoseg.errors import ConfigError, RunError
-from autoseg.search import format_duration, parse_duration
+from autoseg.durations import format_duration, parse_duration
+from autoseg.run_dir import RUN_FILE
 
 ROLES = ("chief", "worker")
 CHIEF_ID = "chief"
@@ -356,7 +357,7 @@ class Cluster:
                         raise RunError(self._no_chief_message(rundir)) from None
         finally:
             channel.close()
-        run_file = Path(rundir) / "run.json"
+        run_file = Path(rundir) / RUN_FILE
         for _ in range(10):  # the chief writes it before it serves; a shared filesystem may lag
             if run_file.is_file():
                 return
@@ -680,7 +681,7 @@ class _ChiefService:
     def _give_up_on(self, tuner_id: str, silent: float) -> None:
         from keras_tuner.src.engine import trial as trial_module
 
-        from autoseg.tuner import read_record, record_path
+        from autoseg.run_dir import read_record, record_path
 
         oracle = self.oracle
         oracle.tuner_ids.discard(tuner_id)

@@ -237,7 +237,8 @@ def evaluate(
     result.scores["mean_iou"]
     ```
     """
-    from autoseg.data.dataset import check_trainable, resolve_dataset
+    from autoseg.data.dataset import check_trainable
+    from autoseg.data.sources import resolve_dataset
     from autoseg.metrics import scores_from_confusion
     from autoseg.predict import load, read_metadata
 

@@ -55,9 +55,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from autoseg import atomic
+from autoseg import atomic, run_dir
 from autoseg.callable_module import make_callable
 from autoseg.errors import AutosegError, ConfigError, DatasetError, RunError
+from autoseg.model_contract import inference_model
 from autoseg.model_dir import FORMAT_FILES, FORMATS, METADATA_FILE, METADATA_VERSION
 
 NORMALISATION = "raw RGB 0..255 float32, normalised inside the model"
@@ -70,6 +71,8 @@ VERIFY_IMAGES = 4
 EXPORT_EXTRA_HINT = "pip install 'autoseg[export]'"
 # The exportable statuses: a budget-STOPPED trial trained and was evaluated like a COMPLETED one.
 EXPORTABLE_STATUSES = ("COMPLETED", "STOPPED")
+#: The objective of a run whose run.json names none.
+_DEFAULT_OBJECTIVE = "val_mean_iou"
 _PACKAGES = ("autoseg", "tensorflow", "keras", "keras-tuner")
 _ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
@@ -146,11 +149,11 @@ def find_run(run: str | os.PathLike | None = None, runs_dir: str | os.PathLike =
 
     if run is not None:
         run = Path(run)
-        if run.is_file() and run.name in (leaderboard.LEADERBOARD_FILE, "run.json"):
+        if run.is_file() and run.name in (run_dir.LEADERBOARD_FILE, run_dir.RUN_FILE):
             run = run.parent
-        if not (run / "run.json").is_file():
+        if not run_dir.is_run(run):
             raise ConfigError(
-                f"{run} is not an autoseg run folder ({run / 'run.json'} is missing). "
+                f"{run} is not an autoseg run folder ({run / run_dir.RUN_FILE} is missing). "
                 "Pass the --out folder of `autoseg search`."
             )
         return run
@@ -160,9 +163,9 @@ def find_run(run: str | os.PathLike | None = None, runs_dir: str | os.PathLike =
 def _leaderboard_rows(rundir: Path) -> list[dict[str, str]]:
     from autoseg import leaderboard
 
-    path = rundir / leaderboard.LEADERBOARD_FILE
+    path = rundir / run_dir.LEADERBOARD_FILE
     if not path.is_file():
-        raise ConfigError(f"{rundir} holds no {leaderboard.LEADERBOARD_FILE}: no trial has ended yet.")
+        raise ConfigError(f"{rundir} holds no {run_dir.LEADERBOARD_FILE}: no trial has ended yet.")
     return leaderboard.read_leaderboard(path)
 
 
@@ -211,19 +214,13 @@ def select_trial(rundir: Path, rows: list[dict[str, str]], trial: str, objective
     return row
 
 
-def _trial_dir(rundir: Path, trial_id: str) -> Path:
-    from autoseg.tuner import TRIALS_DIR
-
-    return rundir / TRIALS_DIR / f"trial_{trial_id}"
-
-
 def read_trial(rundir: Path, trial_id: str) -> dict[str, Any]:
     """KerasTuner's `trial.json` of a trial.
 
     Raises:
         ConfigError: the file is missing or damaged.
     """
-    path = _trial_dir(rundir, trial_id) / "trial.json"
+    path = run_dir.trial_path(rundir, trial_id)
     try:
         trial = json.loads(path.read_text())
         trial["hyperparameters"]["values"]
@@ -239,11 +236,6 @@ def trial_values(trial: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Models.
-
-
-def inference_model(model):
-    """The plain segmentation model to export: a pix2pix model's generator, else `model`."""
-    return getattr(model, "inference_model", model)
 
 
 def image_format(run: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -304,7 +296,7 @@ def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels:
     from autoseg.hypermodel import build_trial_model
 
     trial = read_trial(rundir, trial_id)
-    checkpoint = _trial_dir(rundir, trial_id) / "checkpoint.weights.h5"
+    checkpoint = run_dir.checkpoint_path(rundir, trial_id)
     if not checkpoint.is_file():
         raise ConfigError(
             f"{checkpoint} is missing: trial {trial_id} of run {rundir} left no weights to export."
@@ -338,7 +330,8 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     import keras_tuner as kt
 
     from autoseg import budget
-    from autoseg.data.dataset import check_trainable, resolve_dataset
+    from autoseg.data.dataset import check_trainable
+    from autoseg.data.sources import resolve_dataset
     from autoseg.data import pipeline
     from autoseg.hypermodel import AutosegHyperModel, TrainingData, build_trial_model
     from autoseg.search_space import validate_space
@@ -361,9 +354,7 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     space = validate_space(run["space"], f"{rundir / 'run.json'} (space)")
     hypermodel = AutosegHyperModel(space, data)
     # An epoch as long as the trial's (the plan's passes over the photos; 1 before plans).
-    from autoseg.tuner import read_record
-
-    hypermodel.passes_per_epoch = int(read_record(rundir, trial_id).get("passes_per_epoch") or 1)
+    hypermodel.passes_per_epoch = int(run_dir.read_record(rundir, trial_id).get("passes_per_epoch") or 1)
     hp = kt.HyperParameters.from_config(trial["hyperparameters"])
     keras.utils.set_random_seed(int(run.get("seed", 0)))
     log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} epochs")
@@ -670,6 +661,205 @@ def _int_or_none(value) -> int | None:
         return None
 
 
+@dataclasses.dataclass
+class _ChosenTrial:
+    """The trial `export` writes, with what its run folder records about it.
+
+    Attributes:
+        rundir: The run folder.
+        run: The run's run.json.
+        row: The trial's leaderboard row.
+        record: The trial's KerasTuner trial.json.
+        values: Its hyperparameter values (`trial_values`).
+        config: Its model configuration (`hypermodel.trial_model_config`).
+        channels: The models' input channels (`image_format`).
+        rule: The models' intensity rule (`image_format`).
+    """
+
+    rundir: Path
+    run: dict[str, Any]
+    row: dict[str, str]
+    record: dict[str, Any]
+    values: dict[str, Any]
+    config: dict[str, Any]
+    channels: int
+    rule: dict[str, Any] | None
+
+    @property
+    def trial_id(self) -> str:
+        return self.row["trial_id"]
+
+    @property
+    def objective(self) -> str:
+        return self.run.get("objective", _DEFAULT_OBJECTIVE)
+
+
+def _formats_argument(format: str | Sequence[str] | None,
+                      formats: str | Sequence[str] | None) -> str | Sequence[str] | None:
+    """The formats `export` was given, as `format=` (the CLI's `--format`) or `formats=`.
+
+    Raises:
+        ConfigError: both are given.
+    """
+    if format is None:
+        return formats
+    if formats is not None:
+        raise ConfigError(
+            "Give the formats once, as format= (the CLI's --format) or formats=. "
+            f"Received: format={format!r}, formats={formats!r}."
+        )
+    return format
+
+
+def _choose_trial(trial: str, run: str | os.PathLike | None,
+                  runs_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """`(rundir, run.json, leaderboard row)` of the trial to export (see `select_trial`).
+
+    Raises:
+        ConfigError: no such run or no such exportable trial.
+        DatasetError: the run was searched on fewer than two classes.
+    """
+
+    rundir = find_run(run, runs_dir)
+    run_config = run_dir.load_run(rundir)
+    objective = run_config.get("objective", _DEFAULT_OBJECTIVE)
+    if len(run_config.get("classes") or []) < 2:
+        raise DatasetError(
+            f"Run {rundir} was searched on {run_config.get('dataset')} with classes "
+            f"{run_config.get('classes')}: fewer than two classes, nothing a model can "
+            "separate. Prepare the dataset again (binary masks: --format binary)."
+        )
+    rows = _leaderboard_rows(rundir)
+    return rundir, run_config, select_trial(rundir, rows, str(trial), objective)
+
+
+def _read_chosen_trial(rundir: Path, run_config: dict[str, Any], row: dict[str, str]) -> _ChosenTrial:
+    """The trial's trial.json, hyperparameters, model configuration and image format.
+
+    Raises:
+        ConfigError: trial.json is missing or damaged, or the intensity rule is unknown.
+    """
+    from autoseg.hypermodel import trial_model_config
+
+    record = read_trial(rundir, row["trial_id"])
+    values = trial_values(record)
+    channels, rule = image_format(run_config)
+    return _ChosenTrial(rundir=rundir, run=run_config, row=row, record=record, values=values,
+                        config=trial_model_config(values), channels=channels, rule=rule)
+
+
+def _trained_model(chosen: _ChosenTrial, refit: bool, log: Callable[[str], None]):
+    """`(model, refit record)`: the trial's checkpoint (record None), or with `refit` the
+    configuration retrained for its best epoch count (`refit_trial_model`).
+
+    Raises:
+        ConfigError: the checkpoint does not load, or `refit` and no best epoch is recorded.
+    """
+    rundir, trial_id = chosen.rundir, chosen.trial_id
+    if not refit:
+        return load_trial_model(rundir, chosen.run, trial_id, chosen.channels), None
+    best_step = chosen.record.get("best_step")
+    epochs = int(best_step) + 1 if isinstance(best_step, int) else _int_or_none(chosen.row.get("epochs"))
+    if not epochs:
+        raise ConfigError(
+            f"--refit: trial {trial_id} of run {rundir} records no best epoch "
+            "(trial.json best_step); export it without --refit."
+        )
+    return refit_trial_model(rundir, chosen.run, trial_id, epochs, log=log)
+
+
+def _metadata(chosen: _ChosenTrial, model, refit_record: dict[str, Any] | None,
+              formats: Sequence[str]) -> dict[str, Any]:
+    """The contents of `autoseg.json` before the tta choice and the files are known."""
+    run_config, row, objective = chosen.run, chosen.row, chosen.objective
+    channels = int(model.input_shape[-1])
+    return {
+        "format_version": METADATA_VERSION,
+        "classes": list(run_config["classes"]),
+        "palette": [[int(v) for v in c] for c in run_config["palette"]],
+        "ignore_index": int(run_config.get("ignore_index", 255)),
+        "input_size": [int(d) for d in model.input_shape[1:3]],
+        "channels": channels,
+        "intensity": chosen.rule,
+        "policy": chosen.config["policy"],
+        "crop_scale": float(chosen.config["crop_scale"]),
+        "normalisation": normalisation(channels, chosen.rule),
+        "model_name": chosen.config["model_name"],
+        "hyperparameters": chosen.values,
+        "objective": objective,
+        "metrics": _row_metrics(row, objective),
+        "epochs": _int_or_none(row.get("epochs")),
+        "params": int(model.count_params()),
+        "refit": refit_record,
+        "trial_id": chosen.trial_id,
+        "run": str(chosen.rundir.resolve()),
+        "dataset": run_config.get("dataset"),
+        "fingerprint": run_config.get("fingerprint"),
+        "split": run_config.get("split"),
+        "versions": package_versions(_PACKAGES + (_ONNX_PACKAGES if "onnx" in formats else ())),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _check_formats(tmp: Path, written: Sequence[str], metadata: dict[str, Any],
+                   run_config: dict[str, Any]) -> tuple[dict[str, dict[str, float]], str]:
+    """`(checks, source)`: each written format compared with model.keras (`verify_formats`)
+    on `sample_images`, and where the images came from.
+
+    Raises:
+        RunError: a format's class maps differ on more than `MAX_DIFFERING_FRACTION` of the pixels.
+    """
+    images, source = sample_images(run_config, tuple(metadata["input_size"]),
+                                   channels=metadata["channels"], rule=metadata["intensity"])
+    checks = verify_formats(tmp, list(written), images)
+    bad = {f: c for f, c in checks.items() if c["differing_fraction"] > MAX_DIFFERING_FRACTION}
+    if bad:
+        detail = "; ".join(f"{f}: {c['differing_fraction']:.3%} of pixels" for f, c in bad.items())
+        raise RunError(
+            f"Exported formats disagree with model.keras on {source} ({detail}; at most "
+            f"{MAX_DIFFERING_FRACTION:.1%} allowed). Export without them: --format "
+            f"{','.join(f for f in written if f not in bad)}."
+        )
+    return checks, source
+
+
+def _write_model_dir(model, out: Path, overwrite: bool, formats: Sequence[str], explicit: bool,
+                     metadata: dict[str, Any], chosen: _ChosenTrial,
+                     log: Callable[[str], None]) -> tuple[dict[str, dict[str, float]], str, dict[str, str]]:
+    """Writes the model folder whole (`atomic.output_dir`): the formats, checked against
+    model.keras, `autoseg.json` (completed in `metadata`) and the run's leaderboard.
+
+    Returns:
+        `(checks, source, skipped)`: `_check_formats`'s results, and format -> reason for
+        each format left out.
+
+    Raises:
+        RunError: a named format failed to convert, or a format disagrees with model.keras.
+    """
+    from autoseg import leaderboard
+
+    with atomic.output_dir(out, overwrite) as tmp:
+        written, skipped = write_formats(model, tmp, formats, explicit=explicit, log=log)
+        if "keras" not in written:
+            # The reference the other formats are checked against; it is small.
+            written_keras, _ = write_formats(model, tmp, ["keras"], explicit=True, log=lambda _: None)
+            keras_is_extra = True
+        else:
+            written_keras, keras_is_extra = {}, False
+        metadata["formats"] = {**written_keras, **written}
+        metadata["skipped_formats"] = skipped
+        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
+        checks, source = _check_formats(tmp, list(written), metadata, chosen.run)
+        if keras_is_extra:
+            (tmp / FORMAT_FILES["keras"]).unlink()
+            metadata["formats"] = dict(written)
+        metadata["verification"] = {"images": source, "max_differing_fraction": MAX_DIFFERING_FRACTION,
+                                    "formats": checks}
+        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
+        shutil.copyfile(chosen.rundir / run_dir.LEADERBOARD_FILE, tmp / run_dir.LEADERBOARD_FILE)
+    return checks, source, skipped
+
+
 def export(
     trial: str = "best",
     run: str | os.PathLike | None = None,
@@ -721,116 +911,29 @@ def export(
     model = autoseg.load(result.out, format="tflite")
     ```
     """
-    from autoseg import leaderboard
-    from autoseg.hypermodel import trial_model_config
-    from autoseg.search import load_run
     from autoseg.tta import check_choice, flip_tta_model
 
-    if format is not None:
-        if formats is not None:
-            raise ConfigError(
-                "Give the formats once, as format= (the CLI's --format) or formats=. "
-                f"Received: format={format!r}, formats={formats!r}."
-            )
-        formats = format
-    rundir = find_run(run, runs_dir)
-    run_config = load_run(rundir)
-    objective = run_config.get("objective", "val_mean_iou")
-    if len(run_config.get("classes") or []) < 2:
-        raise DatasetError(
-            f"Run {rundir} was searched on {run_config.get('dataset')} with classes "
-            f"{run_config.get('classes')}: fewer than two classes, nothing a model can "
-            "separate. Prepare the dataset again (binary masks: --format binary)."
-        )
-    rows = _leaderboard_rows(rundir)
-    row = select_trial(rundir, rows, str(trial), objective)
+    formats = _formats_argument(format, formats)
+    rundir, run_config, row = _choose_trial(trial, run, runs_dir)
     trial_id = row["trial_id"]
     names, explicit, notes = resolve_formats(formats)
     check_choice(tta)
     if out is None:
         out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{'-refit' if refit else ''}"
     out = atomic.check_output_dir(out, overwrite)
-    trial_record = read_trial(rundir, trial_id)
-    values = trial_values(trial_record)
-    channels, rule = image_format(run_config)
-    config = trial_model_config(values)
-
-    refit_record = None
-    if refit:
-        best_step = trial_record.get("best_step")
-        epochs = int(best_step) + 1 if isinstance(best_step, int) else _int_or_none(row.get("epochs"))
-        if not epochs:
-            raise ConfigError(
-                f"--refit: trial {trial_id} of run {rundir} records no best epoch "
-                "(trial.json best_step); export it without --refit."
-            )
-        model, refit_record = refit_trial_model(rundir, run_config, trial_id, epochs, log=log)
-    else:
-        model = load_trial_model(rundir, run_config, trial_id, channels)
-
-    input_size = [int(d) for d in model.input_shape[1:3]]
-    metadata: dict[str, Any] = {
-        "format_version": METADATA_VERSION,
-        "classes": list(run_config["classes"]),
-        "palette": [[int(v) for v in c] for c in run_config["palette"]],
-        "ignore_index": int(run_config.get("ignore_index", 255)),
-        "input_size": input_size,
-        "channels": int(model.input_shape[-1]),
-        "intensity": rule,
-        "policy": config["policy"],
-        "crop_scale": float(config["crop_scale"]),
-        "normalisation": normalisation(int(model.input_shape[-1]), rule),
-        "model_name": config["model_name"],
-        "hyperparameters": values,
-        "objective": objective,
-        "metrics": _row_metrics(row, objective),
-        "epochs": _int_or_none(row.get("epochs")),
-        "params": int(model.count_params()),
-        "refit": refit_record,
-        "trial_id": trial_id,
-        "run": str(rundir.resolve()),
-        "dataset": run_config.get("dataset"),
-        "fingerprint": run_config.get("fingerprint"),
-        "split": run_config.get("split"),
-        "versions": package_versions(_PACKAGES + (_ONNX_PACKAGES if "onnx" in names else ())),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    chosen = _read_chosen_trial(rundir, run_config, row)
+    model, refit_record = _trained_model(chosen, refit, log)
+    metadata = _metadata(chosen, model, refit_record, names)
+    objective = chosen.objective
     log(
-        f"[export] trial {trial_id} of {rundir} ({config['model_name']}, {objective}="
+        f"[export] trial {trial_id} of {rundir} ({chosen.config['model_name']}, {objective}="
         f"{row.get(objective)}) -> {out}: {', '.join(names)}"
     )
     metadata["tta"] = choose_tta(model, metadata, run_config, tta, log=log)
     model = flip_tta_model(model, metadata["tta"]["flips"])
-    with atomic.output_dir(out, overwrite) as tmp:
-        written, skipped = write_formats(model, tmp, names, explicit=explicit, log=log)
-        if "keras" not in written:
-            # The reference the other formats are checked against; it is small.
-            written_keras, _ = write_formats(model, tmp, ["keras"], explicit=True, log=lambda _: None)
-            keras_is_extra = True
-        else:
-            written_keras, keras_is_extra = {}, False
-        notes += [f"{fmt} left out: {reason}" for fmt, reason in skipped.items()]
-        metadata["formats"] = {**written_keras, **written}
-        metadata["skipped_formats"] = skipped
-        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
-        images, source = sample_images(run_config, tuple(input_size),
-                                       channels=metadata["channels"], rule=rule)
-        checks = verify_formats(tmp, list(written), images)
-        bad = {f: c for f, c in checks.items() if c["differing_fraction"] > MAX_DIFFERING_FRACTION}
-        if bad:
-            detail = "; ".join(f"{f}: {c['differing_fraction']:.3%} of pixels" for f, c in bad.items())
-            raise RunError(
-                f"Exported formats disagree with model.keras on {source} ({detail}; at most "
-                f"{MAX_DIFFERING_FRACTION:.1%} allowed). Export without them: --format "
-                f"{','.join(f for f in written if f not in bad)}."
-            )
-        if keras_is_extra:
-            (tmp / FORMAT_FILES["keras"]).unlink()
-            metadata["formats"] = dict(written)
-        metadata["verification"] = {"images": source, "max_differing_fraction": MAX_DIFFERING_FRACTION,
-                                    "formats": checks}
-        atomic.write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1))
-        shutil.copyfile(rundir / leaderboard.LEADERBOARD_FILE, tmp / leaderboard.LEADERBOARD_FILE)
+    checks, source, skipped = _write_model_dir(model, out, overwrite, names, explicit, metadata,
+                                               chosen, log)
+    notes += [f"{fmt} left out: {reason}" for fmt, reason in skipped.items()]
     for fmt, check in checks.items():
         log(f"[export] {fmt}: {check['differing_fraction']:.4%} of pixels differ from model.keras "
             f"({source})")

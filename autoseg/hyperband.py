@@ -65,7 +65,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
     Call `set_budget(deadline, record_reader)` before the search: `deadline` is a
     `time.time()` value or None, `record_reader(trial_id)` returns the trial's autoseg record
-    (a dict with `epoch_seconds` and `epochs`), as `autoseg.tuner.read_record` does.
+    (a dict with `epoch_seconds` and `epochs`), as `autoseg.run_dir.read_record` does.
     """
 
     def __init__(self, *args, explore_share: float = EXPLORE_SHARE, **kwargs):

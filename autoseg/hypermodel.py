@@ -1,7 +1,6 @@
 """KerasTuner HyperModels over every architecture family: the only place that touches `hp`.
 
-- `FamilyHyperModel` subclasses (`UNetHyperModel`, `SegNetHyperModel`,
-  `DeepLabV3PlusHyperModel`, `Pix2PixHyperModel`) search one family;
+- `FamilyHyperModel(family, ...)` searches one family (`"unet"`, `"segnet"`, ...);
   `AutosegHyperModel` chooses `model_name` across families and delegates.
 - Hyperparameter names: global ones are bare (`model_name`, `input_size`, `batch_size`,
   `loss`, `aug_strength`, `learning_rate`, `policy`, `crop_scale`); per-model options are
@@ -41,7 +40,8 @@ import numpy as np
 
 from autoseg import budget, devices, progress, registry, speed
 from autoseg.data import pipeline
-from autoseg.data.dataset import Dataset, resolve_dataset
+from autoseg.data.dataset import Dataset
+from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
 from autoseg.plan import RECIPE_BRACKET, recipe_takes_all
 from autoseg.search_space import (
@@ -575,38 +575,12 @@ class CosineSchedule(keras.callbacks.Callback):
 
 
 class FamilyHyperModel(BaseSegmentationHyperModel):
-    """Searches the models of one family present in the space."""
+    """Searches the models of one family (`ArchitectureSpec.family`) present in the space: a
+    family needs no HyperModel class of its own."""
 
-
-class UNetHyperModel(FamilyHyperModel):
-    family = "unet"
-
-
-class SegNetHyperModel(FamilyHyperModel):
-    family = "segnet"
-
-
-class DeepLabV3PlusHyperModel(FamilyHyperModel):
-    family = "deeplabv3plus"
-
-
-class Pix2PixHyperModel(FamilyHyperModel):
-    family = "pix2pix"
-
-
-FAMILY_HYPERMODELS = {
-    cls.family: cls
-    for cls in (UNetHyperModel, SegNetHyperModel, DeepLabV3PlusHyperModel, Pix2PixHyperModel)
-}
-
-
-def family_hypermodel_class(family: str) -> type[FamilyHyperModel]:
-    """The HyperModel class of a family; a family registered later gets a generic one."""
-    if family not in FAMILY_HYPERMODELS:
-        FAMILY_HYPERMODELS[family] = type(
-            f"{family.title().replace('_', '')}HyperModel", (FamilyHyperModel,), {"family": family}
-        )
-    return FAMILY_HYPERMODELS[family]
+    def __init__(self, family: str, space, data: TrainingData, **kwargs):
+        self.family = family
+        super().__init__(space, data, **kwargs)
 
 
 class AutosegHyperModel(BaseSegmentationHyperModel):
@@ -620,8 +594,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
         super().__init__(space, data, verbose=verbose, precision=precision, **kwargs)
         families = {registry.ARCHITECTURES.get(n).family for n in self.space.models}
         self.delegates = {
-            f: family_hypermodel_class(f)(self.space, data, verbose=verbose,
-                                          precision=precision)
+            f: FamilyHyperModel(f, self.space, data, verbose=verbose, precision=precision)
             for f in families
         }
 
@@ -644,10 +617,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
 
 __all__ = [
     "AutosegHyperModel",
-    "UNetHyperModel",
-    "SegNetHyperModel",
-    "DeepLabV3PlusHyperModel",
-    "Pix2PixHyperModel",
+    "FamilyHyperModel",
     "TrainingData",
     "format_input_size",
 ]

@@ -35,8 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from autoseg import atomic
 from autoseg.callable_module import make_callable
 from autoseg.errors import ConfigError, RunError
+from autoseg.run_dir import LEADERBOARD_FILE
 
-LEADERBOARD_FILE = "leaderboard.csv"
 
 # Global hyperparameters, in the order a reader scans them; the rest follow sorted.
 HYPERPARAMETER_ORDER = (
@@ -390,14 +390,7 @@ def plot_leaderboard(
     except ImportError as exc:
         raise ConfigError("--plot needs matplotlib: pip install 'autoseg[plot]'") from exc
     records = list(rows)
-    points = [
-        (params, _objective_value(row, objective), row)
-        for row in records
-        if _rankable(row, objective)
-        and (params := _to_float(row.get("params"))) is not None
-        and math.isfinite(params)
-        and params > 0
-    ]
+    points = _plot_points(records, objective)
     if not points:
         raise RunError(
             f"Nothing to plot: no COMPLETED trial has a finite {objective} and parameter "
@@ -406,7 +399,34 @@ def plot_leaderboard(
     front = pareto_front([row for _, _, row in points], objective, direction)
     # A Figure without pyplot draws with Agg and leaves the global backend alone.
     fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
+    _draw_objective_against_size(fig.add_subplot(), points, front, objective, direction)
+    out = Path(out_png)
+    _save_png(fig, out)
+    return out
+
+
+def _plot_points(
+    records: list[Mapping[str, Any]], objective: str
+) -> list[tuple[float, float, Mapping[str, Any]]]:
+    """`(params, objective, row)` of each ranked row with a finite, positive parameter count."""
+    return [
+        (params, _objective_value(row, objective), row)
+        for row in records
+        if _rankable(row, objective)
+        and (params := _to_float(row.get("params"))) is not None
+        and math.isfinite(params)
+        and params > 0
+    ]
+
+
+def _draw_objective_against_size(
+    ax,
+    points: list[tuple[float, float, Mapping[str, Any]]],
+    front: list[Mapping[str, Any]],
+    objective: str,
+    direction: str,
+) -> None:
+    """Draws every trial, and the Pareto front as labelled steps, on a log-scale axis."""
     ax.scatter(
         [p for p, _, _ in points],
         [v for _, v, _ in points],
@@ -437,7 +457,10 @@ def plot_leaderboard(
     ax.set_title(f"{objective} against model size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    out = Path(out_png)
+
+
+def _save_png(fig, out: Path) -> None:
+    """Writes `fig` to `out` whole: a temporary file beside it, then `os.replace`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -448,7 +471,6 @@ def plot_leaderboard(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return out
 
 
 def find_leaderboard(

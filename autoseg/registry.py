@@ -10,6 +10,7 @@ Lookups are case-insensitive. Unknown names raise `ConfigError` listing the vali
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any, Callable, Mapping
 
@@ -88,7 +89,8 @@ class ArchitectureSpec:
         family: The family (file in `architectures/`) it belongs to.
         builder: `builder(num_classes, input_shape, **options) -> keras.Model`.
         backbones: Values the `backbone` option accepts (empty if it has none).
-        defaults: Every option the builder takes, with its default.
+        defaults: Every option the builder takes, with its default: read from the builder's
+            signature (every parameter after `num_classes` and `input_shape`).
         choices: For options with a finite set of values, those values.
         input_divisor: `input_divisor(options) -> int`: input height and width must be
             multiples of it.
@@ -140,16 +142,22 @@ def register_architecture(
     *,
     family: str,
     backbones: tuple[str, ...] = (),
-    defaults: Mapping[str, Any] | None = None,
     choices: Mapping[str, tuple] | None = None,
     input_divisor: Callable[[Mapping[str, Any]], int] | None = None,
     description: str = "",
 ):
     """Decorator registering a model builder under `name`.
 
+    The builder is `builder(num_classes, input_shape, **options) -> keras.Model`; every option
+    is a keyword parameter with its default, and those defaults are the architecture's
+    (`ArchitectureSpec.defaults`), written once.
+
+    Raises:
+        TypeError: the builder takes an option without a default, or `**kwargs`.
+
     Example:
     ```python
-    @register_architecture("unet", family="unet", defaults={"depth": 4})
+    @register_architecture("unet", family="unet", choices={"depth": (3, 4, 5)})
     def build_unet(num_classes, input_shape, depth=4): ...
     ```
     """
@@ -162,7 +170,7 @@ def register_architecture(
                 family=family,
                 builder=builder,
                 backbones=tuple(backbones),
-                defaults=dict(defaults or {}),
+                defaults=builder_defaults(builder),
                 choices=dict(choices or {}),
                 input_divisor=input_divisor or (lambda options: 1),
                 description=description,
@@ -171,6 +179,19 @@ def register_architecture(
         return builder
 
     return decorate
+
+
+def builder_defaults(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The options of an architecture builder and their defaults, from its signature."""
+    parameters = list(inspect.signature(builder).parameters.values())[2:]  # num_classes, input_shape
+    bad = [p.name for p in parameters
+           if p.default is p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if bad:
+        raise TypeError(
+            f"{builder.__qualname__}: every option after (num_classes, input_shape) needs a "
+            f"default, and no *args or **kwargs: {', '.join(bad)}."
+        )
+    return {p.name: p.default for p in parameters}
 
 
 def register_architecture_alias(alias: str, target: str, **preset: Any) -> None:

@@ -3,22 +3,13 @@
 Everything that would fail every trial (a bad dataset, a bad space, a memory budget that
 fits nothing) is found here, before `tuner.search` starts.
 
-RUNDIR layout:
-```
-RUNDIR/run.json          dataset, classes, palette, split, seed, tuner, objective, options
-RUNDIR/plan.json         the plan (`autoseg.plan`): recipe, kept and dropped configurations
-RUNDIR/space.yaml        the resolved search space
-RUNDIR/leaderboard.csv   one row per trial, rewritten atomically after every trial
-RUNDIR/trials/           KerasTuner's project: trial_<id>/{trial.json, checkpoint, autoseg.json}
-RUNDIR/tensorboard/      TensorBoard logs, one folder per trial
-```
+The run folder's layout is `autoseg.run_dir`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,10 +17,9 @@ from typing import Any, Callable
 
 from autoseg import atomic
 from autoseg.callable_module import make_callable
-from autoseg.errors import BudgetError, ConfigError, RunError
-
-RUN_FILE = "run.json"
-PLAN_FILE = "plan.json"
+from autoseg.durations import parse_duration
+from autoseg.errors import ConfigError, RunError
+from autoseg.run_dir import LEADERBOARD_FILE, PLAN_FILE, RUN_FILE, SPACE_FILE, TENSORBOARD_DIR
 
 
 @dataclasses.dataclass
@@ -50,36 +40,6 @@ class SearchResult:
     best: dict | None
     counts: dict[str, int]
     worker_id: str | None = None
-
-
-def parse_duration(value: str | int | float | None, option: str = "--time-budget") -> float | None:
-    """`"30m"`, `"1h30m"`, `"90s"`, `"2h"`, `600` (seconds) -> seconds; errors name `option`."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ConfigError(f"{option} must be positive. Received: {value!r}.")
-        return float(value)
-    text = str(value).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return parse_duration(float(text), option)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-        raise ConfigError(
-            f"{option} {value!r} is not a duration. Use forms like 90s, 30m, 1h30m or seconds."
-        )
-    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"{option} must be positive. Received: {value!r}.")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds -> `"1h5m3s"`, `"2m"`, `"3s"`: the form `parse_duration` reads back."""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 def default_rundir(dataset_path: str | Path) -> Path:
@@ -312,7 +272,8 @@ def _validate(run: _Run) -> None:
 def _load_inputs(run: _Run) -> None:
     """The cluster role, the dataset and the space resolved for it."""
     from autoseg import distributed, search_space
-    from autoseg.data.dataset import check_trainable, resolve_dataset
+    from autoseg.data.dataset import check_trainable
+    from autoseg.data.sources import resolve_dataset
 
     options = run.options
     run.cluster = distributed.plan(options.role, options.oracle, options.worker_id,
@@ -400,7 +361,7 @@ def _make_plan(run: _Run) -> None:
 
 def _write_run_files(run: _Run) -> None:
     if not (run.cluster and run.cluster.is_worker):
-        atomic.write_text(run.rundir / "space.yaml", run.space.to_yaml())
+        atomic.write_text(run.rundir / SPACE_FILE, run.space.to_yaml())
         atomic.write_text(run.rundir / RUN_FILE, json.dumps(run.config, indent=1))
 
 
@@ -430,7 +391,7 @@ def _tune(run: _Run) -> SearchResult:
         distribution_strategy=run.distribution,  # KerasTuner builds each trial under its scope
     )
     fit_kwargs: dict[str, Any] = {
-        "callbacks": [keras.callbacks.TensorBoard(log_dir=str(run.rundir / "tensorboard"),
+        "callbacks": [keras.callbacks.TensorBoard(log_dir=str(run.rundir / TENSORBOARD_DIR),
                                                   write_graph=False, profile_batch=0)],
         "verbose": 1 if options.verbose else 0,
     }
@@ -526,7 +487,7 @@ def _data_change(previous: dict, config: dict) -> str | None:
 def _result(rundir: Path, objective: str, worker_id: str | None = None) -> SearchResult:
     from autoseg import leaderboard
 
-    board = rundir / "leaderboard.csv"
+    board = rundir / LEADERBOARD_FILE
     rows = leaderboard.read_leaderboard(board) if worker_id is None or board.is_file() else []
     counts: dict[str, int] = {}
     for row in rows:
@@ -542,14 +503,6 @@ def _result(rundir: Path, objective: str, worker_id: str | None = None) -> Searc
             f"First failure: {reason}"
         )
     return SearchResult(rundir=rundir, rows=rows, best=best, counts=counts)
-
-
-def load_run(rundir: str | Path) -> dict:
-    """Reads RUNDIR/run.json (for export and the leaderboard)."""
-    path = Path(rundir) / RUN_FILE
-    if not path.is_file():
-        raise ConfigError(f"{rundir} is not an autoseg run: {path} is missing.")
-    return json.loads(path.read_text())
 
 
 # `autoseg.search(...)` runs `search(...)` although `autoseg.search` is this module.

@@ -183,8 +183,6 @@ def load_space(space: str | Path | dict | None = None) -> SearchSpace:
 
 def validate_space(data: Any, source: str) -> SearchSpace:
     """Validates a space given as the parsed YAML mapping (see the module docstring)."""
-    from autoseg import registry
-
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a search space must be a mapping with a `models` key.")
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
@@ -193,42 +191,7 @@ def validate_space(data: Any, source: str) -> SearchSpace:
             f"{source}: unknown key(s) {unknown}. Valid keys: {', '.join(TOP_LEVEL_KEYS)}."
         )
     _ensure_registered()
-    models_raw = data.get("models")
-    if not isinstance(models_raw, dict) or not models_raw:
-        raise ConfigError(
-            f"{source}: `models` must map at least one model name to its options. "
-            f"Valid model names: {', '.join(registry.ARCHITECTURES.names())}."
-        )
-    models: dict[str, dict[str, Any]] = {}
-    for name, options in models_raw.items():
-        key = f"models.{name}"
-        try:
-            spec, preset = registry.ARCHITECTURES.resolve(str(name))
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {key}: {exc}") from None
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise ConfigError(f"{source}: {key} must map option names to values. Received: {options!r}.")
-        resolved = {k: v for k, v in preset.items()}
-        for option, value in options.items():
-            if option not in spec.defaults:
-                raise ConfigError(
-                    f"{source}: {key}.{option} is not an option of {spec.name}. "
-                    f"Valid options: {', '.join(sorted(spec.defaults)) or '(none)'}."
-                )
-            resolved[option] = _parse_value(value, f"{key}.{option}", source, allow_dict=True)
-            valid = _valid_values(spec, option)
-            if valid is not None:
-                for v in as_values(resolved[option]):
-                    if _norm(v) not in [_norm(x) for x in valid]:
-                        raise ConfigError(
-                            f"{source}: {key}.{option} has {v!r}; valid values for "
-                            f"{spec.name}: {', '.join(map(str, valid))}."
-                        )
-        if spec.name in models:
-            raise ConfigError(f"{source}: model {spec.name!r} is listed twice (aliases count).")
-        models[spec.name] = resolved
+    models = _validate_models(data.get("models"), source)
 
     params: dict[str, Any] = {}
     for key in GLOBAL_KEYS:
@@ -248,6 +211,56 @@ def validate_space(data: Any, source: str) -> SearchSpace:
     if params["input_size"] != "auto":
         check_input_sizes(space)
     return space
+
+
+def _validate_models(models_raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    """The `models` mapping, keyed by canonical architecture name (aliases resolved)."""
+    from autoseg import registry
+
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ConfigError(
+            f"{source}: `models` must map at least one model name to its options. "
+            f"Valid model names: {', '.join(registry.ARCHITECTURES.names())}."
+        )
+    models: dict[str, dict[str, Any]] = {}
+    for name, options in models_raw.items():
+        key = f"models.{name}"
+        try:
+            spec, preset = registry.ARCHITECTURES.resolve(str(name))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: {key} must map option names to values. Received: {options!r}.")
+        resolved = _model_options(spec, preset, options, key, source)
+        if spec.name in models:
+            raise ConfigError(f"{source}: model {spec.name!r} is listed twice (aliases count).")
+        models[spec.name] = resolved
+    return models
+
+
+def _model_options(
+    spec, preset: dict[str, Any], options: dict, key: str, source: str
+) -> dict[str, Any]:
+    """One model's options over its preset, each a known option with admissible values."""
+    resolved = {k: v for k, v in preset.items()}
+    for option, value in options.items():
+        if option not in spec.defaults:
+            raise ConfigError(
+                f"{source}: {key}.{option} is not an option of {spec.name}. "
+                f"Valid options: {', '.join(sorted(spec.defaults)) or '(none)'}."
+            )
+        resolved[option] = _parse_value(value, f"{key}.{option}", source, allow_dict=True)
+        valid = _valid_values(spec, option)
+        if valid is not None:
+            for v in as_values(resolved[option]):
+                if _norm(v) not in [_norm(x) for x in valid]:
+                    raise ConfigError(
+                        f"{source}: {key}.{option} has {v!r}; valid values for "
+                        f"{spec.name}: {', '.join(map(str, valid))}."
+                    )
+    return resolved
 
 
 def _ensure_registered() -> None:

@@ -26,7 +26,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterable
 
-from autoseg import devices
+from autoseg import devices, model_contract
 
 #: Training FLOPs per forward FLOP: the backward pass costs about twice the forward.
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -120,10 +120,8 @@ def forward_flops(model) -> int:
 def training_forward_flops(model) -> int:
     """Forward FLOPs per image of what a training step runs: the model's graph plus the
     sub-models its `train_step` runs outside it (pix2pix's discriminator, twice)."""
-    from autoseg.budget import _training_passes
-
     return forward_flops(model) + sum(
-        calls * forward_flops(sub) for sub, calls in _training_passes(model)
+        calls * forward_flops(sub) for sub, calls in model_contract.training_passes(model)
     )
 
 
@@ -190,7 +188,7 @@ def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: in
         precision = precision_of(model_name)
         estimate = budget.estimate_training_memory(model, 1, precision=precision,
                                                    family=spec.family)
-        inference = getattr(model, "inference_model", None) or model
+        inference = model_contract.inference_model(model)
         cost = ModelCost(
             model_name=model_name, options=dict(options), key=config_key(model_name, options),
             family=spec.family,

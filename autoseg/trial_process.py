@@ -67,12 +67,27 @@ def run_trial(tuner, trial, *args, **kwargs):
             `last_fit` record, with the reason, is on `tuner.hypermodel.last_fit`).
         RuntimeError: anything else, with the child's traceback, or its exit status.
     """
-    import keras
-    import keras_tuner as kt
+    spec = _trial_spec(tuner, trial, args, kwargs)
+    trial_dir = _clean_trial_dir(tuner, trial.trial_id)
+    verbose = spec["kwargs"].get("verbose", getattr(tuner.hypermodel, "verbose", 0))
+    log_path = None if verbose else trial_dir / LOG_FILE
+    # Keras' own progress bar shows with `verbose`.
+    relay = None if verbose else _progress(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
+    # A resumed search runs the trial again: its error quotes this run's lines only.
+    log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
+    code, result = _run_child(spec, trial_dir, log_path, relay)
+    if result is None:
+        raise _death_error(tuner, code, log_path, log_start)
+    return [_trial_history(tuner, trial, result, log_path)]
+
+
+def _trial_spec(tuner, trial, args: tuple, kwargs: dict) -> dict:
+    """What the trial's process needs: the HyperModel, the hyperparameters, the fit's
+    arguments with the tuner's callbacks (TensorBoard's pointed at the trial, plus
+    `SaveBestEpoch`), Hyperband's epochs and the files to read and write."""
     from keras_tuner.src.engine import tuner_utils
 
-    from autoseg.hypermodel import FitRecord
-
+    kwargs = dict(kwargs)
     callbacks = tuner._deepcopy_callbacks(kwargs.pop("callbacks", []))
     # KerasTuner's `_configure_tensorboard_dir`, less its HParams callback, whose summary
     # writer cannot be pickled: the trial's process adds that one.
@@ -88,7 +103,7 @@ def run_trial(tuner, trial, *args, **kwargs):
         kwargs["epochs"] = values["tuner/epochs"]
         kwargs["initial_epoch"] = values["tuner/initial_epoch"]
     past = values.get("tuner/trial_id")
-    spec = {
+    return {
         "hypermodel": tuner.hypermodel,
         "hyperparameters": trial.hyperparameters,
         "trial_id": trial.trial_id,
@@ -98,32 +113,55 @@ def run_trial(tuner, trial, *args, **kwargs):
         "args": args,
         "kwargs": {**kwargs, "callbacks": callbacks},
     }
-    trial_dir = Path(tuner.get_trial_dir(trial.trial_id))
+
+
+def _clean_trial_dir(tuner, trial_id: str) -> Path:
+    """The trial's folder, made if new, without the scratch folders of a killed search."""
+    trial_dir = Path(tuner.get_trial_dir(trial_id))
     trial_dir.mkdir(parents=True, exist_ok=True)
     for stale in trial_dir.glob(f"{SCRATCH_PREFIX}*"):  # left by a search that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    verbose = kwargs.get("verbose", getattr(tuner.hypermodel, "verbose", 0))
-    log_path = None if verbose else trial_dir / LOG_FILE
-    # Keras' own progress bar shows with `verbose`.
-    relay = None if verbose else _progress(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
-    # A resumed search runs the trial again: its error quotes this run's lines only.
-    log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
+    return trial_dir
+
+
+def _run_child(spec: dict, trial_dir: Path, log_path: Path | None,
+               relay: progress.Relay | None) -> tuple[int, dict | None]:
+    """Runs the trial's process on `spec`; returns its exit code and its result (None when
+    it wrote none)."""
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
         spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
         spec_path.write_bytes(pickle.dumps(spec))
         code = _call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
                       str(result_path), str(os.getpid())], log_path, relay)
         result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
+    return code, result
 
-    if result is None:
-        message = _death(code)
-        if log_path is not None:
-            message = native_log.quote_tail(log_path, message, start=log_start)
-        tuner.hypermodel.last_fit = FitRecord(message=message)
-        if code == -signal.SIGKILL:  # the kernel's OOM killer: this configuration's own
-            tuner.hypermodel.last_fit["configuration_failure"] = True
-            raise kt.errors.FailedTrialError(message)
-        raise RuntimeError(message)
+
+def _death_error(tuner, code: int, log_path: Path | None, log_start: int) -> Exception:
+    """The error for a trial's process that died without a result, with its log's last lines;
+    records it on `tuner.hypermodel.last_fit`."""
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import FitRecord
+
+    message = _death(code)
+    if log_path is not None:
+        message = native_log.quote_tail(log_path, message, start=log_start)
+    tuner.hypermodel.last_fit = FitRecord(message=message)
+    if code == -signal.SIGKILL:  # the kernel's OOM killer: this configuration's own
+        tuner.hypermodel.last_fit["configuration_failure"] = True
+        return kt.errors.FailedTrialError(message)
+    return RuntimeError(message)
+
+
+def _trial_history(tuner, trial, result: dict, log_path: Path | None):
+    """Takes the trial's process's result into the search's process: its `last_fit` record
+    and drawn hyperparameters; raises its error, else returns its `keras.callbacks.History`."""
+    import keras
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import FitRecord
+
     tuner.hypermodel.last_fit = FitRecord(result.get("record") or {})
     # What `fit` drew (batch size, augmentation, crop scale) was declared on the child's copy.
     drawn = result["hyperparameters"]
@@ -139,7 +177,7 @@ def run_trial(tuner, trial, *args, **kwargs):
     history = keras.callbacks.History()
     history.history = result["history"]
     history.epoch = list(range(len(next(iter(result["history"].values()), []))))
-    return [history]
+    return history
 
 
 def _start_log(log_path: Path, trial_id: str) -> int:

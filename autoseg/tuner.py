@@ -37,10 +37,10 @@ import keras_tuner as kt
 
 from autoseg import atomic, leaderboard, progress, trial_process
 from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle
-from autoseg.search import format_duration
+from autoseg.durations import format_duration
+from autoseg.run_dir import LEADERBOARD_FILE, TRIALS_DIR, read_record, record_path
 
 TUNERS = ("hyperband", "bayesian", "random", "grid")
-TRIALS_DIR = "trials"
 MAX_CONSECUTIVE_FAILURES = 3
 
 
@@ -166,7 +166,7 @@ class SearchRunMixin:
 
     def write_leaderboard(self) -> None:
         leaderboard.write_leaderboard(
-            self.rundir / "leaderboard.csv", self.trial_rows(),
+            self.rundir / LEADERBOARD_FILE, self.trial_rows(),
             objective=self.objective_name, direction=self.oracle.objective.direction,
             class_names=self.class_names,
         )
@@ -242,18 +242,6 @@ def _value_at(observations, step):
             return float(obs.value[0]) if isinstance(obs.value, list) else float(obs.value)
     obs = history[-1]
     return float(obs.value[0]) if isinstance(obs.value, list) else float(obs.value)
-
-
-def record_path(rundir: Path, trial_id: str) -> Path:
-    """`RUNDIR/trials/trial_<id>/autoseg.json`: autoseg's record of one trial."""
-    return Path(rundir) / TRIALS_DIR / f"trial_{trial_id}" / "autoseg.json"
-
-
-def read_record(rundir: Path, trial_id: str) -> dict:
-    try:
-        return json.loads(record_path(rundir, trial_id).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _last_line(message) -> str:

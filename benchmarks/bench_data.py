@@ -23,7 +23,8 @@ def canonical_dataset(source: Path, tmp: Path, **prepare_options):
     reused. `tmp` must lie outside the repository: the shared datasets' licences forbid
     copying them into it.
     """
-    from autoseg.data.dataset import is_canonical, load_dataset, prepare
+    from autoseg.data.dataset import is_canonical, load_dataset
+    from autoseg.data.sources import prepare
 
     source, tmp = Path(source), Path(tmp).resolve()
     if is_canonical(source):

@@ -7,6 +7,11 @@ TensorFlow, memory and threads):
   hyperband tuner: the plan's recipe (`autoseg.plan`) trained for the whole budget.
 - `planned` (#11 arm B): `autoseg.search` as a user runs it: default space, default tuner,
   `time_budget`: the plan, the recipe as trial 0, its variants, the best continued.
+- `<arm>+<variant>`: the same with the default space's input handling replaced by one of
+  `VARIANTS` (the plan then derives its recipe from that space), to compare how the frames
+  reach the model: `recipe+crop` trains on 256x256 crops of the full 480x360 frames and
+  validates tiled at full resolution; `recipe+wide` resizes whole frames to 352x256 (width x
+  height), keeping their aspect, where the default space's `auto` resizes them to 256x256.
 
 Data: the 184 frames of `../shared/datasets/camvid11_train` (every second frame of SegNet's
 train split, 480x360, 11 classes + void), prepared once into `<out>/dataset` as a user would:
@@ -38,6 +43,7 @@ Usage (from the repository root):
 ```
 python benchmarks/search_camvid.py                     # 30 min per arm, one after the other
 python benchmarks/search_camvid.py --budget 60m --arms planned
+python benchmarks/search_camvid.py --parallel          # both arms at once, one core each
 python benchmarks/search_camvid.py --prepare-only      # prepare, print the split, exit
 python benchmarks/search_camvid.py --report            # print the table of finished arms
 ```
@@ -57,9 +63,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import CAMVID, canonical_dataset  # noqa: E402
-from search_cwfid import report, search_scores  # noqa: E402
+from search_cwfid import launch_parallel, report, search_scores  # noqa: E402
 
 ARMS = ("recipe", "planned")
+#: Input handling that replaces the default space's (`<arm>+<variant>`).
+VARIANTS = {
+    "crop": {"policy": "crop", "crop_scale": [1.0], "input_size": 256},
+    "wide": {"policy": "resize", "input_size": "352x256"},
+}
 SEED = 0
 VAL_FRACTION = 0.2
 #: A frame's video sequence: the stem's text before the first underscore (`0001TP_006690`).
@@ -76,15 +87,18 @@ def main() -> int:
     parser.add_argument("--arms", type=arm_list, default=ARMS,
                         help=f"comma-separated arms (default: {','.join(ARMS)})")
     parser.add_argument("--out", default="/tmp/autoseg_search_camvid", help="results folder")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the arms at once, each pinned to its own share of the cores")
     parser.add_argument("--rerun", action="store_true", help="run finished arms again")
     parser.add_argument("--report", action="store_true", help="only print the table")
     parser.add_argument("--prepare-only", action="store_true",
                         help="prepare the dataset, print the split and exit")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # a subprocess runs one arm
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
     if args.arm:
-        return run_arm(args.arm, out, args.budget)
+        return run_arm(args.arm, out, args.budget, args.threads)
     if args.report:
         print(report(out, args.arms))
         return 0
@@ -94,20 +108,41 @@ def main() -> int:
     print_split(camvid(out))  # prepared once, before the arms start
     if args.prepare_only:
         return 0
-    for arm in args.arms:
-        if args.rerun or not (out / f"{arm}.json").is_file():
-            subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
-                            "--budget", args.budget], check=True)
+    todo = [a for a in args.arms if args.rerun or not (out / f"{a}.json").is_file()]
+    if args.parallel:
+        launch_parallel(__file__, todo, out, args.budget)
+    for arm in [] if args.parallel else todo:
+        subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
+                        "--budget", args.budget], check=True)
     print(report(out, args.arms))
     return 0
 
 
 def arm_list(text: str) -> list[str]:
-    """`--arms`: names from `ARMS`, comma-separated."""
+    """`--arms`: names from `ARMS`, each optionally `+` one of `VARIANTS`, comma-separated."""
     arms = [a for a in text.split(",") if a]
-    if not arms or not set(arms) <= set(ARMS):
-        raise argparse.ArgumentTypeError(f"unknown arm in {text!r}; valid arms: {', '.join(ARMS)}")
+    valid = {a for a in arms if a.partition("+")[0] in ARMS
+             and a.partition("+")[2] in ("", *VARIANTS)}
+    if not arms or set(arms) != valid:
+        raise argparse.ArgumentTypeError(
+            f"unknown arm in {text!r}; valid arms: {', '.join(ARMS)}, each optionally "
+            f"+{' or +'.join(VARIANTS)}")
     return arms
+
+
+def arm_space(arm: str) -> dict | None:
+    """The search space of an arm: None (the default space) or the default space with a
+    variant's input handling."""
+    import yaml
+
+    from autoseg.search_space import bundled_space_path
+
+    variant = arm.partition("+")[2]
+    if not variant:
+        return None
+    space = yaml.safe_load(bundled_space_path("default").read_text())
+    space.update(VARIANTS[variant])
+    return space
 
 
 def camvid(out: Path):
@@ -133,22 +168,26 @@ def print_split(ds) -> None:
           + ", ".join(f"{c} {f:.2%}" for c, f in zip(ds.classes, fraction)))
 
 
-def run_arm(arm: str, out: Path, budget: str) -> int:
+def run_arm(arm: str, out: Path, budget: str, threads: int = 0) -> int:
     """One arm, in its own process: the search, its best trial scored, `out/<arm>.json`."""
+    if threads:  # read by TensorFlow here and in each trial's own process
+        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     import autoseg
     from autoseg import atomic
-    from autoseg.search import parse_duration
+    from autoseg.durations import parse_duration
 
     ds = camvid(out)
     seconds = parse_duration(budget)
     start, load_before = time.time(), os.getloadavg()[0]
     result = autoseg.search(ds.root, out=out / arm, seed=SEED, overwrite=True,
-                            time_budget=seconds, val_fraction=VAL_FRACTION,
-                            val_groups=VAL_GROUPS, recipe_only=arm == "recipe")
+                            space=arm_space(arm), time_budget=seconds,
+                            val_fraction=VAL_FRACTION, val_groups=VAL_GROUPS,
+                            recipe_only=arm.partition("+")[0] == "recipe")
     record = {"arm": arm, "budget_seconds": seconds, "equal": "time",
               **search_scores(result, ds),
               "wall_seconds": round(time.time() - start, 1),
-              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+              "threads": threads or None}
     atomic.write_text(out / f"{arm}.json", json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
     return 0

@@ -104,7 +104,7 @@ def main() -> int:
         dataset_root(out)  # prepare once, before arms start
         todo = [a for a in arms if args.rerun or not (out / f"{a}.json").is_file()]
         if args.parallel:
-            launch_parallel(todo, out, args.budget)
+            launch_parallel(__file__, todo, out, args.budget)
         else:
             for arm in sorted(todo, key=lambda a: ARMS.index(a.partition("@")[0])):  # random
                 # after hyperband: equal epochs
@@ -114,13 +114,15 @@ def main() -> int:
     return 0
 
 
-def launch_parallel(arms, out: Path, budget: str) -> None:
+def launch_parallel(script: str, arms, out: Path, budget: str) -> None:
+    """Run `script --arm A` for every arm at once, each pinned to its share of the cores
+    (`--threads` tells TensorFlow how many), its output in `out/<arm>.log`."""
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // max(1, len(arms)))
     procs = []
     for i, arm in enumerate(arms):
         mine = cores[(i * share) % len(cores):][:share] or cores[:1]
-        cmd = ["taskset", "-c", ",".join(map(str, mine)), sys.executable, __file__, "--arm",
+        cmd = ["taskset", "-c", ",".join(map(str, mine)), sys.executable, script, "--arm",
                arm, "--out", str(out), "--budget", budget, "--threads", str(len(mine))]
         env = {**os.environ, "SEARCH_CWFID_PARALLEL": "1"}
         with open(out / f"{arm}.log", "w") as log:
@@ -144,7 +146,7 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
     if threads:  # read by TensorFlow here and in each trial's own process
         os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     from autoseg.data.dataset import load_dataset
-    from autoseg.search import parse_duration
+    from autoseg.durations import parse_duration
 
     ds = load_dataset(dataset_root(out))
     seconds = parse_duration(budget)
@@ -190,7 +192,7 @@ def search_scores(result, ds) -> dict:
     """A search's trials, its best trial, and that trial's model scored at full resolution."""
     from autoseg import export
     from autoseg.hypermodel import trial_model_config
-    from autoseg.search import load_run
+    from autoseg.run_dir import load_run
 
     rows = result.rows
     best = result.best

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # API name -> (module, function) that a call of `autoseg.<name>` runs.
 API = {
-    "prepare": ("autoseg.data.dataset", "prepare"),
+    "prepare": ("autoseg.data.sources", "prepare"),
     "search": ("autoseg.search", "search"),
     "leaderboard": ("autoseg.leaderboard", "leaderboard"),
     "export": ("autoseg.export", "export"),

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from autoseg import backbones, budget
+from autoseg import backbones, budget, devices
 from autoseg.errors import BudgetError, ConfigError
 
 keras = pytest.importorskip("keras")
@@ -91,14 +91,16 @@ def test_activation_elements_recurses_into_nested_models_and_counts_each_call():
     assert budget.activation_elements(model) == 32 + 32 + 96 + 96 + 192
 
 
-def test_activation_elements_counts_the_discriminator_twice():
+def test_activation_elements_counts_the_declared_training_passes():
     generator = keras.Sequential([keras.Input((4, 4, 3)), layers.Conv2D(2, 1)], name="g")  # 32
     discriminator = keras.Sequential([keras.Input((4, 4, 2)), layers.Conv2D(1, 3)], name="d")  # 4
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, generator(inputs))
-    model.discriminator = discriminator
+    model.discriminator = discriminator  # a sub-model alone is not a training pass
+    assert budget.activation_elements(model) == 32
+    model.training_passes = [(discriminator, 2)]  # pix2pix's: on the real and the fake pair
     assert budget.activation_elements(model) == 32 + 2 * 4
-    model.training_passes = [(discriminator, 3)]  # an explicit declaration wins
+    model.training_passes = [(discriminator, 3)]
     assert budget.activation_elements(model) == 32 + 3 * 4
 
 
@@ -279,7 +281,7 @@ def test_memory_budget_bytes(monkeypatch):
 
 
 def test_available_memory_on_cpu_is_this_process_plus_meminfo(monkeypatch):
-    monkeypatch.setattr(budget, "_gpu_visible", lambda: False)
+    monkeypatch.setattr(devices, "gpu_visible", lambda: False)
     monkeypatch.setattr(budget, "_CGROUP_FILES", ())
     available, source = budget.available_memory_bytes()
     assert source == "meminfo"
@@ -292,7 +294,7 @@ def test_available_memory_is_capped_by_the_cgroup_limit(monkeypatch, tmp_path):
     (tmp_path / "max").write_text("3000000000\n")
     (tmp_path / "current").write_text("1000000000\n")
     (tmp_path / "unlimited").write_text("max\n")
-    monkeypatch.setattr(budget, "_gpu_visible", lambda: False)
+    monkeypatch.setattr(devices, "gpu_visible", lambda: False)
     monkeypatch.setattr(budget, "_meminfo_available_bytes", lambda: 10**12)
     monkeypatch.setattr(budget, "_CGROUP_FILES",
                         ((str(tmp_path / "max"), str(tmp_path / "current")),))
@@ -304,7 +306,7 @@ def test_available_memory_is_capped_by_the_cgroup_limit(monkeypatch, tmp_path):
 
 
 def test_gpu_without_nvidia_smi_asks_for_an_explicit_budget(monkeypatch):
-    monkeypatch.setattr(budget, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(devices, "gpu_visible", lambda: True)
     monkeypatch.setattr(budget, "_nvidia_smi_total_bytes", lambda: None)
     with pytest.raises(BudgetError, match="explicitly"):
         budget.available_memory_bytes()
@@ -435,3 +437,15 @@ def test_predicted_growth_matches_when_activations_dominate(name):
         f"{row['measured'] / MiB:.0f} MiB, predicted {row['predicted'] / MiB:.0f} MiB "
         f"(ratio {ratio:.2f})"
     )
+
+
+def test_every_shipped_family_has_a_calibrated_memory_factor():
+    # A family without an entry would silently get the common factor: calibrate it with
+    # `benchmarks/memory.py` and add it to FAMILY_ACTIVATION_FACTORS.
+    from autoseg import models  # noqa: F401  (registers every architecture)
+    from autoseg.registry import ARCHITECTURES
+
+    specs = [ARCHITECTURES.resolve(name)[0] for name in ARCHITECTURES.names()]
+    shipped = {s.family for s in specs if s.builder.__module__.startswith("autoseg.architectures.")}
+    assert {"unet", "segnet", "deeplabv3plus", "pix2pix"} <= shipped
+    assert sorted(shipped - set(budget.FAMILY_ACTIVATION_FACTORS)) == []

@@ -15,7 +15,7 @@ from autoseg.data.color_names import (
     nearest_color_name,
     rgb_to_lab,
 )
-from autoseg.data.dataset import prepare
+from autoseg.data.sources import prepare
 
 
 def write_colour_pair(root, stem, rgb):

@@ -14,7 +14,8 @@ from PIL import Image
 
 from autoseg.cli import main
 from autoseg.data import intensity, pipeline
-from autoseg.data.dataset import check_trainable, load_dataset, prepare
+from autoseg.data.dataset import check_trainable, load_dataset
+from autoseg.data.sources import prepare
 from autoseg.errors import ConfigError, DatasetError
 
 # 12-bit photos whose classes differ only below the top byte: soil 1994..2006, discs

@@ -454,7 +454,7 @@ def test_search_export_predict_evaluate_end_to_end(searched, tmp_path, capsys):
 def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
     """A trial of a planned search trained epochs of 2 passes over its photos: its refit too."""
     from autoseg.export import export
-    from autoseg.tuner import record_path
+    from autoseg.run_dir import record_path
 
     _, searched_run = searched
     rundir = tmp_path / "run"

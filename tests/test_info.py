@@ -8,7 +8,8 @@ import yaml
 from PIL import Image
 
 from autoseg.cli import main
-from autoseg.data.dataset import compute_fingerprint, load_dataset, prepare
+from autoseg.data.dataset import compute_fingerprint, load_dataset
+from autoseg.data.sources import prepare
 from autoseg.errors import DatasetError
 
 

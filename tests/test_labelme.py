@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from autoseg.data import labelme
-from autoseg.data.dataset import load_dataset, prepare
+from autoseg.data.dataset import load_dataset
+from autoseg.data.sources import prepare
 from autoseg.errors import DatasetError
 
 
@@ -292,7 +293,7 @@ def test_primitives_every_shape_type_is_drawn(labelme_examples_dir, tmp_path):
 
 def test_subfolders_are_read_recursively_with_folder_prefixed_stems(tmp_path, capsys):
     """Two field days share the stem img_001: each keeps its own image, shapes and stem."""
-    from autoseg.data.dataset import detect_format
+    from autoseg.data.sources import detect_format
 
     src = tmp_path / "src"
     write_labelme(src / "day1", "img_001", [shape("a", [[0, 0], [9, 9]], "rectangle")], size=(40, 30))
@@ -372,7 +373,7 @@ def test_orphans_are_looked_for_in_every_json_folder(tmp_path, capsys):
 
 
 def test_auto_format_prefers_a_mask_folder_over_labelme_files_in_subfolders(tmp_path):
-    from autoseg.data.dataset import detect_format
+    from autoseg.data.sources import detect_format
 
     src = tmp_path / "src"
     (src / "images").mkdir(parents=True)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from autoseg.cli import main
 from autoseg.data import masks
-from autoseg.data.dataset import prepare
+from autoseg.data.sources import prepare
 from autoseg.errors import ConfigError, DatasetError
 
 BLACK, GREEN, RED = (0, 0, 0), (0, 255, 0), (255, 0, 0)

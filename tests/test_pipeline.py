@@ -300,7 +300,7 @@ def test_each_worker_thread_builds_its_augmentation_once(tiny, monkeypatch):
     for _ in range(4):
         collect(ds)
     assert len(built) == len(set(built)), "a thread rebuilt its Compose"
-    assert len(built) <= 24  # far fewer than the 24 examples seen
+    assert 0 < len(built) < 24  # built at all, and far fewer times than the 24 examples seen
 
 
 def test_augmentation_changes_every_epoch_even_unshuffled(tiny):

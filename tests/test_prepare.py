@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 from autoseg.cli import main
-from autoseg.data.dataset import load_dataset, prepare, resolve_dataset, source_hash
+from autoseg.data.dataset import load_dataset
+from autoseg.data.sources import prepare, resolve_dataset, source_hash
 from autoseg.errors import ConfigError, DatasetError
 
 COLOURS = np.array([[0, 0, 0], [0, 255, 0], [255, 0, 0]], np.uint8)

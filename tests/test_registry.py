@@ -60,3 +60,24 @@ def test_models_command_does_not_offer_tiny(monkeypatch, capsys):
     assert "  backbones:  none, mobilenetv2, resnet50, vgg16\n" in unet
     assert "backbone=none [none|mobilenetv2|resnet50|vgg16]" in unet
     assert "  backbones:  mobilenetv2, resnet50, vgg16\n" in out  # deeplabv3plus
+
+
+def test_an_architectures_defaults_are_its_builders_signature():
+    assert ARCHITECTURES.get("segnet").defaults == {
+        "backbone": "none", "depth": 5, "filters": 64, "weights": None}
+    assert ARCHITECTURES.get("unet").defaults["filters"] == 64
+    assert ARCHITECTURES.get("light_unet").defaults["filters"] == 16
+
+    def build_toy(num_classes, input_shape, width=8, *, act="relu"):
+        raise AssertionError("not built here")
+
+    assert registry.builder_defaults(build_toy) == {"width": 8, "act": "relu"}
+
+
+@pytest.mark.parametrize("signature", ["width", "width=8, **options", "*layers"])
+def test_a_builder_option_without_a_default_is_refused_at_registration(signature):
+    namespace: dict = {}
+    exec(f"def build_toy(num_classes, input_shape, {signature}): pass", namespace)
+    with pytest.raises(TypeError, match="needs a default"):
+        registry.register_architecture("toy_no_default", family="toy")(namespace["build_toy"])
+    assert "toy_no_default" not in ARCHITECTURES.names()

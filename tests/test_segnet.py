@@ -187,6 +187,53 @@ def test_segnet_resnet_alias_builds_on_resnet50():
     assert model.output_shape == (None, 64, 64, 3)
 
 
+@pytest.mark.parametrize("size", [9, 12])
+def test_overlapping_pool_and_unpool_are_max_pooling_and_its_gradient(size):
+    """3x3 windows at stride 2: the pooled values are Keras' MaxPooling2D's, and unpooling
+    routes values exactly as max pooling's gradient does (overlaps add)."""
+    x = tf.constant(np.random.default_rng(size).normal(size=(2, size, size + 2, 3)), "float32")
+    pooled, indices = MaxPoolingWithArgmax2D(3, 2)(x)
+    reference = keras.layers.MaxPooling2D(3, strides=2)(x)
+    np.testing.assert_array_equal(np.asarray(pooled), np.asarray(reference))
+    upstream = tf.constant(np.random.default_rng(7).normal(size=reference.shape), "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(keras.layers.MaxPooling2D(3, strides=2)(x) * upstream)
+    gradient = tape.gradient(loss, x)
+    unpooled = MaxUnpooling2D(3, 2)([upstream, indices])
+    rows, cols = unpooled.shape[1:3]  # a last row or column no window reads stays out
+    assert (rows, cols) == ((pooled.shape[1] - 1) * 2 + 3, (pooled.shape[2] - 1) * 2 + 3)
+    np.testing.assert_allclose(np.asarray(unpooled), np.asarray(gradient)[:, :rows, :cols],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_strided_layer_configs_round_trip():
+    for layer in (MaxPoolingWithArgmax2D(3, 2, name="p"), MaxUnpooling2D(3, 2)):
+        clone = type(layer).from_config(layer.get_config())
+        assert (clone.pool_size, clone.strides) == (3, 2)
+    assert MaxUnpooling2D.from_config({"pool_size": 2}).strides == 2  # saved before strides
+    for pool_size, strides in ((2, 3), (3, 0), (3, 1.5)):
+        with pytest.raises(ValueError, match="strides"):
+            MaxPoolingWithArgmax2D(pool_size, strides)
+
+
+def test_segnet_resnet_unpools_with_its_stem_pools_own_indices():
+    """ResNet-50's one max pool (stem, 3x3 stride 2 after a zero padding of 1): the decoder
+    stage from stride 4 to 2 takes that pool's windows and indices, not a 2x2 argmax."""
+    model = build_segnet(3, (64, 64, 3), backbone="resnet50", depth=5, filters=4)
+    argmax = model.get_layer("enc2_argmax")
+    assert (argmax.pool_size, argmax.strides) == (3, 2)
+    assert argmax.input is model.get_layer("pool1_pad").output
+    assert model.get_layer("dec2_unpool").strides == 2
+    assert model.get_layer("dec2_crop").output.shape[1:3] == (32, 32)
+    probe = keras.Model(model.input, [argmax.output[0], model.get_layer("pool1_pool").output])
+    ours, resnet = probe(np.random.default_rng(3).uniform(0, 255, (1, 64, 64, 3)).astype("float32"))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(resnet))
+    # Strided convolutions keep no indices: those stages take a 2x2 argmax of the map.
+    assert model.get_layer("enc3_argmax").strides == model.get_layer("enc3_argmax").pool_size == 2
+    assert model.output_shape == (None, 64, 64, 3)
+
+
 def test_depth_sets_stages_and_input_divisor():
     spec = ARCHITECTURES.get("segnet")
     assert [spec.input_divisor({**spec.defaults, "depth": d}) for d in (3, 4, 5)] == [8, 16, 32]

@@ -54,15 +54,6 @@ def _aspp(x, filters: int, rates: tuple[int, ...], dropout: float, separable: bo
     "deeplabv3plus",
     family="deeplabv3plus",
     backbones=DEEPLAB_BACKBONES,
-    defaults={
-        "backbone": "resnet50",
-        "output_stride": 16,
-        "aspp_filters": 256,
-        "decoder_filters": 256,
-        "separable": False,
-        "dropout": 0.1,
-        "weights": None,
-    },
     choices={
         "backbone": DEEPLAB_BACKBONES,
         "output_stride": tuple(ASPP_RATES),

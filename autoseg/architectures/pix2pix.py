@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from autoseg import builder
 from autoseg.errors import ConfigError
 from autoseg.losses import replica_share
 from autoseg.registry import ARCHITECTURES, register_architecture, register_architecture_alias
@@ -147,6 +148,12 @@ class Pix2Pix(keras.Model):
     def inference_model(self) -> keras.Model:
         """The generator alone: the plain segmentation model to predict with and export."""
         return self.generator
+
+    @property
+    def training_passes(self) -> list[tuple[keras.Model, int]]:
+        """What a training step runs besides the generator (`autoseg.model_contract`): the
+        discriminator, twice (on the real pair and on the generated one)."""
+        return [(self.discriminator, 2)]
 
     def export_model(self) -> keras.Model:
         """Returns `inference_model`, the generator, for saving and export."""
@@ -284,13 +291,6 @@ def _input_divisor(options) -> int:
 @register_architecture(
     "pix2pix",
     family="pix2pix",
-    defaults={
-        "generator": "unet",
-        "generator_options": None,
-        "lambda_seg": 100.0,
-        "disc_filters": 64,
-        "disc_layers": 3,
-    },
     choices={"generator": GENERATORS},
     input_divisor=_input_divisor,
     description="Conditional GAN: a segmentation generator trained with a PatchGAN critic.",
@@ -322,8 +322,6 @@ def build_pix2pix(
     Raises:
         ConfigError: an unknown generator or a bad option.
     """
-    from autoseg import models  # models imports the architectures package at import time.
-
     spec, _ = _generator_spec(
         {"generator": generator, "generator_options": generator_options}
     )
@@ -333,7 +331,7 @@ def build_pix2pix(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"pix2pix {key} must be an integer >= {low}. Received: {value!r}.")
     try:
-        generator_model = models.build(
+        generator_model = builder.build(
             spec.name, num_classes, tuple(input_shape), **(generator_options or {})
         )
     except ConfigError as error:

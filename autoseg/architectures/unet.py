@@ -90,15 +90,6 @@ def _unet_encoder(x, *, depth, filters, separable, batch_norm):
     "unet",
     family="unet",
     backbones=("none", *backbone_names()),
-    defaults={
-        "depth": 4,
-        "filters": 64,
-        "batch_norm": True,
-        "dropout": 0.0,
-        "upsampling": "bilinear",
-        "backbone": "none",
-        "weights": None,
-    },
     choices={
         "depth": DEPTHS,
         "upsampling": UPSAMPLING_METHODS,
@@ -179,13 +170,6 @@ def build_unet(
 @register_architecture(
     "light_unet",
     family="unet",
-    defaults={
-        "depth": 4,
-        "filters": 16,
-        "batch_norm": True,
-        "dropout": 0.0,
-        "upsampling": "bilinear",
-    },
     choices={"depth": DEPTHS, "upsampling": UPSAMPLING_METHODS},
     input_divisor=lambda options: 2 ** options["depth"],
     description=(

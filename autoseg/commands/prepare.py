@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.data.dataset import FORMATS
+from autoseg.data.sources import FORMATS
 
 DESCRIPTION = """\
 Convert Labelme files or images/ + masks/ folders into a canonical dataset:
@@ -76,7 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from autoseg.commands.info import format_fingerprint
-    from autoseg.data.dataset import check_trainable, prepare, warn
+    from autoseg.data.dataset import check_trainable, warn
+    from autoseg.data.sources import prepare
     from autoseg.errors import DatasetError
 
     dataset = prepare(

@@ -227,6 +227,12 @@ def unpack_color(packed: int) -> tuple[int, int, int]:
     return (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
 
 
+_PALETTE_FORM_HELP = (
+    "Write one `name: [R, G, B]` line per class in index order, e.g. "
+    "`background: [0, 0, 0]`."
+)
+
+
 def read_palette_file(path: str | Path) -> Palette:
     """Reads a `--palette` YAML file (see the module docstring for its forms).
 
@@ -234,16 +240,29 @@ def read_palette_file(path: str | Path) -> Palette:
         ConfigError: unreadable, malformed, a bad colour, or a repeated name or colour.
     """
     path = Path(path)
+    palette = _palette_from_entries(_palette_entries(_load_palette_yaml(path), path), path)
+    if not palette.classes:
+        raise ConfigError(f"--palette {path} names no class. {_PALETTE_FORM_HELP}")
+    if len(palette.classes) > IGNORE_INDEX:
+        raise ConfigError(
+            f"--palette {path} has {len(palette.classes)} classes; at most {IGNORE_INDEX} fit "
+            "in 8-bit masks."
+        )
+    return palette
+
+
+def _load_palette_yaml(path: Path):
+    """The parsed YAML of a `--palette` file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--palette {path} cannot be read: {exc}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--palette {path} is not valid YAML: {exc}") from None
-    form_help = (
-        "Write one `name: [R, G, B]` line per class in index order, e.g. "
-        "`background: [0, 0, 0]`."
-    )
+
+
+def _palette_entries(data, path: Path) -> list[tuple]:
+    """`(name, colour)` pairs, in file order, from any of the three palette forms."""
     if isinstance(data, dict) and set(data) >= {"classes", "palette"} and isinstance(
         data["classes"], list
     ):
@@ -253,17 +272,20 @@ def read_palette_file(path: str | Path) -> Palette:
                 f"--palette {path}: `palette` must hold one [R, G, B] per class "
                 f"({len(names)} classes). Received: {colors!r:.200}."
             )
-        entries = list(zip(names, colors))
-    elif isinstance(data, dict):
-        entries = list(data.items())
-    elif isinstance(data, list) and all(
+        return list(zip(names, colors))
+    if isinstance(data, dict):
+        return list(data.items())
+    if isinstance(data, list) and all(
         isinstance(e, dict) and set(e) == {"name", "color"} for e in data
     ):
-        entries = [(e["name"], e["color"]) for e in data]
-    else:
-        raise ConfigError(
-            f"--palette {path} must be a mapping of class name to colour. {form_help}"
-        )
+        return [(e["name"], e["color"]) for e in data]
+    raise ConfigError(
+        f"--palette {path} must be a mapping of class name to colour. {_PALETTE_FORM_HELP}"
+    )
+
+
+def _palette_from_entries(entries: list[tuple], path: Path) -> Palette:
+    """A `Palette` of checked `(name, colour)` pairs: `__ignore__` colours set apart."""
     palette = Palette([], [], [], source=f"--palette {path}")
     seen: dict[int, str] = {}
     for name, color in entries:
@@ -291,13 +313,6 @@ def read_palette_file(path: str | Path) -> Palette:
         else:
             palette.classes.append(name)
             palette.colors.append(tuple(color))
-    if not palette.classes:
-        raise ConfigError(f"--palette {path} names no class. {form_help}")
-    if len(palette.classes) > IGNORE_INDEX:
-        raise ConfigError(
-            f"--palette {path} has {len(palette.classes)} classes; at most {IGNORE_INDEX} fit "
-            "in 8-bit masks."
-        )
     return palette
 
 
@@ -448,46 +463,18 @@ def convert_folder(
     names = read_labels_file(labels).classes if labels is not None else None
     given = read_palette_file(palette) if palette is not None else None
     if kind == "color":
-        if given is None:
-            if names is None and (src / "labels.txt").is_file():
-                names = read_labels_file(src / "labels.txt").classes
-            given = discover_palette(pairs, names)
-        table = given.lookup_table()
+        return _convert_color_masks(src, out, pairs, names, given)
 
-        def convert_colors(image: Image.Image, name: str) -> np.ndarray:
-            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-            return colors_to_index(rgb, given, name, table)
-
-        _convert_pairs(pairs, out, convert_colors)
-        return given.classes, given.colors
-
-    source_ignore = IGNORE_INDEX
-    colors = None
-    from_dataset_yaml = False
-    if given is not None:
-        names, colors = given.classes, given.colors
-    elif names is None and kind == "index":
-        names, colors, source_ignore = _source_metadata(src)
-        from_dataset_yaml = names is not None
-    if names is None and (src / "labels.txt").is_file():
-        names = read_labels_file(src / "labels.txt").classes
+    names, colors, source_ignore, from_dataset_yaml = _index_class_source(
+        src, kind, names, given
+    )
     ignored = set(ignore_values)
     seen = _mask_values(pairs, kind)
     present = set().union(*seen.values())
     remaining = present - ignored
     if kind == "index" and detect_binary and not from_dataset_yaml:
-        binary_value = _binary_foreground(remaining)
-        if binary_value is not None and (names is None or len(names) == 2):
+        if _reads_as_binary(remaining, names, log):
             kind = "binary"
-            if binary_value == IGNORE_INDEX:
-                other = "if 255 marks pixels to ignore, pass --format index --ignore-values 255"
-            else:
-                other = f"pass --format index to keep them as class indices 0 and {binary_value}"
-            log(
-                f"Note: the masks hold only 0 and {binary_value}: read as binary masks, 2 "
-                f"classes, background (0) and foreground ({binary_value}). Name them with "
-                f"--labels FILE; {other}."
-            )
     if kind == "binary":
         lut, names, colors = _binary_lookup(seen, ignored, names, colors)
     else:
@@ -500,6 +487,67 @@ def convert_folder(
     if colors is None:
         colors = default_palette(len(names))
     return list(names), [tuple(int(v) for v in c) for c in colors]
+
+
+def _convert_color_masks(
+    src: Path, out: Path, pairs: list[Pair], names: list[str] | None, given: Palette | None
+) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Converts colour masks with the `given` palette, else one discovered from the masks."""
+    if given is None:
+        if names is None and (src / "labels.txt").is_file():
+            names = read_labels_file(src / "labels.txt").classes
+        given = discover_palette(pairs, names)
+    table = given.lookup_table()
+
+    def convert_colors(image: Image.Image, name: str) -> np.ndarray:
+        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return colors_to_index(rgb, given, name, table)
+
+    _convert_pairs(pairs, out, convert_colors)
+    return given.classes, given.colors
+
+
+def _index_class_source(
+    src: Path, kind: str, names: list[str] | None, given: Palette | None
+) -> tuple[list[str] | None, list | None, int, bool]:
+    """Class names, colours and source ignore index for index or binary masks.
+
+    In order: the `--palette`, then `src/dataset.yaml` (index masks without `--labels`),
+    then `src/labels.txt`. The last item says whether they came from `src/dataset.yaml`.
+    """
+    source_ignore = IGNORE_INDEX
+    colors = None
+    from_dataset_yaml = False
+    if given is not None:
+        names, colors = given.classes, given.colors
+    elif names is None and kind == "index":
+        names, colors, source_ignore = _source_metadata(src)
+        from_dataset_yaml = names is not None
+    if names is None and (src / "labels.txt").is_file():
+        names = read_labels_file(src / "labels.txt").classes
+    return names, colors, source_ignore, from_dataset_yaml
+
+
+def _reads_as_binary(
+    remaining: set[int], names: list[str] | None, log: Callable[[str], None]
+) -> bool:
+    """Whether index masks holding `remaining` values are binary (`--format auto`).
+
+    When they are, the note saying so goes through `log`.
+    """
+    binary_value = _binary_foreground(remaining)
+    if binary_value is None or not (names is None or len(names) == 2):
+        return False
+    if binary_value == IGNORE_INDEX:
+        other = "if 255 marks pixels to ignore, pass --format index --ignore-values 255"
+    else:
+        other = f"pass --format index to keep them as class indices 0 and {binary_value}"
+    log(
+        f"Note: the masks hold only 0 and {binary_value}: read as binary masks, 2 "
+        f"classes, background (0) and foreground ({binary_value}). Name them with "
+        f"--labels FILE; {other}."
+    )
+    return True
 
 
 def _mask_array(image: Image.Image, name: str, kind: str) -> np.ndarray:

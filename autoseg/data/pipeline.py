@@ -808,34 +808,14 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    height, width = input_size = _check_input_size(input_size)
-    if policy not in POLICIES:
-        raise ConfigError(f"Unknown policy {policy!r}. Valid policies: {', '.join(POLICIES)}.")
-    if (
-        isinstance(crop_scale, bool)
-        or not isinstance(crop_scale, numbers.Real)
-        or not math.isfinite(float(crop_scale))
-        or not 0.0 < float(crop_scale) <= 4.0
-    ):
-        raise ConfigError(
-            f"crop_scale must be a number in (0, 4]. Received: crop_scale={crop_scale!r}."
-        )
-    crop_scale = float(crop_scale)
+    input_size = _check_input_size(input_size)
+    crop_scale = _check_policy_and_crop_scale(policy, crop_scale)
     strength = check_strength(aug_strength)
     if batch_size is not None:
         batch_size = _check_positive_int("batch_size", batch_size)
-    stems = [str(s) for s in stems]
-    if not stems:
-        raise ConfigError("make_dataset needs at least one image stem. Received: stems=[].")
-    unknown = [s for s in stems if s not in dataset.images]
-    if unknown:
-        raise DatasetError(
-            f"{dataset.root}: no image for stem(s) {unknown[:10]} in images/."
-        )
+    stems = _check_stems(dataset, stems)
     sizes = image_sizes(dataset, stems)  # fail here, not inside a tf.data worker
     shuffle = training if shuffle is None else bool(shuffle)
-    ignore_index = dataset.ignore_index
-    channels = dataset.channels
     tiling = policy == "crop" and not training
 
     def prepare(index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -848,17 +828,97 @@ def make_dataset(
 
     use_cache = False
     if cache:
-        budget = default_cache_max_bytes() if cache_max_bytes is None else int(cache_max_bytes)
-        needed = _cache_bytes(sizes, policy, input_size, crop_scale, _pixel_bytes(dataset))
-        use_cache = needed <= budget
-        if not use_cache:
-            logger.info(
-                "Not caching %d images: they need %.1f MiB, over the %.1f MiB budget; "
-                "decoding them each epoch instead.",
-                len(stems), needed / 2**20, budget / 2**20,
-            )
+        use_cache = _cache_fits(dataset, sizes, policy, input_size, crop_scale, cache_max_bytes)
     store = _ExampleStore(prepare, use_cache)
 
+    indices = tf.data.Dataset.range(len(stems))
+    if shuffle:
+        indices = indices.shuffle(len(stems), seed=seed, reshuffle_each_iteration=True)
+    if tiling:
+        tiles = _tiles_function(store, input_size, dataset.ignore_index)
+        ds = _map_tiles(indices, tiles, sizes, input_size, crop_scale, dataset.channels)
+    else:
+        example = _example_function(
+            store, input_size, dataset.ignore_index, policy=policy, training=training,
+            strength=strength,
+        )
+        ds = _map_examples(indices, example, seed, input_size, dataset.channels)
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=False)
+    if repeat:
+        if tiling:
+            raise ConfigError("repeat=True needs a known number of examples per pass; "
+                              "tiled validation (policy 'crop', training=False) has not.")
+        ds = ds.repeat()
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    # tf.numpy_function ties its Python function to the global graph, so the function (and
+    # the store it closes over) outlives the dataset; empty the cache when the dataset goes.
+    weakref.finalize(ds, store.close)
+    return ds
+
+
+def _check_policy_and_crop_scale(policy: str, crop_scale: object) -> float:
+    """Checks `policy` and returns `crop_scale` as a float in (0, 4]."""
+    if policy not in POLICIES:
+        raise ConfigError(f"Unknown policy {policy!r}. Valid policies: {', '.join(POLICIES)}.")
+    if (
+        isinstance(crop_scale, bool)
+        or not isinstance(crop_scale, numbers.Real)
+        or not math.isfinite(float(crop_scale))
+        or not 0.0 < float(crop_scale) <= 4.0
+    ):
+        raise ConfigError(
+            f"crop_scale must be a number in (0, 4]. Received: crop_scale={crop_scale!r}."
+        )
+    return float(crop_scale)
+
+
+def _check_stems(dataset: Dataset, stems: Sequence[str]) -> list[str]:
+    """`stems` as strings, after checking there is one and that each names an image."""
+    stems = [str(s) for s in stems]
+    if not stems:
+        raise ConfigError("make_dataset needs at least one image stem. Received: stems=[].")
+    unknown = [s for s in stems if s not in dataset.images]
+    if unknown:
+        raise DatasetError(
+            f"{dataset.root}: no image for stem(s) {unknown[:10]} in images/."
+        )
+    return stems
+
+
+def _cache_fits(
+    dataset: Dataset,
+    sizes: Sequence[tuple[int, int]],
+    policy: str,
+    input_size: tuple[int, int],
+    crop_scale: float,
+    cache_max_bytes: int | None,
+) -> bool:
+    """True when the prepared examples fit the cache budget; logs the sizes when not."""
+    budget = default_cache_max_bytes() if cache_max_bytes is None else int(cache_max_bytes)
+    needed = _cache_bytes(sizes, policy, input_size, crop_scale, _pixel_bytes(dataset))
+    fits = needed <= budget
+    if not fits:
+        logger.info(
+            "Not caching %d images: they need %.1f MiB, over the %.1f MiB budget; "
+            "decoding them each epoch instead.",
+            len(sizes), needed / 2**20, budget / 2**20,
+        )
+    return fits
+
+
+def _example_function(
+    store: _ExampleStore,
+    input_size: tuple[int, int],
+    ignore_index: int,
+    *,
+    policy: str,
+    training: bool,
+    strength: float,
+) -> Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]:
+    """`example(index, example_seed)`: one `(image, mask)`, randomly cropped (policy "crop")
+    and augmented when training; what `tf.numpy_function` runs for non-tiled pipelines."""
+    height, width = input_size
     # An albumentations Compose is not thread-safe: one per tf.data worker thread. A dict
     # keyed by thread id, not a threading.local: tf.numpy_function runs on threads whose
     # locals do not persist, and rebuilding the Compose tripled the per-image cost.
@@ -893,6 +953,16 @@ def make_dataset(
                 image, mask = out["image"], out["mask"]
         return image.astype(np.float32), mask.astype(np.int32)
 
+    return example
+
+
+def _tiles_function(
+    store: _ExampleStore, input_size: tuple[int, int], ignore_index: int
+) -> Callable[[Any], tuple[np.ndarray, np.ndarray]]:
+    """`tiles(index)`: the validation tiles of one example, stacked, with the mask set to
+    `ignore_index` where a pixel belongs to an earlier tile or lies outside the image."""
+    height, width = input_size
+
     def tiles(index):
         image, mask = store.get(int(index))
         h, w = mask.shape
@@ -903,46 +973,59 @@ def make_dataset(
         image_tiles = extract_tiles(image, positions, height, width, 0)
         return image_tiles.astype(np.float32), mask_tiles.astype(np.int32)
 
-    indices = tf.data.Dataset.range(len(stems))
-    if shuffle:
-        indices = indices.shuffle(len(stems), seed=seed, reshuffle_each_iteration=True)
-    if tiling:
+    return tiles
 
-        def load(index):
-            image, mask = tf.numpy_function(tiles, [index], [tf.float32, tf.int32])
-            image.set_shape([None, height, width, channels])
-            mask.set_shape([None, height, width])
-            return image, mask
 
-        ds = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        # The tile count is known from the headers: telling tf.data lets Keras count the
-        # validation steps (instead of warning that the input "ran out of data").
-        tile_count = sum(
-            len(tile_positions(*scaled_size(h, w, crop_scale), height, width)) for h, w in sizes
+def _map_tiles(
+    indices,
+    tiles: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+    sizes: Sequence[tuple[int, int]],
+    input_size: tuple[int, int],
+    crop_scale: float,
+    channels: int,
+):
+    """Maps image indices to their validation tiles, one element per tile, with the tile
+    count declared as the dataset's cardinality."""
+    import tensorflow as tf
+
+    height, width = input_size
+
+    def load(index):
+        image, mask = tf.numpy_function(tiles, [index], [tf.float32, tf.int32])
+        image.set_shape([None, height, width, channels])
+        mask.set_shape([None, height, width])
+        return image, mask
+
+    ds = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The tile count is known from the headers: telling tf.data lets Keras count the
+    # validation steps (instead of warning that the input "ran out of data").
+    tile_count = sum(
+        len(tile_positions(*scaled_size(h, w, crop_scale), height, width)) for h, w in sizes
+    )
+    return ds.unbatch().apply(tf.data.experimental.assert_cardinality(tile_count))
+
+
+def _map_examples(
+    indices,
+    example: Callable[[Any, Any], tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    input_size: tuple[int, int],
+    channels: int,
+):
+    """Maps image indices, each paired with a seed from `tf.data.Dataset.random(seed)`, to
+    one `(image, mask)` example each."""
+    import tensorflow as tf
+
+    height, width = input_size
+
+    def load(index, example_seed):
+        image, mask = tf.numpy_function(
+            example, [index, example_seed], [tf.float32, tf.int32]
         )
-        ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(tile_count))
-    else:
+        image.set_shape([height, width, channels])
+        mask.set_shape([height, width])
+        return image, mask
 
-        def load(index, example_seed):
-            image, mask = tf.numpy_function(
-                example, [index, example_seed], [tf.float32, tf.int32]
-            )
-            image.set_shape([height, width, channels])
-            mask.set_shape([height, width])
-            return image, mask
-
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(indices, seeds)
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=False)
-    if repeat:
-        if tiling:
-            raise ConfigError("repeat=True needs a known number of examples per pass; "
-                              "tiled validation (policy 'crop', training=False) has not.")
-        ds = ds.repeat()
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    # tf.numpy_function ties its Python function to the global graph, so the function (and
-    # the store it closes over) outlives the dataset; empty the cache when the dataset goes.
-    weakref.finalize(ds, store.close)
-    return ds
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(indices, seeds)
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
