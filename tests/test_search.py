@@ -202,6 +202,55 @@ def test_plain_kerastuner_can_drive_the_hypermodel(tiny_dataset, tmp_path):
     assert 0.0 <= trial.score <= 1.0
 
 
+def _out_of_memory(times: int):
+    """A Keras callback that raises TensorFlow's real out-of-memory error at the first
+    `times` training batches it sees (over the retry too: `fit` reuses the callback)."""
+    import keras
+    import tensorflow as tf
+
+    class OutOfMemory(keras.callbacks.Callback):
+        raised = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.raised < times:
+                self.raised += 1
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, "OOM when allocating tensor with shape [4,32,32,8]")
+
+    return OutOfMemory()
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_running_out_of_memory_halves_the_batch_once_then_fails_the_trial(tiny_dataset, tmp_path,
+                                                                         times):
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    data = TrainingData.from_path(tiny_dataset)
+    import yaml
+
+    space = {**yaml.safe_load((REPO / "search_spaces" / "ci.yaml").read_text()), "batch_size": 4}
+    hypermodel = AutosegHyperModel(space=space, data=data)
+    tuner = kt.RandomSearch(hypermodel, objective=kt.Objective("val_mean_iou", "max"),
+                            max_trials=1, directory=str(tmp_path), project_name="oom",
+                            max_consecutive_failed_trials=1)
+    try:
+        tuner.search(epochs=1, verbose=0, callbacks=[_out_of_memory(times)])
+    except RuntimeError:  # KerasTuner's "too many failed trials", after a failed one
+        assert times == 2
+    (trial,) = tuner.oracle.trials.values()
+    record = hypermodel.last_fit
+    if times == 1:  # retried at batch 2, and trained
+        assert trial.status == "COMPLETED"
+        assert record["batch_size"] == 2
+        assert record["message"] == "out of memory at batch 4; retried with 2"
+    else:  # out of memory at batch 2 too: the trial fails for its configuration
+        assert trial.status == "FAILED"
+        assert record["batch_size"] == 2 and record["configuration_failure"] is True
+        assert record["message"].startswith("out of memory at batch 2: OOM when allocating")
+
+
 # --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --
 
 
