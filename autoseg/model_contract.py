@@ -20,18 +20,7 @@ memory estimate finds a model's backbone by it (`backbone_of`).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-
-class TrainsMoreThanItPredicts(Protocol):
-    """A model with parts that train but do not predict (see the module docstring); each
-    attribute is optional on its own."""
-
-    @property
-    def inference_model(self) -> Any: ...
-
-    @property
-    def training_passes(self) -> list[tuple[Any, int]]: ...
+from typing import Any
 
 
 def inference_model(model: Any) -> Any:
