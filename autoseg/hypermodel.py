@@ -216,14 +216,16 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                         active[option] = drawn
         return model_name, active
 
-    def declare_policy(self, hp) -> tuple[str, float]:
+    def declare_policy(self, hp) -> tuple[str, float, float]:
+        """`(policy, crop_scale, rare_crops)`; the last two are 1.0 and 0.0 unless cropping."""
         policy = self._declare(hp, "policy", self.space.params["policy"])
-        crop_scale = 1.0
+        crop_scale, rare_crops = 1.0, 0.0
         with hp.conditional_scope("policy", ["crop"]):
             drawn = self._declare(hp, "crop_scale", self.space.params["crop_scale"])
+            drawn_rare = self._declare(hp, "rare_crops", self.space.params["rare_crops"])
             if policy == "crop":
-                crop_scale = float(drawn)
-        return policy, crop_scale
+                crop_scale, rare_crops = float(drawn), float(drawn_rare)
+        return policy, crop_scale, rare_crops
 
     def precision_of(self, model_name: str | None) -> str:
         """The Keras dtype policy an architecture (registry name) trains under."""
@@ -311,7 +313,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
     def _draw_training(self, hp, model) -> "_TrainingSetup":
         """Declares the training-time hyperparameters and bounds the batch by memory."""
         input_size = tuple(int(d) for d in model.input_shape[1:3])
-        policy, crop_scale = self.declare_policy(hp)
+        policy, crop_scale, rare_crops = self.declare_policy(hp)
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
         candidates = sorted(int(b) for b in as_values(self.space.params["batch_size"]))
         drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
@@ -345,14 +347,15 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         passes = self.passes_per_epoch or (self.plan.passes_per_epoch if self.plan else 1)
         record["passes_per_epoch"] = int(passes)
         return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
-                              replicas, estimate, int(passes))
+                              replicas, estimate, int(passes), rare_crops)
 
     def _datasets(self, setup: "_TrainingSetup", global_batch: int):
         """The training (repeated, augmented) and validation datasets of one attempt."""
         common = dict(input_size=setup.input_size, policy=setup.policy,
                       crop_scale=setup.crop_scale, batch_size=global_batch, seed=self.data.seed)
         train = pipeline.make_dataset(self.data.dataset, self.data.train_stems, training=True,
-                                      aug_strength=setup.aug_strength, repeat=True, **common)
+                                      aug_strength=setup.aug_strength,
+                                      rare_crops=setup.rare_crops, repeat=True, **common)
         val = pipeline.make_dataset(self.data.dataset, self.data.val_stems, training=False,
                                     aug_strength=0.0, **common)
         if setup.replicas > 1:
@@ -418,6 +421,7 @@ class _TrainingSetup:
     replicas: int
     estimate: Any
     passes: int = 1
+    rare_crops: float = 0.0
 
 
 def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):

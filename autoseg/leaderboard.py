@@ -46,6 +46,7 @@ HYPERPARAMETER_ORDER = (
     "input_size",
     "policy",
     "crop_scale",
+    "rare_crops",
     "batch_size",
     "loss",
     "aug_strength",
@@ -358,7 +359,7 @@ def format_table(
     for line in [headers] + cells:
         parts = []
         for i, text in enumerate(line):
-            text = _cut(text, widths[i])
+            text = cut(text, widths[i])
             parts.append(text.rjust(widths[i]) if right[i] else text.ljust(widths[i]))
         lines.append(gap.join(parts).rstrip())
     if len(shown) < len(rows):
@@ -526,7 +527,7 @@ def flatten_message(message: Any) -> str:
         return text
     last = lines[-1]
     room = MESSAGE_MAX_CHARS - len(MESSAGE_CUT_HINT) - 1
-    return f"{_cut(last, room)} {MESSAGE_CUT_HINT}"
+    return f"{cut(last, room)} {MESSAGE_CUT_HINT}"
 
 
 def backbone_of(row: Mapping[str, Any]) -> str:
@@ -718,7 +719,8 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _cut(text: str, width: int) -> str:
+def cut(text: str, width: int) -> str:
+    """`text` cut to `width` characters, ending in "..." when cut."""
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
 
 

@@ -9,6 +9,7 @@ models:                  # model_name choices; each maps option -> values
 input_size: [128, 192]   # square sizes, "HxW" strings, or "auto" (from the dataset)
 policy: resize           # resize | crop | auto (from the dataset's image sizes)
 crop_scale: [0.5]        # photo scale before cropping, with the crop policy
+rare_crops: [0.0, 0.33]  # share of training crops over a rare-class pixel (crop policy)
 batch_size: [4, 8, 16]   # candidates; those over the memory budget are never used
 loss: [ce, ce_dice]      # or "auto" (weighted losses offered on imbalanced data)
 aug_strength: [0.0, 0.3, 0.6]
@@ -38,6 +39,7 @@ GLOBAL_KEYS = (
     "input_size",
     "policy",
     "crop_scale",
+    "rare_crops",
     "batch_size",
     "loss",
     "aug_strength",
@@ -51,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "input_size": "auto",
     "policy": "auto",
     "crop_scale": [0.5],
+    "rare_crops": 0.0,
     "batch_size": [2, 4, 8, 16],
     "loss": "auto",
     "aug_strength": [0.0, 0.25, 0.5],
@@ -339,7 +342,8 @@ def _check_globals(params: dict[str, Any], source: str) -> None:
     for v in as_values(params["batch_size"]):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: batch_size values must be positive integers. Received: {v!r}.")
-    for key, lo, hi in (("aug_strength", 0.0, 1.0), ("crop_scale", 1e-3, 1.0), ("learning_rate", 1e-7, 1.0)):
+    for key, lo, hi in (("aug_strength", 0.0, 1.0), ("crop_scale", 1e-3, 1.0), ("rare_crops", 0.0, 1.0),
+                        ("learning_rate", 1e-7, 1.0)):
         for v in as_values(params[key]):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
                 raise ConfigError(

@@ -9,6 +9,9 @@ threads):
   `--budget`: the plan, the recipe as trial 0, its variants, the best continued.
 - `<arm>@<precision>` (e.g. `planned@float32`): that arm with `--precision <precision>`
   instead of the default `auto`.
+- `<arm>+<variant>` (e.g. `recipe+rare`): `recipe` or `planned` on the default space with
+  the changes of `VARIANTS[variant]`; `rare` places a third of the training crops over a
+  rare-class pixel (`rare_crops: 0.33`, nnU-Net's share; the recipe's own is 0).
 
 - `hyperband`: `autoseg.search(tuner="hyperband")` over `SPACE` with `--budget`.
 - `random`: `autoseg.search(tuner="random")` over the same space. Run after `hyperband`
@@ -74,6 +77,9 @@ SPACE = {
     "max_epochs": 40,
 }
 
+#: Arm variants: changes to the default space (`recipe+rare`, `planned+rare`).
+VARIANTS = {"rare": {"rare_crops": 0.33}}
+
 BASELINE = {"depth": 4, "filters": 32, "input_size": (288, 384), "batch_size": 4,
             "learning_rate": 1e-3}
 
@@ -94,9 +100,10 @@ def main() -> int:
     if args.arm:
         return run_arm(args.arm, out, args.budget, args.threads)
     arms = [a for a in args.arms.split(",") if a]
-    unknown = sorted({a for a in arms if a.partition("@")[0] not in ARMS})
+    unknown = sorted({a for a in arms if not _valid_arm(a)})
     if unknown:
-        parser.error(f"unknown arm(s) {unknown}; valid arms: {', '.join(ARMS)}")
+        parser.error(f"unknown arm(s) {unknown}; valid arms: {', '.join(ARMS)}, recipe and "
+                     f"planned optionally +{' or +'.join(VARIANTS)}")
     if not args.report:
         if not CWFID.is_dir():
             print(f"CWFID is not at {CWFID}; nothing to run.")
@@ -106,12 +113,17 @@ def main() -> int:
         if args.parallel:
             launch_parallel(__file__, todo, out, args.budget)
         else:
-            for arm in sorted(todo, key=lambda a: ARMS.index(a.partition("@")[0])):  # random
+            for arm in sorted(todo, key=lambda a: ARMS.index(a.partition("@")[0].partition("+")[0])):  # random
                 # after hyperband: equal epochs
                 subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
                                 "--budget", args.budget], check=True)
     print(report(out, arms))
     return 0
+
+
+def _valid_arm(arm: str) -> bool:
+    name, _, variant = arm.partition("@")[0].partition("+")
+    return name in ARMS and (not variant or (variant in VARIANTS and name in ("recipe", "planned")))
 
 
 def launch_parallel(script: str, arms, out: Path, budget: str) -> None:
@@ -167,12 +179,14 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
 def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     import autoseg
 
-    arm, _, precision = arm.partition("@")  # e.g. planned@float32: --precision float32
-    kwargs = dict(space=SPACE, out=out / (arm + (f"@{precision}" if precision else "")),
+    name, _, precision = arm.partition("@")  # e.g. planned@float32: --precision float32
+    arm, _, variant = name.partition("+")  # e.g. recipe+rare: the default space, changed
+    kwargs = dict(space=SPACE, out=out / (name + (f"@{precision}" if precision else "")),
                   tuner=arm, seed=SEED, overwrite=True, val_fraction=VAL_FRACTION,
                   precision=precision or "auto")
     if arm in ("recipe", "planned"):  # issue #11: what a user gets, and its recipe alone
-        kwargs.update(space=None, tuner="hyperband", recipe_only=arm == "recipe")
+        kwargs.update(space=default_space(variant), tuner="hyperband",
+                      recipe_only=arm == "recipe")
     hyperband = out / "hyperband.json"
     equal = "time"
     if arm == "random" and hyperband.is_file() and not os.environ.get("SEARCH_CWFID_PARALLEL"):
@@ -186,6 +200,18 @@ def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
             kwargs["max_trials"] = 1000  # the budget decides
     result = autoseg.search(ds.root, **kwargs)
     return {"equal": equal, **search_scores(result, ds)}
+
+
+def default_space(variant: str) -> dict | None:
+    """None (the default space), or the default space with `VARIANTS[variant]`'s changes."""
+    import yaml
+
+    from autoseg.search_space import bundled_space_path
+
+    if not variant:
+        return None
+    space = yaml.safe_load(bundled_space_path("default").read_text())
+    return {**space, **VARIANTS[variant]}
 
 
 def search_scores(result, ds) -> dict:

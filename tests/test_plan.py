@@ -203,6 +203,7 @@ def test_cwfid_recipe_and_its_epoch_time(cwfid_space):
     assert (r["input_size"], r["policy"], r["crop_scale"]) == (256, "crop", 0.5)
     assert (r["loss"], r["aug_strength"], r["batch_size"]) == ("ce_dice", 0.5, 4)
     assert r["learning_rate"] == pytest.approx(1e-3)
+    assert r["rare_crops"] == 0.0  # uniform crops; the space's 0.33 is for exploration
     # 8 photos at half size (483x648) are 2x3 tiles of 256 px each.
     cost = model_cost("unet", {"depth": 4, "filters": 32})
     seconds = expected_epoch(cost, 256, train=40, val_units=8 * tiles(CWFID_SIZE, 0.5, 256))
@@ -475,7 +476,7 @@ def test_family_preference(models, expected):
 
 def groups_changed(start: dict, variant: dict) -> set[str]:
     """The groups `neighbour` redraws that differ between `start` and `variant` (a policy
-    change brings or removes the crop scale, so it counts once)."""
+    change brings or removes the crop scale and the rare-crop share, so it counts once)."""
     changed = set()
     for name in set(start) | set(variant):
         if start.get(name) == variant.get(name):
@@ -484,6 +485,7 @@ def groups_changed(start: dict, variant: dict) -> set[str]:
         changed.add(group)
     if "policy" in changed:
         changed.discard("crop_scale")
+        changed.discard("rare_crops")
     return changed
 
 
@@ -565,7 +567,7 @@ def test_neighbour_variants_are_close_admissible_and_unseen():
 def effective(values: dict) -> str:
     """`values` as the trial trains it: the crop scale counts only with the crop policy."""
     if values.get("policy") != "crop":
-        values = {k: v for k, v in values.items() if k != "crop_scale"}
+        values = {k: v for k, v in values.items() if k not in ("crop_scale", "rare_crops")}
     return key(values)
 
 
@@ -581,6 +583,7 @@ def test_neighbour_never_returns_one_configuration_twice():
         variant = plan.neighbour(p.recipe, space, rng, p.admits, lambda v: key(v) in seen)
         seen.add(key(variant))
         assert ("crop_scale" in variant) == (variant["policy"] == "crop"), variant
+        assert ("rare_crops" in variant) == (variant["policy"] == "crop"), variant
         trained.append(effective(variant))
     assert len(set(trained)) == len(trained)
 
@@ -801,3 +804,23 @@ def test_an_epoch_passes_enough_times_that_validation_is_a_fifth(monkeypatch, cw
 def test_without_a_time_budget_an_epoch_is_one_pass(monkeypatch, cwfid_space):
     monkeypatch.setattr(plan, "MAX_PASSES", 8)
     assert cwfid_plan(cwfid_space, budget=None).passes_per_epoch == 1
+
+
+def test_recipe_takes_the_spaces_rare_crop_share_nearest_none():
+    space = make_space({"models": {"unet": {"filters": 32}}, "rare_crops": [0.5, 0.25, 0.75]})
+    recipe, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    assert (recipe["policy"], recipe["rare_crops"]) == ("crop", 0.25)
+    resized = make_space({"models": {"unet": {"filters": 32}}, "policy": "resize"})
+    recipe, _ = plan.choose_recipe(resized, models_of(resized), summary(), CPU, None)
+    assert "rare_crops" not in recipe  # no crops, no share
+
+
+def test_neighbour_redraws_the_rare_crop_share_when_the_space_offers_several():
+    space = make_space(dict(NEIGHBOUR_SPACE, rare_crops=[0.0, 0.33, 0.66]))
+    p = plan.make_plan(space, models_of(space), summary(), CPU, speed.CostModel(gflops=GFLOPS),
+                       3600, None, runs_recipe=False)
+    rng = random.Random(0)
+    variants = [plan.neighbour(p.recipe, space, rng, p.admits, lambda v: False)
+                for _ in range(60)]
+    shares = {v["rare_crops"] for v in variants if v["policy"] == "crop"}
+    assert shares == {0.0, 0.33, 0.66}

@@ -84,6 +84,56 @@ def test_quiet_prints_the_leaderboard_and_nothing_else(tiny_dataset, tmp_path):
         assert chatter not in result.stdout + result.stderr, result.stdout
 
 
+def _search_on_a_terminal(dataset: Path, rundir: Path, *extra: str) -> tuple[int, str]:
+    """`_search`'s search with stdout and stderr on a pseudo-terminal, as a person sees it:
+    `(exit code, everything the terminal received)`."""
+    import pty
+    import select
+
+    argv = ["search", "--dataset", str(dataset), "--space", "ci", "--tuner", "random",
+            "--max-trials", "1", "--out", str(rundir), *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", _SEARCH.format(argv=argv)], cwd=REPO,
+                            env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    received = bytearray()
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 900)
+            if not ready:
+                proc.kill()
+                raise AssertionError(f"no output for 900 s: {received[-2000:]!r}")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                break
+            if not data:
+                break
+            received += data
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), received.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_on_a_terminal_one_progress_line_updates_with_an_eta_and_no_tensorflow_line(
+        tiny_dataset, tmp_path):
+    code, screen = _search_on_a_terminal(tiny_dataset, tmp_path / "run", "--max-epochs", "2")
+    assert code == 0, screen[-3000:]
+    assert "Best: trial" in screen
+    assert TF_LOG_LINE.search(screen.replace("\r\n", "\n")) is None, screen[-3000:]
+    # The progress line is rewritten in place (carriage return, erase line), never a new
+    # line per update; after the first epoch it carries the trial's ETA...
+    updates = re.findall(r"\r\x1b\[K(\[trial 0\]  epoch [^\r\n]*)", screen)
+    assert updates, screen[-3000:]
+    assert any(re.fullmatch(r"\[trial 0\]  epoch [12]/2 .*trial ends in ~\d+ (s|min).*", u)
+               for u in updates), updates
+    assert not re.search(r"^\[trial 0\]  epoch", screen, re.MULTILINE)  # no plain lines
+    # ...and is erased before the trial's end line.
+    assert re.search(r"\r\x1b\[K\[trial 0\] ended in \d+s", screen), screen[-3000:]
+
+
 def test_verbose_and_quiet_exclude_each_other(tmp_path):
     result = _search(tmp_path, tmp_path / "run", "--quiet", "--verbose")
     assert result.returncode == 2

@@ -251,6 +251,35 @@ def test_running_out_of_memory_halves_the_batch_once_then_fails_the_trial(tiny_d
         assert record["message"].startswith("out of memory at batch 2: OOM when allocating")
 
 
+def test_the_drawn_rare_crop_share_reaches_the_training_pipeline(tiny_dataset, tmp_path,
+                                                                 monkeypatch):
+    import keras_tuner as kt
+    import yaml
+
+    from autoseg.data import pipeline
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    calls = []
+    real = pipeline.make_dataset
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    space = {**yaml.safe_load((REPO / "search_spaces" / "ci.yaml").read_text()),
+             "policy": "crop", "crop_scale": 1.0, "rare_crops": [0.5]}
+    hypermodel = AutosegHyperModel(space=space, data=TrainingData.from_path(tiny_dataset))
+    tuner = kt.RandomSearch(hypermodel, objective=kt.Objective("val_mean_iou", "max"),
+                            max_trials=1, directory=str(tmp_path), project_name="rare")
+    tuner.search(epochs=1, verbose=0)
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "COMPLETED"
+    train = [c for c in calls if c["training"]]
+    assert train and all(c.get("rare_crops", 0.0) == 0.5 for c in train)
+    assert all(c.get("rare_crops", 0.0) == 0.0 for c in calls if not c["training"])
+
+
 # --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --
 
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     # The table cuts messages short; a failure's reason is worth a whole line.
     failed = [row for row in rows if row.get("status") == "FAILED" and row.get("message")]
     for row in failed[:_FAILURES_SHOWN]:
-        print(_cut(f"Trial {row['trial_id']} FAILED: {row['message']}", _WIDTH))
+        print(leaderboard.cut(f"Trial {row['trial_id']} FAILED: {row['message']}", _WIDTH))
     if len(failed) > _FAILURES_SHOWN:
         more = len(failed) - _FAILURES_SHOWN
         print(f"... {more} more failures: see the message column of {path}")
@@ -80,7 +80,3 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number. Received: {text!r}")
     return value
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -15,7 +15,8 @@ Two policies bring a photo to the model's `input_size`:
 - `resize`: the whole photo is resized (area interpolation when shrinking, bilinear when
   enlarging; the mask nearest-neighbour). Training augmentation then runs on the small image.
 - `crop`: the photo is scaled by `crop_scale` (so thin plants keep some pixels) and
-  training takes one random `input_size` crop per photo and epoch; validation tiles the
+  training takes one random `input_size` crop per photo and epoch (a share `rare_crops` of
+  them placed over a pixel of a rare class: `autoseg.data.rare_crops`); validation tiles the
   scaled photo with `tile_positions` so every pixel is scored exactly once. `predict` reuses
   `tile_positions`, `extract_tiles` and `stitch` to tile the same way.
 
@@ -44,6 +45,7 @@ import numpy as np
 from autoseg.data.augment import build_augmentation, check_strength, reseed
 from autoseg.data import imageio, intensity
 from autoseg.data.dataset import Dataset
+from autoseg.data.rare_crops import CropSampler, rare_classes
 from autoseg.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -752,6 +754,7 @@ def make_dataset(
     policy: str = "resize",
     crop_scale: float = 1.0,
     aug_strength: float = 0.0,
+    rare_crops: float = 0.0,
     batch_size: int | None = None,
     training: bool = True,
     seed: int = 0,
@@ -772,6 +775,9 @@ def make_dataset(
         crop_scale: Scale applied before cropping or tiling (policy "crop" only), e.g. 0.5
             for half-size photos. Defaults to 1.0.
         aug_strength: Augmentation strength in [0, 1], used when training. Defaults to 0.0.
+        rare_crops: The share of training crops (policy "crop") placed over a pixel of a
+            rare class, in [0, 1] (see `autoseg.data.rare_crops`; rarity is read from
+            `class_pixel_fraction(dataset)`). Defaults to 0.0 (uniform crops).
         batch_size: Batch the examples (the last batch may be smaller). Defaults to None
             (unbatched).
         training: Random crops and augmentation when True; tiles (policy "crop") and no
@@ -811,6 +817,7 @@ def make_dataset(
     input_size = _check_input_size(input_size)
     crop_scale = _check_policy_and_crop_scale(policy, crop_scale)
     strength = check_strength(aug_strength)
+    rare_crops = _check_fraction("rare_crops", rare_crops)
     if batch_size is not None:
         batch_size = _check_positive_int("batch_size", batch_size)
     stems = _check_stems(dataset, stems)
@@ -838,8 +845,12 @@ def make_dataset(
         tiles = _tiles_function(store, input_size, dataset.ignore_index)
         ds = _map_tiles(indices, tiles, sizes, input_size, crop_scale, dataset.channels)
     else:
+        sampler = None
+        if policy == "crop" and training:
+            classes = rare_classes(class_pixel_fraction(dataset)) if rare_crops > 0 else []
+            sampler = CropSampler(input_size, classes, rare_crops, cache=use_cache)
         example = _example_function(
-            store, input_size, dataset.ignore_index, policy=policy, training=training,
+            store, input_size, dataset.ignore_index, sampler=sampler, training=training,
             strength=strength,
         )
         ds = _map_examples(indices, example, seed, input_size, dataset.channels)
@@ -871,6 +882,13 @@ def _check_policy_and_crop_scale(policy: str, crop_scale: object) -> float:
             f"crop_scale must be a number in (0, 4]. Received: crop_scale={crop_scale!r}."
         )
     return float(crop_scale)
+
+
+def _check_fraction(name: str, value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0.0 <= float(value) <= 1.0):
+        raise ConfigError(f"{name} must be a number in [0, 1]. Received: {name}={value!r}.")
+    return float(value)
 
 
 def _check_stems(dataset: Dataset, stems: Sequence[str]) -> list[str]:
@@ -912,12 +930,13 @@ def _example_function(
     input_size: tuple[int, int],
     ignore_index: int,
     *,
-    policy: str,
+    sampler: CropSampler | None,
     training: bool,
     strength: float,
 ) -> Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]:
-    """`example(index, example_seed)`: one `(image, mask)`, randomly cropped (policy "crop")
-    and augmented when training; what `tf.numpy_function` runs for non-tiled pipelines."""
+    """`example(index, example_seed)`: one `(image, mask)`, cropped where `sampler` says
+    (policy "crop", training) and augmented when training; what `tf.numpy_function` runs for
+    non-tiled pipelines."""
     height, width = input_size
     # An albumentations Compose is not thread-safe: one per tf.data worker thread. A dict
     # keyed by thread id, not a threading.local: tf.numpy_function runs on threads whose
@@ -936,10 +955,8 @@ def _example_function(
     def example(index, example_seed):
         image, mask = store.get(int(index))
         rng = np.random.default_rng(int(example_seed) & 0xFFFFFFFFFFFFFFFF)
-        if policy == "crop" and training:
-            h, w = mask.shape
-            y = int(rng.integers(min(0, h - height), max(0, h - height) + 1))
-            x = int(rng.integers(min(0, w - width), max(0, w - width) + 1))
+        if sampler is not None:
+            y, x = sampler.origin(int(index), mask, rng)
             image = crop_with_fill(image, y, x, height, width, 0)
             mask = crop_with_fill(mask, y, x, height, width, ignore_index)
         if training and strength > 0:
