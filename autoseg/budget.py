@@ -67,7 +67,11 @@ ACTIVATION_FACTOR = 0.87
 #: The factor of each measured family (`ArchitectureSpec.family`), from the same fit with one
 #: factor per family. Why they differ: see benchmarks/RESULTS.md, "Training memory".
 FAMILY_ACTIVATION_FACTORS: dict[str, float] = {
-    "unet": 0.84,
+    # U-Net: 0.84 in the fit on AVX-512 CPUs; on an AVX2-only EPYC a wide U-Net (16 filters,
+    # 128 px, batch 8) measured 1.28x the 0.84 prediction (oneDNN's AVX2 convolutions keep
+    # more scratch; 585 MiB against 432). 1.1 covers both: about 1.1-1.17x there, ~0.86x on
+    # the fitted machines (the test bounds are 0.75-1.25).
+    "unet": 1.1,
     "segnet": 0.99,
     "deeplabv3plus": 1.01,
     "pix2pix": 0.83,
