@@ -67,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import CAMVID, canonical_dataset  # noqa: E402
-from search_cwfid import launch_parallel, report, search_scores  # noqa: E402
+from search_cwfid import default_space, launch_parallel, report, search_scores  # noqa: E402
 
 ARMS = ("recipe", "planned")
 #: Input handling that replaces the default space's (`<arm>+<variant>`).
@@ -137,21 +137,6 @@ def arm_list(text: str) -> list[str]:
     return arms
 
 
-def arm_space(arm: str) -> dict | None:
-    """The search space of an arm: None (the default space) or the default space with a
-    variant's input handling."""
-    import yaml
-
-    from autoseg.search_space import bundled_space_path
-
-    variant = arm.partition("+")[2]
-    if not variant:
-        return None
-    space = yaml.safe_load(bundled_space_path("default").read_text())
-    space.update(VARIANTS[variant])
-    return space
-
-
 def camvid(out: Path):
     """CamVid, read from ../shared, prepared once into `out/dataset` as a user would."""
     ds, how = canonical_dataset(CAMVID, out, format="index", labels=CAMVID / "labels.txt",
@@ -205,9 +190,10 @@ def run_arm(arm: str, out: Path, budget: str, threads: int = 0) -> int:
     ds = camvid(out)
     seconds = parse_duration(budget)
     start, load_before = time.time(), os.getloadavg()[0]
+    base, _, variant = arm.partition("+")
     result = autoseg.search(ds.root, out=out / arm, seed=SEED, overwrite=True,
-                            space=arm_space(arm), time_budget=seconds,
-                            recipe_only=arm.partition("+")[0] == "recipe")
+                            space=default_space(VARIANTS.get(variant)), time_budget=seconds,
+                            recipe_only=base == "recipe")
     val = sorted(pipeline.image_groups(ds.splits["val"], VAL_GROUPS))
     record = {"arm": arm, "budget_seconds": seconds, "equal": "time", "val_sequences": val,
               **search_scores(result, ds),

@@ -113,7 +113,7 @@ def main() -> int:
         if args.parallel:
             launch_parallel(__file__, todo, out, args.budget)
         else:
-            for arm in sorted(todo, key=lambda a: ARMS.index(a.partition("@")[0].partition("+")[0])):  # random
+            for arm in sorted(todo, key=lambda a: ARMS.index(parse_arm(a)[0])):  # random
                 # after hyperband: equal epochs
                 subprocess.run([sys.executable, __file__, "--arm", arm, "--out", str(out),
                                 "--budget", args.budget], check=True)
@@ -121,9 +121,17 @@ def main() -> int:
     return 0
 
 
+def parse_arm(arm: str) -> tuple[str, str, str]:
+    """`"recipe+rare@float32"` -> `("recipe", "rare", "float32")`: the arm, its variant and
+    its precision ("" when not given)."""
+    name, _, precision = arm.partition("@")
+    base, _, variant = name.partition("+")
+    return base, variant, precision
+
+
 def _valid_arm(arm: str) -> bool:
-    name, _, variant = arm.partition("@")[0].partition("+")
-    return name in ARMS and (not variant or (variant in VARIANTS and name in ("recipe", "planned")))
+    base, variant, _ = parse_arm(arm)
+    return base in ARMS and (not variant or (variant in VARIANTS and base in ("recipe", "planned")))
 
 
 def launch_parallel(script: str, arms, out: Path, budget: str) -> None:
@@ -179,13 +187,13 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
 def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     import autoseg
 
-    name, _, precision = arm.partition("@")  # e.g. planned@float32: --precision float32
-    arm, _, variant = name.partition("+")  # e.g. recipe+rare: the default space, changed
-    kwargs = dict(space=SPACE, out=out / (name + (f"@{precision}" if precision else "")),
+    folder = out / arm  # e.g. planned@float32: --precision float32; recipe+rare: a variant
+    arm, variant, precision = parse_arm(arm)
+    kwargs = dict(space=SPACE, out=folder,
                   tuner=arm, seed=SEED, overwrite=True, val_fraction=VAL_FRACTION,
                   precision=precision or "auto")
     if arm in ("recipe", "planned"):  # issue #11: what a user gets, and its recipe alone
-        kwargs.update(space=default_space(variant), tuner="hyperband",
+        kwargs.update(space=default_space(VARIANTS.get(variant)), tuner="hyperband",
                       recipe_only=arm == "recipe")
     hyperband = out / "hyperband.json"
     equal = "time"
@@ -202,16 +210,16 @@ def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
     return {"equal": equal, **search_scores(result, ds)}
 
 
-def default_space(variant: str) -> dict | None:
-    """None (the default space), or the default space with `VARIANTS[variant]`'s changes."""
+def default_space(changes: dict | None) -> dict | None:
+    """None (the default space) without `changes`, else the default space with them: the
+    space of an arm variant (here and in search_camvid.py)."""
     import yaml
 
     from autoseg.search_space import bundled_space_path
 
-    if not variant:
+    if not changes:
         return None
-    space = yaml.safe_load(bundled_space_path("default").read_text())
-    return {**space, **VARIANTS[variant]}
+    return {**yaml.safe_load(bundled_space_path("default").read_text()), **changes}
 
 
 def search_scores(result, ds) -> dict:

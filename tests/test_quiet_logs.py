@@ -31,13 +31,20 @@ TF_LOG_LINE = re.compile(
 _SEARCH = "import sys\nfrom autoseg.cli import main\nsys.exit(main({argv!r}))\n"
 
 
-def _search(dataset: Path, rundir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """A one-trial, one-epoch search through `autoseg.cli.main` in a fresh process."""
+def _search_command(dataset: Path, rundir: Path, epochs: int, *extra: str) -> tuple[list, dict]:
+    """`(command, environment)` of a one-trial search through `autoseg.cli.main` in a fresh
+    process, with TensorFlow's default log settings."""
     argv = ["search", "--dataset", str(dataset), "--space", "ci", "--tuner", "random",
-            "--max-trials", "1", "--max-epochs", "1", "--out", str(rundir), *extra]
+            "--max-trials", "1", "--max-epochs", str(epochs), "--out", str(rundir), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}  # the defaults
-    return subprocess.run([sys.executable, "-c", _SEARCH.format(argv=argv)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return [sys.executable, "-c", _SEARCH.format(argv=argv)], env
+
+
+def _search(dataset: Path, rundir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A one-trial, one-epoch search, its output captured."""
+    command, env = _search_command(dataset, rundir, 1, *extra)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
 def test_a_search_prints_no_tensorflow_log_line(tiny_dataset, tmp_path):
@@ -84,18 +91,16 @@ def test_quiet_prints_the_leaderboard_and_nothing_else(tiny_dataset, tmp_path):
         assert chatter not in result.stdout + result.stderr, result.stdout
 
 
-def _search_on_a_terminal(dataset: Path, rundir: Path, *extra: str) -> tuple[int, str]:
-    """`_search`'s search with stdout and stderr on a pseudo-terminal, as a person sees it:
+def _search_on_a_terminal(dataset: Path, rundir: Path, epochs: int) -> tuple[int, str]:
+    """A one-trial search with stdout and stderr on a pseudo-terminal, as a person sees it:
     `(exit code, everything the terminal received)`."""
     import pty
     import select
 
-    argv = ["search", "--dataset", str(dataset), "--space", "ci", "--tuner", "random",
-            "--max-trials", "1", "--out", str(rundir), *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
+    command, env = _search_command(dataset, rundir, epochs)
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", _SEARCH.format(argv=argv)], cwd=REPO,
-                            env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave)
     os.close(slave)
     received = bytearray()
     try:
@@ -119,7 +124,7 @@ def _search_on_a_terminal(dataset: Path, rundir: Path, *extra: str) -> tuple[int
 @pytest.mark.slow
 def test_on_a_terminal_one_progress_line_updates_with_an_eta_and_no_tensorflow_line(
         tiny_dataset, tmp_path):
-    code, screen = _search_on_a_terminal(tiny_dataset, tmp_path / "run", "--max-epochs", "2")
+    code, screen = _search_on_a_terminal(tiny_dataset, tmp_path / "run", epochs=2)
     assert code == 0, screen[-3000:]
     assert "Best: trial" in screen
     assert TF_LOG_LINE.search(screen.replace("\r\n", "\n")) is None, screen[-3000:]

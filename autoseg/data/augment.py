@@ -34,17 +34,27 @@ def check_strength(strength: float) -> float:
     Raises:
         ConfigError: `strength` is not a finite number in [0, 1].
     """
+    return check_fraction("aug_strength", strength, "0 = no augmentation, 1 = strongest")
+
+
+def check_fraction(name: str, value: object, meaning: str = "") -> float:
+    """Returns the option `name`'s `value` as a float after checking it lies in [0, 1];
+    `meaning` explains the ends in the error message.
+
+    Raises:
+        ConfigError: `value` is not a finite number in [0, 1].
+    """
     if (
-        isinstance(strength, bool)
-        or not isinstance(strength, numbers.Real)
-        or not math.isfinite(float(strength))
-        or not 0.0 <= float(strength) <= 1.0
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not 0.0 <= float(value) <= 1.0
     ):
         raise ConfigError(
-            f"aug_strength must be a number in [0, 1] (0 = no augmentation, 1 = strongest). "
-            f"Received: aug_strength={strength!r}."
+            f"{name} must be a number in [0, 1]{f' ({meaning})' if meaning else ''}. "
+            f"Received: {name}={value!r}."
         )
-    return float(strength)
+    return float(value)
 
 
 def geometric_transforms(

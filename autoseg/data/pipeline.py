@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from autoseg.data.augment import build_augmentation, check_strength, reseed
+from autoseg.data.augment import build_augmentation, check_fraction, check_strength, reseed
 from autoseg.data import imageio, intensity
 from autoseg.data.dataset import Dataset
 from autoseg.data.rare_crops import CropSampler, rare_classes
@@ -817,7 +817,7 @@ def make_dataset(
     input_size = _check_input_size(input_size)
     crop_scale = _check_policy_and_crop_scale(policy, crop_scale)
     strength = check_strength(aug_strength)
-    rare_crops = _check_fraction("rare_crops", rare_crops)
+    rare_crops = check_fraction("rare_crops", rare_crops)
     if batch_size is not None:
         batch_size = _check_positive_int("batch_size", batch_size)
     stems = _check_stems(dataset, stems)
@@ -882,13 +882,6 @@ def _check_policy_and_crop_scale(policy: str, crop_scale: object) -> float:
             f"crop_scale must be a number in (0, 4]. Received: crop_scale={crop_scale!r}."
         )
     return float(crop_scale)
-
-
-def _check_fraction(name: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not 0.0 <= float(value) <= 1.0):
-        raise ConfigError(f"{name} must be a number in [0, 1]. Received: {name}={value!r}.")
-    return float(value)
 
 
 def _check_stems(dataset: Dataset, stems: Sequence[str]) -> list[str]:
