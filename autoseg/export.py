@@ -13,6 +13,11 @@ DIR/autoseg.json        classes, palette, input size, channels, intensity, polic
 DIR/leaderboard.csv     a copy of the run's leaderboard
 ```
 
+With `ensemble=K` (`--ensemble K`), the model is the trial averaged with the next best
+K-1 trials that can join it (`autoseg.ensemble`: one graph, every format), and `autoseg.json`
+lists the members under `ensemble` with each one's and the ensemble's validation mean IoU at
+full resolution.
+
 With `tta` other than "none", every format is the flip test-time-augmented model of
 `autoseg.tta`: the graph flips the image itself and outputs the mean probabilities. `tta="auto"`
 scores none, h and hv on the run's validation photos through `autoseg.predict`'s path (full
@@ -278,7 +283,8 @@ def normalisation(channels: int, rule: dict[str, Any] | None) -> str:
     return f"raw {pixels} 0..255 float32{scale}, normalised inside the model"
 
 
-def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels: int = 3):
+def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels: int = 3,
+                     input_size: tuple[int, int] | None = None):
     """Rebuilds a trial's model and loads its best-epoch checkpoint.
 
     Args:
@@ -286,6 +292,8 @@ def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels:
         run: Its run.json.
         trial_id: The trial.
         channels: The models' input channels (`image_format`). Defaults to 3.
+        input_size: `(height, width)` to build it at instead of its own (a fully
+            convolutional model's weights fit any size its depth divides). Defaults to None.
 
     Returns:
         The uncompiled inference model (a pix2pix trial's generator).
@@ -294,6 +302,7 @@ def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels:
         ConfigError: the checkpoint is missing or does not fit the rebuilt model.
     """
     from autoseg.hypermodel import build_trial_model
+    from autoseg.search_space import format_input_size
 
     trial = read_trial(rundir, trial_id)
     checkpoint = run_dir.checkpoint_path(rundir, trial_id)
@@ -301,7 +310,10 @@ def load_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, channels:
         raise ConfigError(
             f"{checkpoint} is missing: trial {trial_id} of run {rundir} left no weights to export."
         )
-    model = build_trial_model(trial_values(trial), len(run["classes"]), space=run.get("space"),
+    values = trial_values(trial)
+    if input_size is not None:
+        values["input_size"] = format_input_size(tuple(input_size))
+    model = build_trial_model(values, len(run["classes"]), space=run.get("space"),
                               channels=channels)
     try:
         model.load_weights(checkpoint)
@@ -451,7 +463,19 @@ def _conversion_failure(exc: BaseException) -> str:
 
 
 def _export_saved_model(model, path: Path) -> None:
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    """`model.export(format="tf_saved_model")`, whose `serve` endpoint calls the model with
+    `training=False`. Keras 3.15's own endpoint calls it with no `training`: a Resizing layer's
+    default `training=True` then reaches the layers after it, and a member's
+    BatchNormalization in an ensemble (`autoseg.ensemble`) used batch statistics (42 % of the
+    pixels changed class against model.keras)."""
+    import keras
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda image: model(image, training=False), input_signature=[spec])
+    archive.write_out(str(path), verbose=False)
 
 
 def _export_tflite(saved_model: Path, path: Path) -> None:
@@ -629,6 +653,100 @@ def choose_tta(model, metadata: dict[str, Any], run: dict[str, Any], tta: str,
 
 
 # --------------------------------------------------------------------------------------------
+# Top-K ensembles (`autoseg.ensemble`).
+
+
+def ensemble_members(chosen: "_ChosenTrial", size: int) -> tuple[list["_ChosenTrial"], list[str]]:
+    """`chosen` and the best other trials that can be averaged with it, `size` in all.
+
+    Candidates come best first by the run's objective (`leaderboard.ranked_rows`); a trial is
+    left out when `ensemble.incompatibility` says so, or when it repeats the hyperparameters
+    of a member (a Hyperband trial continued from another: the same model, trained longer).
+
+    Returns:
+        `(members, notes)`: the members, `chosen` first, and why each passed trial was left out.
+
+    Raises:
+        ConfigError: fewer than `size` trials can join.
+    """
+    from autoseg import leaderboard
+    from autoseg.ensemble import incompatibility
+
+    rows = _leaderboard_rows(chosen.rundir)
+    members, notes = [chosen], []
+    seen = {json.dumps(chosen.values, sort_keys=True): chosen.trial_id}
+    for row in leaderboard.ranked_rows(rows, chosen.objective, "max"):
+        if len(members) == size:
+            break
+        if row["trial_id"] == chosen.trial_id or row.get("status") not in EXPORTABLE_STATUSES:
+            continue
+        candidate = _read_chosen_trial(chosen.rundir, chosen.run, row)
+        key = json.dumps(candidate.values, sort_keys=True)
+        reason = (f"the configuration of trial {seen[key]}" if key in seen
+                  else incompatibility(chosen.config, candidate.config))
+        if reason:
+            notes.append(f"trial {row['trial_id']} left out of the ensemble: {reason}")
+            continue
+        seen[key] = row["trial_id"]
+        members.append(candidate)
+    if len(members) < size:
+        joined = ", ".join(m.trial_id for m in members)
+        raise ConfigError(
+            f"--ensemble {size}: only {len(members)} trial(s) of run {chosen.rundir} can be "
+            f"averaged with trial {chosen.trial_id} ({joined}; "
+            f"{'; '.join(notes) or 'no other COMPLETED trial'}). Give --ensemble "
+            f"{len(members)}{'' if len(members) > 1 else ' (no ensemble)'} or search longer."
+        )
+    return members, notes
+
+
+def ensemble_of(members: Sequence["_ChosenTrial"]):
+    """`(ensemble model, member models)`: each member rebuilt with its best-epoch weights
+    (a crop member at the leader's tile size: `ensemble.member_input_size`)."""
+    from autoseg.ensemble import ensemble_model, member_input_size
+
+    leader = members[0]
+    models = []
+    for member in members:
+        size = member_input_size(leader.config, member.config)
+        own = tuple(member.config["input_size"])
+        models.append(load_trial_model(member.rundir, member.run, member.trial_id,
+                                       member.channels, None if size == own else size))
+    return ensemble_model(models, tuple(leader.config["input_size"])), models
+
+
+def measure_ensemble(model, member_models, members: Sequence["_ChosenTrial"],
+                     metadata: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The `ensemble` record of `autoseg.json`: the members and, on the run's validation
+    photos at full resolution (`tta_scorer`, no flips), each member's mean IoU and the
+    ensemble's."""
+    run = members[0].run
+    record: dict[str, Any] = {"members": [
+        {"trial_id": m.trial_id, "model_name": m.config["model_name"],
+         "input_size": [int(d) for d in net.input_shape[1:3]],
+         m.objective: _row_metrics(m.row, m.objective).get(m.objective)}
+        for m, net in zip(members, member_models)
+    ]}
+    dataset, stems, reason = validation_photos(run)
+    if dataset is None:
+        record["val_images"], record["reason"] = 0, reason
+        log(f"[export] ensemble of trials {', '.join(m.trial_id for m in members)} not scored: {reason}")
+        return record
+    log(f"[export] scoring the ensemble and its {len(members)} members on {len(stems)} "
+        "validation photo(s) at full resolution")
+    for entry, net in zip(record["members"], member_models):
+        own = {**metadata, "input_size": entry["input_size"]}
+        entry["val_mean_iou_full_res"] = tta_scorer(net, own, dataset, stems)("none").mean_iou
+    record["val_mean_iou_full_res"] = tta_scorer(model, metadata, dataset, stems)("none").mean_iou
+    record["val_images"] = len(stems)
+    for entry in record["members"]:
+        log(f"[export]   trial {entry['trial_id']} ({entry['model_name']}): "
+            f"{entry['val_mean_iou_full_res']:.4f}")
+    log(f"[export]   ensemble: {record['val_mean_iou_full_res']:.4f}")
+    return record
+
+
+# --------------------------------------------------------------------------------------------
 # The export.
 
 
@@ -709,6 +827,23 @@ def _formats_argument(format: str | Sequence[str] | None,
             f"Received: format={format!r}, formats={formats!r}."
         )
     return format
+
+
+def _ensemble_size(ensemble, refit: bool) -> int:
+    """`ensemble` checked: a positive integer, and 1 with `refit`.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ConfigError(f"--ensemble must be a whole number of trials, 1 or more. "
+                          f"Received: {ensemble!r}.")
+    if ensemble > 1 and refit:
+        raise ConfigError(
+            "--ensemble and --refit cannot be combined: an ensemble averages the trials' "
+            "own best-epoch weights. Export the ensemble without --refit."
+        )
+    return ensemble
 
 
 def _choose_trial(trial: str, run: str | os.PathLike | None,
@@ -836,8 +971,6 @@ def _write_model_dir(model, out: Path, overwrite: bool, formats: Sequence[str], 
     Raises:
         RunError: a named format failed to convert, or a format disagrees with model.keras.
     """
-    from autoseg import leaderboard
-
     with atomic.output_dir(out, overwrite) as tmp:
         written, skipped = write_formats(model, tmp, formats, explicit=explicit, log=log)
         if "keras" not in written:
@@ -860,6 +993,30 @@ def _write_model_dir(model, out: Path, overwrite: bool, formats: Sequence[str], 
     return checks, source, skipped
 
 
+def _model_and_metadata(chosen: _ChosenTrial, size: int, refit: bool, formats: Sequence[str],
+                        out: Path, log: Callable[[str], None]):
+    """`(model, metadata, notes)`: what `export` writes, before the tta choice: the trial's
+    model (`_trained_model`), or with `size` > 1 the ensemble it leads, measured
+    (`ensemble_members`, `ensemble_of`, `measure_ensemble`); notes say which trials were
+    left out of the ensemble."""
+    members, notes = ensemble_members(chosen, size) if size > 1 else ([chosen], [])
+    refit_record = None
+    if size > 1:
+        model, member_models = ensemble_of(members)
+    else:
+        model, refit_record = _trained_model(chosen, refit, log)
+    metadata = _metadata(chosen, model, refit_record, formats)
+    about = (f"ensemble of trials {', '.join(m.trial_id for m in members)}" if size > 1
+             else f"trial {chosen.trial_id}")
+    log(f"[export] {about} of {chosen.rundir} ({chosen.config['model_name']}, {chosen.objective}="
+        f"{chosen.row.get(chosen.objective)}) -> {out}: {', '.join(formats)}")
+    if size > 1:
+        metadata["model_name"] = "ensemble"
+        metadata["ensemble"] = {**measure_ensemble(model, member_models, members, metadata, log),
+                                "left_out": notes}
+    return model, metadata, notes
+
+
 def export(
     trial: str = "best",
     run: str | os.PathLike | None = None,
@@ -871,6 +1028,7 @@ def export(
     log: Callable[[str], None] = print,
     tta: str = "auto",
     format: str | Sequence[str] | None = None,
+    ensemble: int = 1,
 ) -> ExportResult:
     """Exports a trial of a search as a model folder (see the module docstring).
 
@@ -894,14 +1052,19 @@ def export(
             "auto", as `autoseg export` does.
         format: The CLI's name for `formats` (`--format`); give one of the two. Defaults
             to None.
+        ensemble: Export `trial` averaged with the next best trials that can join it, this
+            many models in all, as one model (`autoseg.ensemble`; `autoseg.json` lists the
+            members and each one's and the ensemble's validation mean IoU at full
+            resolution). Defaults to 1 (the trial alone).
 
     Returns:
         An `ExportResult`.
 
     Raises:
         ConfigError: no such run, no COMPLETED trial, an unknown trial id, an unknown format,
-            onnx without the `export` extra, `out` exists without `overwrite`, or both
-            `format` and `formats` are given.
+            onnx without the `export` extra, `out` exists without `overwrite`, both
+            `format` and `formats` are given, `ensemble` is not a positive integer, fewer
+            trials than `ensemble` can join, or `ensemble` with `refit`.
         RunError: a named format failed to convert, or a format's class maps differ from
             model.keras's on more than `MAX_DIFFERING_FRACTION` of the sample pixels.
 
@@ -918,17 +1081,14 @@ def export(
     trial_id = row["trial_id"]
     names, explicit, notes = resolve_formats(formats)
     check_choice(tta)
+    size = _ensemble_size(ensemble, refit)
     if out is None:
-        out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{'-refit' if refit else ''}"
+        suffix = f"-ensemble{size}" if size > 1 else "-refit" if refit else ""
+        out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{suffix}"
     out = atomic.check_output_dir(out, overwrite)
     chosen = _read_chosen_trial(rundir, run_config, row)
-    model, refit_record = _trained_model(chosen, refit, log)
-    metadata = _metadata(chosen, model, refit_record, names)
-    objective = chosen.objective
-    log(
-        f"[export] trial {trial_id} of {rundir} ({chosen.config['model_name']}, {objective}="
-        f"{row.get(objective)}) -> {out}: {', '.join(names)}"
-    )
+    model, metadata, left_out = _model_and_metadata(chosen, size, refit, names, out, log)
+    notes += left_out
     metadata["tta"] = choose_tta(model, metadata, run_config, tta, log=log)
     model = flip_tta_model(model, metadata["tta"]["flips"])
     checks, source, skipped = _write_model_dir(model, out, overwrite, names, explicit, metadata,

@@ -249,11 +249,21 @@ def best_row(
     Raises:
         ConfigError: `direction` is neither "max" nor "min".
     """
+    ranked = ranked_rows(rows, objective, direction)
+    return ranked[0] if ranked else None
+
+
+def ranked_rows(
+    rows: Iterable[Mapping[str, Any]], objective: str = "val_mean_iou", direction: str = "max"
+) -> list[Mapping[str, Any]]:
+    """The COMPLETED (or STOPPED) rows with a finite objective, best first (`best_row`'s order).
+
+    Raises:
+        ConfigError: `direction` is neither "max" nor "min".
+    """
     _check_direction(direction)
     candidates = [row for row in rows if _rankable(row, objective)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda row: _best_first_key(row, objective, direction))
+    return sorted(candidates, key=lambda row: _best_first_key(row, objective, direction))
 
 
 def pareto_front(

@@ -11,7 +11,9 @@ TensorFlow, memory and threads):
   `VARIANTS` (the plan then derives its recipe from that space), to compare how the frames
   reach the model: `recipe+crop` trains on 256x256 crops of the full 480x360 frames and
   validates tiled at full resolution; `recipe+wide` resizes whole frames to 352x256 (width x
-  height), keeping their aspect, where the default space's `auto` resizes them to 256x256.
+  height), keeping their aspect, where the default space's `auto` resizes them to 256x256;
+  `recipe+f16` makes the recipe a U-Net of 16 filters (the space's only model), and
+  `recipe+s192` resizes the frames to 192x192: cheaper recipes, more epochs in the budget.
 
 Data: the 184 frames of `../shared/datasets/camvid11_train` (every second frame of SegNet's
 train split, 480x360, 11 classes + void), prepared once into `<out>/dataset` as a user would:
@@ -31,7 +33,7 @@ validation frames' class shares.
 Each result is scored twice:
 - `val mIoU (search)`: the objective the search ranks by, at the model's input resolution
   (the leaderboard's `val_mean_iou`);
-- `val mIoU (full res)`: the 31 validation frames predicted at 480x360 through
+- `val mIoU (full res)`: the validation frames (by default `0006R0`'s 51) predicted at 480x360 through
   `autoseg.predict` and scored with `autoseg.metrics`, as `search_cwfid.py` does
   (`full_resolution_scores`): mean IoU over the 11 classes (void excluded), and each
   class's IoU. The search picks its best trial on these same frames, so the figure is
@@ -39,7 +41,7 @@ Each result is scored twice:
 
 The published reference, SegNet-Basic from scratch at about 0.46 mIoU (SOURCE.md: 46-47%),
 is measured on the full CamVid test split (233 frames, none of them here) after training on
-all 367 train frames. It is a sense of scale only, not comparable with a figure on our 31
+all 367 train frames. It is a sense of scale only, not comparable with a figure on the
 frames of one sequence after training on the other two.
 
 Usage (from the repository root):
@@ -74,6 +76,9 @@ ARMS = ("recipe", "planned")
 VARIANTS = {
     "crop": {"policy": "crop", "crop_scale": [1.0], "input_size": 256},
     "wide": {"policy": "resize", "input_size": "352x256"},
+    # Cheaper recipes for a budget that trains the default one only a few epochs.
+    "f16": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}}},
+    "s192": {"policy": "resize", "input_size": 192},
 }
 SEED = 0
 #: The held-out sequence (`--val-sequence`): daylight, as two of the three are.

@@ -42,39 +42,59 @@ def make_run(root: Path, dataset: Path, space: dict = CROP_SPACE, failed_ids=("1
 
     Trial "0" is COMPLETED with a checkpoint; each of `failed_ids` is FAILED without one.
     """
+    from autoseg.hypermodel import TrainingData
+
+    data = TrainingData.from_path(dataset, seed=0)
+    rundir = root / "run"
+    record = train_trial(rundir, data, space, "0", epochs)
+    records = [record] + [{"trial_id": trial_id, "status": "FAILED",
+                           "hyperparameters": record["hyperparameters"], "message": "loss diverged"}
+                          for trial_id in failed_ids]
+    for trial_id in failed_ids:
+        (rundir / "trials" / f"trial_{trial_id}").mkdir(parents=True)
+    write_run_files(rundir, dataset, data, space, records)
+    return rundir
+
+
+def train_trial(rundir: Path, data, space: dict, trial_id: str, epochs: int) -> dict:
+    """Trains `space`'s one configuration (`AutosegHyperModel`, seed 0) for `epochs` epochs as
+    trial `trial_id` of `rundir`: its checkpoint and KerasTuner `trial.json`.
+
+    Returns:
+        Its COMPLETED record for `leaderboard.write_leaderboard`.
+    """
     import keras
     import keras_tuner as kt
 
-    from autoseg import leaderboard
-    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.hypermodel import AutosegHyperModel
     from autoseg.search_space import validate_space
 
     keras.utils.set_random_seed(0)
-    data = TrainingData.from_path(dataset, seed=0)
-    resolved = validate_space(space, "<test space>")
-    hypermodel = AutosegHyperModel(resolved, data)
+    hypermodel = AutosegHyperModel(validate_space(space, "<test space>"), data)
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     history = hypermodel.fit(hp, model, epochs=epochs, verbose=0)
-    rundir = root / "run"
-    trial_dir = rundir / "trials" / "trial_0"
+    trial_dir = rundir / "trials" / f"trial_{trial_id}"
     trial_dir.mkdir(parents=True)
     model.save_weights(trial_dir / "checkpoint.weights.h5")
     score = float(history.history["val_mean_iou"][-1])
     (trial_dir / "trial.json").write_text(json.dumps({
-        "trial_id": "0", "hyperparameters": hp.get_config(), "status": "COMPLETED",
+        "trial_id": trial_id, "hyperparameters": hp.get_config(), "status": "COMPLETED",
         "score": score, "best_step": epochs - 1, "metrics": {}, "message": None,
     }))
-    records = [{
-        "trial_id": "0", "status": "COMPLETED",
+    return {
+        "trial_id": trial_id, "status": "COMPLETED",
         "hyperparameters": dict(hp.values),
         "metrics": {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")},
         "epochs": epochs, "params": model.count_params(),
-    }]
-    for trial_id in failed_ids:
-        (rundir / "trials" / f"trial_{trial_id}").mkdir(parents=True)
-        records.append({"trial_id": trial_id, "status": "FAILED",
-                        "hyperparameters": dict(hp.values), "message": "loss diverged"})
+    }
+
+
+def write_run_files(rundir: Path, dataset: Path, data, space: dict, records: list[dict]) -> None:
+    """The run's leaderboard of `records` and its run.json (`space` as its space)."""
+    from autoseg import leaderboard
+    from autoseg.search_space import validate_space
+
     leaderboard.write_leaderboard(rundir / "leaderboard.csv", records, class_names=CLASSES)
     (rundir / "run.json").write_text(json.dumps({
         "dataset": str(Path(dataset).resolve()),
@@ -82,14 +102,13 @@ def make_run(root: Path, dataset: Path, space: dict = CROP_SPACE, failed_ids=("1
         "palette": [[0, 0, 0], [0, 255, 0], [255, 0, 0]],
         "ignore_index": 255,
         "fingerprint": None,
-        "space": resolved.to_yaml_dict(),
+        "space": validate_space(space, "<test space>").to_yaml_dict(),
         "tuner": "random",
         "objective": "val_mean_iou",
         "seed": 0,
         "val_fraction": 0.2,
         "split": {"train": data.train_stems, "val": data.val_stems},
     }, indent=1))
-    return rundir
 
 
 def exported_crop_model(tmp_path_factory) -> tuple[Path, Path, Path]:

@@ -33,6 +33,11 @@ def add_parser(subparsers) -> None:
                    help="flip test-time augmentation inside every format: h (mirror), hv (mirror "
                         "and upside down), none (the single model, bit for bit); auto (default) "
                         "keeps the best on the run's validation photos")
+    p.add_argument("--ensemble", metavar="K", type=int, default=1,
+                   help="export the trial averaged with the next best trials that can join it "
+                        "(same resizing or crop scale), K models in all, as one model; "
+                        "autoseg.json lists the members and each one's validation mean IoU "
+                        "and the ensemble's (default: 1, the trial alone)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.set_defaults(run=run)
 
@@ -43,13 +48,15 @@ def run(args) -> int:
 
     result = export(
         args.trial, run=args.rundir, out=args.out, formats=args.formats, refit=args.refit,
-        overwrite=args.overwrite, tta=args.tta,
+        overwrite=args.overwrite, tta=args.tta, ensemble=args.ensemble,
     )
     for note in result.notes:
         print(f"Note: {note}")
     files = ", ".join(
         name + ("/" if fmt == "saved_model" else "") for fmt, name in result.formats.items()
     )
-    print(f"Exported trial {result.trial_id} to {result.out}: {files}, autoseg.json, leaderboard.csv")
+    members = [m["trial_id"] for m in (result.metadata.get("ensemble") or {}).get("members", [])]
+    what = f"the ensemble of trials {', '.join(members)}" if members else f"trial {result.trial_id}"
+    print(f"Exported {what} to {result.out}: {files}, autoseg.json, leaderboard.csv")
     print(describe(result.metadata.get("tta")))
     return 0
