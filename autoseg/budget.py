@@ -74,7 +74,11 @@ FAMILY_ACTIVATION_FACTORS: dict[str, float] = {
     "unet": 1.1,
     "segnet": 0.99,
     "deeplabv3plus": 1.01,
-    "pix2pix": 0.83,
+    # pix2pix: 0.83 in the fit; its generator is a U-Net, and on the AVX2-only EPYC it
+    # measured 1.27x the 0.83 prediction (635 MiB against 502, 16 filters, 128 px, batch 8,
+    # in the two-process test suite). At 1.0 the test passes there alone; on the fitted
+    # machines it predicts ~1.2x what they measured (0.97x at 0.83): the safe side.
+    "pix2pix": 1.0,
 }
 
 #: Backbones whose models measure above their family's factor: the factor is scaled by this.
