@@ -680,7 +680,7 @@ def ensemble_members(chosen: "_ChosenTrial", size: int) -> tuple[list["_ChosenTr
             break
         if row["trial_id"] == chosen.trial_id or row.get("status") not in EXPORTABLE_STATUSES:
             continue
-        candidate = _read_chosen_trial(chosen.rundir, chosen.run, row)
+        candidate = _read_chosen_trial(chosen.rundir, chosen.run, row, (chosen.channels, chosen.rule))
         key = json.dumps(candidate.values, sort_keys=True)
         reason = (f"the configuration of trial {seen[key]}" if key in seen
                   else incompatibility(chosen.config, candidate.config))
@@ -708,10 +708,8 @@ def ensemble_of(members: Sequence["_ChosenTrial"]):
     leader = members[0]
     models = []
     for member in members:
-        size = member_input_size(leader.config, member.config)
-        own = tuple(member.config["input_size"])
-        models.append(load_trial_model(member.rundir, member.run, member.trial_id,
-                                       member.channels, None if size == own else size))
+        models.append(load_trial_model(member.rundir, member.run, member.trial_id, member.channels,
+                                       member_input_size(leader.config, member.config)))
     return ensemble_model(models, tuple(leader.config["input_size"])), models
 
 
@@ -868,8 +866,10 @@ def _choose_trial(trial: str, run: str | os.PathLike | None,
     return rundir, run_config, select_trial(rundir, rows, str(trial), objective)
 
 
-def _read_chosen_trial(rundir: Path, run_config: dict[str, Any], row: dict[str, str]) -> _ChosenTrial:
-    """The trial's trial.json, hyperparameters, model configuration and image format.
+def _read_chosen_trial(rundir: Path, run_config: dict[str, Any], row: dict[str, str],
+                       image: tuple[int, dict[str, Any] | None] | None = None) -> _ChosenTrial:
+    """The trial's trial.json, hyperparameters, model configuration and image format
+    (`image`, `(channels, rule)`, when known: every trial of a run shares it).
 
     Raises:
         ConfigError: trial.json is missing or damaged, or the intensity rule is unknown.
@@ -878,7 +878,7 @@ def _read_chosen_trial(rundir: Path, run_config: dict[str, Any], row: dict[str, 
 
     record = read_trial(rundir, row["trial_id"])
     values = trial_values(record)
-    channels, rule = image_format(run_config)
+    channels, rule = image or image_format(run_config)
     return _ChosenTrial(rundir=rundir, run=run_config, row=row, record=record, values=values,
                         config=trial_model_config(values), channels=channels, rule=rule)
 
