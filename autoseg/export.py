@@ -609,7 +609,8 @@ def tta_scorer(model, metadata: dict[str, Any], dataset, stems: Sequence[str]):
     """Option -> `autoseg.tta.Measurement` of `model` wrapped with it, on `stems` of `dataset`.
 
     The photos go through `autoseg.predict.SegmentationModel` (the path `autoseg predict` and
-    `autoseg evaluate` take) with the in-memory Keras model as its network.
+    `autoseg evaluate` take) with the in-memory Keras model as its network. Each option is
+    measured once: asking again returns the first measurement.
     """
     import time
 
@@ -620,21 +621,28 @@ def tta_scorer(model, metadata: dict[str, Any], dataset, stems: Sequence[str]):
     from autoseg.predict import SegmentationModel
     from autoseg.tta import Measurement, flip_tta_model
 
+    measured: dict[str, Measurement] = {}
+
     def score(flips: str) -> Measurement:
+        if flips in measured:
+            return measured[flips]
         network = flip_tta_model(model, flips)
         runner = lambda batch: np.asarray(network(batch, training=False))  # noqa: E731
         predictor = SegmentationModel(Path("."), metadata, runner, "keras")
         start = time.perf_counter()
         confusion, _ = score_images(predictor, dataset, stems, log=lambda _: None)
         seconds = (time.perf_counter() - start) / max(len(stems), 1)
-        return Measurement(float(scores_from_confusion(confusion)["mean_iou"]), seconds)
+        measured[flips] = Measurement(float(scores_from_confusion(confusion)["mean_iou"]), seconds)
+        return measured[flips]
 
     return score
 
 
 def choose_tta(model, metadata: dict[str, Any], run: dict[str, Any], tta: str,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The `tta` record of `autoseg.json`: `tta` itself, or for "auto" the measured best."""
+               log: Callable[[str], None] = print, scorer=None) -> dict[str, Any]:
+    """The `tta` record of `autoseg.json`: `tta` itself, or for "auto" the measured best
+    (with `scorer`, a `tta_scorer` of `model` on the run's validation photos that may hold
+    measurements already: an ensemble's, without flips)."""
     from autoseg.tta import choose_flips, describe, requested
 
     if tta != "auto":
@@ -644,7 +652,7 @@ def choose_tta(model, metadata: dict[str, Any], run: dict[str, Any], tta: str,
         record = choose_flips(None, reason)
     else:
         log(f"[export] choosing flip TTA on {len(stems)} validation photo(s)")
-        record = choose_flips(tta_scorer(model, metadata, dataset, stems))
+        record = choose_flips(scorer or tta_scorer(model, metadata, dataset, stems))
         record["val_images"] = len(stems)
         if metadata.get("refit"):
             record["reason"] += "; the refit trained on these photos, so the scores are not held out"
@@ -714,10 +722,11 @@ def ensemble_of(members: Sequence["_ChosenTrial"]):
 
 
 def measure_ensemble(model, member_models, members: Sequence["_ChosenTrial"],
-                     metadata: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The `ensemble` record of `autoseg.json`: the members and, on the run's validation
-    photos at full resolution (`tta_scorer`, no flips), each member's mean IoU and the
-    ensemble's."""
+                     metadata: dict[str, Any], log: Callable[[str], None] = print):
+    """`(record, scorer)`: the `ensemble` record of `autoseg.json`, i.e. the members and, on
+    the run's validation photos at full resolution (`tta_scorer`, no flips), each member's
+    mean IoU and the ensemble's; and the ensemble's `tta_scorer` holding that measurement
+    (None without validation photos)."""
     run = members[0].run
     record: dict[str, Any] = {"members": [
         {"trial_id": m.trial_id, "model_name": m.config["model_name"],
@@ -729,19 +738,20 @@ def measure_ensemble(model, member_models, members: Sequence["_ChosenTrial"],
     if dataset is None:
         record["val_images"], record["reason"] = 0, reason
         log(f"[export] ensemble of trials {', '.join(m.trial_id for m in members)} not scored: {reason}")
-        return record
+        return record, None
     log(f"[export] scoring the ensemble and its {len(members)} members on {len(stems)} "
         "validation photo(s) at full resolution")
     for entry, net in zip(record["members"], member_models):
         own = {**metadata, "input_size": entry["input_size"]}
         entry["val_mean_iou_full_res"] = tta_scorer(net, own, dataset, stems)("none").mean_iou
-    record["val_mean_iou_full_res"] = tta_scorer(model, metadata, dataset, stems)("none").mean_iou
+    scorer = tta_scorer(model, metadata, dataset, stems)
+    record["val_mean_iou_full_res"] = scorer("none").mean_iou
     record["val_images"] = len(stems)
     for entry in record["members"]:
         log(f"[export]   trial {entry['trial_id']} ({entry['model_name']}): "
             f"{entry['val_mean_iou_full_res']:.4f}")
     log(f"[export]   ensemble: {record['val_mean_iou_full_res']:.4f}")
-    return record
+    return record, scorer
 
 
 # --------------------------------------------------------------------------------------------
@@ -995,10 +1005,10 @@ def _write_model_dir(model, out: Path, overwrite: bool, formats: Sequence[str], 
 
 def _model_and_metadata(chosen: _ChosenTrial, size: int, refit: bool, formats: Sequence[str],
                         out: Path, log: Callable[[str], None]):
-    """`(model, metadata, notes)`: what `export` writes, before the tta choice: the trial's
-    model (`_trained_model`), or with `size` > 1 the ensemble it leads, measured
+    """`(model, metadata, notes, scorer)`: what `export` writes, before the tta choice: the
+    trial's model (`_trained_model`), or with `size` > 1 the ensemble it leads, measured
     (`ensemble_members`, `ensemble_of`, `measure_ensemble`); notes say which trials were
-    left out of the ensemble."""
+    left out of the ensemble; `scorer` is the ensemble's `tta_scorer` (else None)."""
     members, notes = ensemble_members(chosen, size) if size > 1 else ([chosen], [])
     refit_record = None
     if size > 1:
@@ -1010,11 +1020,12 @@ def _model_and_metadata(chosen: _ChosenTrial, size: int, refit: bool, formats: S
              else f"trial {chosen.trial_id}")
     log(f"[export] {about} of {chosen.rundir} ({chosen.config['model_name']}, {chosen.objective}="
         f"{chosen.row.get(chosen.objective)}) -> {out}: {', '.join(formats)}")
+    scorer = None
     if size > 1:
         metadata["model_name"] = "ensemble"
-        metadata["ensemble"] = {**measure_ensemble(model, member_models, members, metadata, log),
-                                "left_out": notes}
-    return model, metadata, notes
+        record, scorer = measure_ensemble(model, member_models, members, metadata, log)
+        metadata["ensemble"] = {**record, "left_out": notes}
+    return model, metadata, notes, scorer
 
 
 def export(
@@ -1087,9 +1098,9 @@ def export(
         out = Path("exports") / f"{rundir.resolve().name}-{trial_id}{suffix}"
     out = atomic.check_output_dir(out, overwrite)
     chosen = _read_chosen_trial(rundir, run_config, row)
-    model, metadata, left_out = _model_and_metadata(chosen, size, refit, names, out, log)
+    model, metadata, left_out, scorer = _model_and_metadata(chosen, size, refit, names, out, log)
     notes += left_out
-    metadata["tta"] = choose_tta(model, metadata, run_config, tta, log=log)
+    metadata["tta"] = choose_tta(model, metadata, run_config, tta, log=log, scorer=scorer)
     model = flip_tta_model(model, metadata["tta"]["flips"])
     checks, source, skipped = _write_model_dir(model, out, overwrite, names, explicit, metadata,
                                                chosen, log)

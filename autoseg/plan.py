@@ -13,6 +13,12 @@ in the budget before it runs, and explores variants of the recipe with the rest.
   0.5 on small datasets; Adam at 1e-3 with a cosine decay; batch 4 (8 on a GPU) or the largest
   that fits the memory budget; as many epochs as `RECIPE_SHARE` of the budget allows. Every
   value is the space's nearest to these.
+- **A recipe the budget can train** (`cheaper_recipe`): when those epochs are fewer than
+  `MIN_RECIPE_PASSES` passes over the training photos (or `ENOUGH_IMAGES` crops, whichever
+  is fewer), the plan steps down to a cheaper recipe that trains more of them: half the
+  filters (down to `MIN_RECIPE_FILTERS`, where the space offers them), then the next smaller
+  input size of a `resize` recipe (down to `MIN_RECIPE_SIZE`). A crop recipe keeps its crop
+  size: a smaller crop is cheaper per pass because it shows less of each photo.
 - **The admissible space**: a configuration is kept when, in the time a winner gets
   (exploration and finishing), it can train at least `min_epochs` epochs: as many as the
   recipe gets, capped at what `ENOUGH_IMAGES` training crops take. Others are dropped with
@@ -79,6 +85,18 @@ TARGET_SHORT_SIDE = 600
 #: The recipe's families, best bet first: from scratch, a plain U-Net wins on small data.
 FAMILY_PREFERENCE = ("unet", "segnet", "deeplabv3plus", "light_unet", "pix2pix")
 
+#: The recipe should train at least this many passes over the training photos (or
+#: `ENOUGH_IMAGES` crops, whichever is fewer) in its time; below that, the plan steps down to
+#: a cheaper recipe (`cheaper_recipe`), at most to `MIN_RECIPE_FILTERS` filters and
+#: `MIN_RECIPE_SIZE` px. Measured on one AVX2 core (RESULTS.md, one seed each): CWFID at 20
+#: minutes, the U-Net of 32 filters trained 12 passes (0.643 full-res mIoU), of 16 filters
+#: 42 (0.722); CamVid at 30 minutes, 32 filters at 256 px 6 passes (0.239), 16 filters 16
+#: (0.282), 32 filters at 192 px 10 (0.275). The recipe of 32 filters reached ~0.70–0.73
+#: on CWFID after 26–53 passes.
+MIN_RECIPE_PASSES = 24
+MIN_RECIPE_FILTERS = 16
+MIN_RECIPE_SIZE = 128
+
 #: `tuner/bracket` of the recipe, trial 0 of a planned search.
 RECIPE_BRACKET = -2
 
@@ -129,6 +147,8 @@ class Plan:
         passes_per_epoch: Passes over the training photos (one random crop of each) that
             make one epoch of every trial: enough that validating the recipe's tiles after
             each epoch takes at most `VALIDATION_SHARE` of it (with a time budget; else 1).
+        recipe_steps: The recipes the plan stepped down from, each with the passes it
+            would have trained (`cheaper_recipe`), preferred first; empty when it did not.
     """
 
     budget_seconds: float | None
@@ -145,6 +165,7 @@ class Plan:
     batch_sizes: list[int]
     recipe_only_reason: str | None = None
     passes_per_epoch: int = 1
+    recipe_steps: list[str] = dataclasses.field(default_factory=list)
 
     # -- estimates -------------------------------------------------------------------------
     @property
@@ -193,6 +214,15 @@ class Plan:
     def share_epochs(self) -> int:
         """Epochs of the recipe that fit its share at the current estimates (at least 1)."""
         return max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
+
+    def recipe_passes(self) -> int:
+        """Passes over the training photos the recipe trains (`recipe_epochs` epochs)."""
+        return self.recipe_epochs * self.passes_per_epoch
+
+    def recipe_trains_enough(self) -> bool:
+        """The recipe trains `MIN_RECIPE_PASSES` passes, or `ENOUGH_IMAGES` crops."""
+        wanted = min(MIN_RECIPE_PASSES * self.data["train_images"], ENOUGH_IMAGES)
+        return self.recipe_epochs * self.epoch_crops >= wanted
 
     def required_epochs(self) -> int | None:
         """Epochs a configuration must reach in a winner's time: as many as the recipe gets in
@@ -399,6 +429,32 @@ def choose_recipe(space: SearchSpace, models: list[speed.ModelCost], data: DataS
     )
 
 
+def cheaper_recipe(recipe: dict[str, Any], space: SearchSpace, models: list[speed.ModelCost],
+                   memory_limit: int | None) -> dict[str, Any] | None:
+    """The next recipe down from `recipe` for a budget that trains it too little, or None:
+    the same model with half the filters, where the space measured that model (not below
+    `MIN_RECIPE_FILTERS`); else, for a `resize` recipe, the space's next smaller input size
+    (not below `MIN_RECIPE_SIZE`). Everything else is kept: loss, augmentation, learning
+    rate, batch size (a cheaper model needs less memory)."""
+    config = trial_model_config(recipe)
+    name, options = config["model_name"], config["options"]
+    filters = options.get("filters")
+    if isinstance(filters, int) and filters // 2 >= MIN_RECIPE_FILTERS:
+        half = {**options, "filters": filters // 2}
+        cost = next((m for m in models if m.model_name == name and _same(m.options, half)), None)
+        batch = int(recipe["batch_size"])
+        if cost is not None and (not memory_limit or cost.memory_bytes(
+                config["input_size"], batch) <= memory_limit):
+            return {**recipe, f"{name}/filters": filters // 2}
+    if recipe["policy"] != "resize":
+        return None
+    area = config["input_size"][0] * config["input_size"][1]
+    smaller = [s for s in space.input_sizes() if s[0] * s[1] < area and min(s) >= MIN_RECIPE_SIZE]
+    if not smaller:
+        return None
+    return {**recipe, "input_size": format_input_size(max(smaller, key=lambda s: s[0] * s[1]))}
+
+
 #: The share of the recipe's training crops placed over a rare-class pixel (policy crop):
 #: none. nnU-Net's third lost 0.039 mIoU (crop IoU 0.052) on CWFID at 30 minutes on one
 #: core (RESULTS.md, one seed), so the recipe crops uniformly and a space that offers a
@@ -456,9 +512,40 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
             the dropped configurations.
 
     Raises:
-        BudgetError: nothing fits the memory budget.
+        BudgetError: nothing fits the memory budget, or not one epoch of the cheapest recipe
+            fits the time budget.
     """
-    recipe, _ = choose_recipe(space, models, data, machine, memory_limit)
+    current, _ = choose_recipe(space, models, data, machine, memory_limit)
+    args = (space, models, data, machine, costs, budget_seconds, memory_limit, recipe_only,
+            runs_recipe)
+    plan, error = _plan_or_error(current, *args)
+    steps = []
+    while budget_seconds is not None and (plan is None or not plan.recipe_trains_enough()):
+        cheaper = cheaper_recipe(current, space, models, memory_limit)
+        if cheaper is None:
+            break
+        trained = f"{plan.recipe_passes()} passes" if plan else "not one epoch"
+        steps.append(f"{describe(current)}: {trained}")
+        current = cheaper
+        plan, error = _plan_or_error(current, *args)
+    if plan is None:
+        raise error
+    plan.recipe_steps = steps
+    return plan
+
+
+def _plan_or_error(recipe: dict[str, Any], *args) -> tuple[Plan | None, BudgetError | None]:
+    try:
+        return _plan_for(recipe, *args), None
+    except BudgetError as error:  # not one epoch of this recipe fits the budget
+        return None, error
+
+
+def _plan_for(recipe: dict[str, Any], space: SearchSpace, models: list[speed.ModelCost],
+              data: DataSummary, machine: Machine, costs: speed.CostModel,
+              budget_seconds: float | None, memory_limit: int | None, recipe_only: bool,
+              runs_recipe: bool) -> Plan:
+    """`make_plan` for a given recipe."""
     shares = dict(RECIPE_ONLY) if recipe_only else {
         "recipe": RECIPE_SHARE, "explore": 1 - RECIPE_SHARE - FINISH_SHARE, "finish": FINISH_SHARE}
     plan = Plan(
@@ -571,6 +658,11 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
         f"{recipe['aug_strength']:g}, lr {recipe['learning_rate']:.2g} cosine, batch "
         f"{recipe['batch_size']}: ~{seconds:.0f} s an epoch, {plan.recipe_epochs} epochs{share}"
     )
+    if plan.recipe_steps:
+        lines.append(
+            f"[plan] a cheaper recipe, for at least {MIN_RECIPE_PASSES} passes over the "
+            "training photos in its time: " + "; ".join(plan.recipe_steps)
+            + f"; the recipe above: {plan.recipe_passes()} passes")
     if plan.passes_per_epoch > 1:
         lines.append(
             f"[plan] an epoch is {plan.passes_per_epoch} passes over the training photos (a "
@@ -716,16 +808,19 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     import keras
     import keras_tuner as kt
 
-    from autoseg import devices
+    from autoseg import cost_cache, devices
 
     space = hypermodel.space
     combos = [(m, c) for m, o in space.models.items() for c in model_option_grid(o)]
     if log:
         log(f"[plan] measuring {len(combos)} model configurations and this machine's speed")
     data = data_summary(hypermodel.data)
+    cache = cost_cache.CostCache.default()
     models = speed.measure_models(combos, hypermodel.data.dataset.num_classes,
                                   precision_of=hypermodel.precision_of,
-                                  channels=hypermodel.data.dataset.channels)
+                                  channels=hypermodel.data.dataset.channels, cache=cache)
+    if log and cache.hits:
+        log(f"[plan] {cache.hits} of {len(combos)} model measurements from {cache.path}")
     machine = Machine(device="gpu" if devices.gpu_count() else "cpu", precision="float32",
                       cores=len(os.sched_getaffinity(0)))
     recipe, batch = choose_recipe(space, models, data, machine, memory_limit)

@@ -6,7 +6,7 @@ configuration of the space takes. Three measurements give it:
 - `measure_models`: each model configuration of the space built once (not trained) at a
   reference input size: its training and inference FLOPs and its memory, per input pixel.
   Fully convolutional models scale with the number of pixels, so one build serves every
-  input size.
+  input size; the measurements are cached on disk (`autoseg.cost_cache`).
 - `calibrate`: a few timed training steps of one model (the recipe's): the GFLOP/s this
   machine reaches on it.
 - `EFFICIENCY`: how fast each architecture turns FLOPs into time relative to a plain U-Net
@@ -165,8 +165,10 @@ def reference_size(divisor: int) -> tuple[int, int]:
 
 def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: int,
                    precision_of: Callable[[str], str] = lambda model_name: "float32",
-                   channels: int = 3, log: Callable[[str], None] | None = None) -> list[ModelCost]:
-    """Builds each `(model_name, options)` once and measures its FLOPs and memory.
+                   channels: int = 3, log: Callable[[str], None] | None = None,
+                   cache=None) -> list[ModelCost]:
+    """Builds each `(model_name, options)` once and measures its FLOPs and memory, or takes
+    the measurement from `cache`.
 
     Args:
         combos: The model configurations (every combination of each model's options).
@@ -174,37 +176,53 @@ def measure_models(combos: Iterable[tuple[str, dict[str, Any]]], num_classes: in
         precision_of: The dtype policy an architecture trains under (for the memory estimate).
         channels: Input channels.
         log: Called with a line per model configuration, or None.
+        cache: A `cost_cache.CostCache`; None: the on-disk cache (`CostCache.default()`).
     """
-    import keras
+    from autoseg import cost_cache
 
-    from autoseg import budget, models, registry
-
+    cache = cost_cache.CostCache.default() if cache is None else cache
     measured = []
     for model_name, options in combos:
-        spec = registry.ARCHITECTURES.get(model_name)
-        size = reference_size(int(spec.input_divisor({**spec.defaults, **options})))
-        model = models.build(model_name, num_classes, (*size, channels), **options)
-        pixels = size[0] * size[1]
         precision = precision_of(model_name)
-        estimate = budget.estimate_training_memory(model, 1, precision=precision,
-                                                   family=spec.family)
-        inference = model_contract.inference_model(model)
-        cost = ModelCost(
-            model_name=model_name, options=dict(options), key=config_key(model_name, options),
-            family=spec.family,
-            train_flops_per_pixel=training_forward_flops(model) / pixels,
-            infer_flops_per_pixel=forward_flops(inference) / pixels,
-            static_bytes=int(estimate.total_bytes - estimate.per_sample_bytes),
-            sample_bytes_per_pixel=estimate.per_sample_bytes / pixels,
-            params=int(model.count_params()), precision=precision,
-        )
+        key = cost_cache.entry_key(model_name, options, num_classes, channels, precision)
+        known = cache.get(key)
+        cost = ModelCost(**known) if known else _measure_model(
+            model_name, options, num_classes, channels, precision)
+        if not known:
+            cache.put(key, dataclasses.asdict(cost))
         measured.append(cost)
         if log:
             log(f"{model_name} {options}: {cost.train_flops_per_pixel * 65536 / 1e9:.1f} "
                 f"GFLOPs at 256x256, {cost.params / 1e6:.1f}M parameters")
-        del model, inference
-        keras.backend.clear_session()
+    cache.save()
     return measured
+
+
+def _measure_model(model_name: str, options: dict[str, Any], num_classes: int, channels: int,
+                   precision: str) -> ModelCost:
+    """One model configuration built at its reference size and measured."""
+    import keras
+
+    from autoseg import budget, models, registry
+
+    spec = registry.ARCHITECTURES.get(model_name)
+    size = reference_size(int(spec.input_divisor({**spec.defaults, **options})))
+    model = models.build(model_name, num_classes, (*size, channels), **options)
+    pixels = size[0] * size[1]
+    estimate = budget.estimate_training_memory(model, 1, precision=precision, family=spec.family)
+    inference = model_contract.inference_model(model)
+    cost = ModelCost(
+        model_name=model_name, options=dict(options), key=config_key(model_name, options),
+        family=spec.family,
+        train_flops_per_pixel=training_forward_flops(model) / pixels,
+        infer_flops_per_pixel=forward_flops(inference) / pixels,
+        static_bytes=int(estimate.total_bytes - estimate.per_sample_bytes),
+        sample_bytes_per_pixel=estimate.per_sample_bytes / pixels,
+        params=int(model.count_params()), precision=precision,
+    )
+    del model, inference
+    keras.backend.clear_session()
+    return cost
 
 
 def calibrate(model, batch_size: int, steps: int = 2) -> float:

@@ -23,6 +23,13 @@ def _private_dataset_cache(tmp_path_factory):
     os.environ["AUTOSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("dataset-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_model_cost_cache():
+    """Every test measures its models (some patch what a measurement depends on); the
+    cache's own tests point `AUTOSEG_MODEL_CACHE` at a temp file."""
+    os.environ["AUTOSEG_MODEL_CACHE"] = "off"
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.is_dir():

@@ -189,3 +189,23 @@ def test_export_ensemble_refuses_what_it_cannot_do(ensemble_run, tmp_path, capsy
         assert code == 2 and message in err, err
         assert "Traceback" not in err
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_export_ensemble_with_tta_auto_scores_the_ensemble_once_per_option(
+        ensemble_run, tmp_path, capsys, monkeypatch):
+    import autoseg.evaluate
+
+    dataset, rundir = ensemble_run
+    calls = []
+    real = autoseg.evaluate.score_images
+    monkeypatch.setattr(autoseg.evaluate, "score_images",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "ens_auto"
+    code = main(["export", "best", "--run", str(rundir), "--ensemble", "2", "--tta", "auto",
+                 "--format", "keras", "--out", str(out)])
+    assert code == 0, capsys.readouterr().out
+    metadata = json.loads((out / "autoseg.json").read_text())
+    # Two members, then the ensemble without flips (once: the tta choice reuses it), h, hv.
+    assert len(calls) == 2 + 3
+    assert metadata["tta"]["val_mean_iou"]["none"] == metadata["ensemble"]["val_mean_iou_full_res"]

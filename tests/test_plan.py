@@ -335,11 +335,13 @@ def test_camvid_eleven_classes():
     p = plan.make_plan(space, models_of(space), data, CPU, speed.CostModel(gflops=GFLOPS),
                        1800, None, runs_recipe=False)
     r = p.recipe
-    assert (r["model_name"], r["unet/filters"]) == ("unet", 32)
+    # 32 filters train too few passes in the recipe's 12 minutes: the plan halves them.
+    assert (r["model_name"], r["unet/filters"]) == ("unet", 16)
+    assert len(p.recipe_steps) == 1 and "filters=32" in p.recipe_steps[0]
     assert (r["policy"], r["input_size"], r["crop_scale"]) == ("crop", 256, 1.0)
     assert (r["loss"], r["aug_strength"], r["batch_size"]) == ("ce_dice", 0.5, 4)
     # A 360x480 frame is 2x2 tiles of 256 px.
-    cost = model_cost("unet", {"filters": 32})
+    cost = model_cost("unet", {"filters": 16})
     assert p.epoch_seconds(r) == pytest.approx(expected_epoch(cost, 256, 150, 34 * 4),
                                                rel=1e-6)
     assert p.min_epochs == min(p.recipe_epochs, math.ceil(plan.ENOUGH_IMAGES / 150))
@@ -431,6 +433,114 @@ def test_memory_budget_error_quotes_the_smallest_batch_of_the_space():
 def test_time_budget_that_admits_nothing_raises(cwfid_space):
     with pytest.raises(BudgetError, match="time budget"):
         cwfid_plan(cwfid_space, budget=30)
+
+
+# --- a recipe the budget can train -----------------------------------------------------------
+
+# CamVid-like: 133 training frames of 480x360 resized, 51 validation frames.
+STEP_SPACE = {"models": {"unet": {"filters": [16, 32, 64]}}, "input_size": [128, 192, 256],
+              "policy": "resize", "batch_size": [2, 4, 8]}
+STEP_MEDIAN = (360, 480)
+
+
+def step_plan(budget, spec=STEP_SPACE, median=STEP_MEDIAN, train=133):
+    """The recipe alone for the whole budget (`--recipe-only`, one pass an epoch)."""
+    space = make_space(spec, median=median)
+    data = plan.DataSummary(train_images=train, val_sizes=[median] * 51, median_size=median,
+                            class_fraction=dict(CWFID_FRACTIONS))
+    return plan.make_plan(space, models_of(space), data, CPU, speed.CostModel(gflops=GFLOPS),
+                          budget, None, recipe_only=True)
+
+
+def budget_for(epochs: float, values: dict, spec=STEP_SPACE, median=STEP_MEDIAN,
+               train=133) -> float:
+    """The budget in which the recipe-only plan trains `values` for `epochs` epochs."""
+    reference = step_plan(None, spec, median, train)
+    return reference.cost_model.fixed_seconds + epochs * reference.epoch_seconds(values)
+
+
+def recipe_of(p: plan.Plan) -> tuple:
+    return p.recipe["unet/filters"], p.recipe["input_size"]
+
+
+def test_a_budget_that_trains_the_preferred_recipe_enough_keeps_it():
+    preferred = step_plan(None).recipe
+    assert recipe_of(step_plan(None)) == (32, 256)
+    p = step_plan(budget_for(plan.MIN_RECIPE_PASSES + 0.5, preferred))
+    assert recipe_of(p) == (32, 256)
+    assert p.recipe_epochs == plan.MIN_RECIPE_PASSES and p.recipe_steps == []
+    assert "a cheaper recipe" not in "\n".join(p.lines())
+
+
+def test_a_short_budget_halves_the_filters_first():
+    preferred = step_plan(None).recipe
+    p = step_plan(budget_for(plan.MIN_RECIPE_PASSES - 0.5, preferred))
+    assert recipe_of(p) == (16, 256)  # 16 filters: ~4x the epochs, enough
+    assert p.recipe_epochs >= plan.MIN_RECIPE_PASSES
+    assert p.recipe_steps == [f"{plan.describe(preferred)}: {plan.MIN_RECIPE_PASSES - 1} passes"]
+    assert p.recipe["batch_size"] == preferred["batch_size"]
+    assert p.recipe["loss"] == preferred["loss"]
+    text = "\n".join(p.lines())
+    assert "filters=16" in text.splitlines()[1]  # the recipe line names the cheaper recipe
+    assert (f"[plan] a cheaper recipe, for at least {plan.MIN_RECIPE_PASSES} passes over the "
+            f"training photos in its time: {p.recipe_steps[0]}; the recipe above: "
+            f"{p.recipe_epochs} passes") in text
+    assert plan.Plan.from_dict(json.loads(json.dumps(p.to_dict()))).recipe_steps \
+        == p.recipe_steps
+
+
+def test_a_shorter_budget_then_shrinks_a_resized_input_down_to_the_floor():
+    narrow = {**step_plan(None).recipe, "unet/filters": 16}
+    p = step_plan(budget_for(plan.MIN_RECIPE_PASSES - 0.5, narrow))
+    assert recipe_of(p) == (16, 192)
+    assert len(p.recipe_steps) == 2
+    smallest = {**narrow, "input_size": 128}
+    p = step_plan(budget_for(3.5, smallest))
+    assert recipe_of(p) == (16, 128)  # not below MIN_RECIPE_SIZE, though short of passes
+    assert p.recipe_epochs == 3 and len(p.recipe_steps) == 3
+
+
+def test_a_budget_too_short_for_the_preferred_recipe_runs_a_cheaper_one():
+    preferred = step_plan(None).recipe
+    cheaper = {**preferred, "unet/filters": 16}
+    budget = budget_for(0.5, preferred)  # not one epoch of 32 filters; ~2 of 16
+    assert budget >= budget_for(1, cheaper)
+    p = step_plan(budget)
+    assert recipe_of(p)[0] == 16
+    assert p.recipe_steps[0] == f"{plan.describe(preferred)}: not one epoch"
+    with pytest.raises(BudgetError, match="time budget"):  # not even the cheapest fits
+        step_plan(budget_for(0.5, {**cheaper, "input_size": 128}))
+
+
+def test_the_filters_never_go_below_the_floor():
+    spec = {**STEP_SPACE, "models": {"unet": {"filters": [8, 16]}}, "input_size": 256}
+    p = step_plan(budget_for(2.5, {**step_plan(None, spec).recipe}, spec=spec), spec=spec)
+    assert recipe_of(p) == (16, 256)  # 8 filters are in the space, under MIN_RECIPE_FILTERS
+    assert p.recipe_steps == []
+
+
+def test_a_crop_recipe_keeps_its_crop_size():
+    spec = {**CWFID_SPACE, "models": {"unet": {"filters": [16, 32]}}}
+    reference = step_plan(None, spec, median=CWFID_SIZE, train=32)
+    preferred = reference.recipe
+    assert (preferred["policy"], recipe_of(reference)) == ("crop", (32, 256))
+    p = step_plan(budget_for(2.5, preferred, spec, CWFID_SIZE, 32), spec, CWFID_SIZE, 32)
+    assert recipe_of(p) == (16, 256)
+    assert len(p.recipe_steps) == 1  # 128 px crops are in the space: not a step
+
+
+def test_a_large_dataset_is_enough_at_enough_images():
+    # 2000 photos: 3 epochs are 6000 crops, past ENOUGH_IMAGES, though 3 passes < 12.
+    preferred = step_plan(None, train=2000).recipe
+    p = step_plan(budget_for(3.5, preferred, train=2000), train=2000)
+    assert recipe_of(p) == (32, 256) and p.recipe_steps == []
+    p = step_plan(budget_for(1.5, preferred, train=2000), train=2000)
+    assert recipe_of(p)[0] == 16  # 2000 crops: short of 4000
+
+
+def test_without_a_budget_the_recipe_is_the_preferred_one():
+    p = step_plan(None)
+    assert recipe_of(p) == (32, 256) and p.recipe_steps == []
 
 
 # --- machine and family preferences -----------------------------------------------------------
