@@ -91,8 +91,9 @@ FAMILY_PREFERENCE = ("unet", "segnet", "deeplabv3plus", "light_unet", "pix2pix")
 #: `MIN_RECIPE_SIZE` px. Measured on one AVX2 core (RESULTS.md, one seed each): CWFID at 20
 #: minutes, the U-Net of 32 filters trained 12 passes (0.643 full-res mIoU), of 16 filters
 #: 42 (0.722); CamVid at 30 minutes, 32 filters at 256 px 6 passes (0.239), 16 filters 16
-#: (0.282), 32 filters at 192 px 10 (0.275). The recipe of 32 filters reached ~0.70–0.73
-#: on CWFID after 26–53 passes.
+#: (0.282), 32 filters at 192 px 10 (0.275), 16 filters at 128 px 75 (0.339, against 0.303
+#: at 256 px in the same run). The recipe of 32 filters reached ~0.70–0.73 on CWFID after
+#: 26–53 passes.
 MIN_RECIPE_PASSES = 24
 MIN_RECIPE_FILTERS = 16
 MIN_RECIPE_SIZE = 128

@@ -15,7 +15,8 @@ TensorFlow, memory and threads):
   `recipe+f16` makes the recipe a U-Net of 16 filters (the space's only model), and
   `recipe+s192` resizes the frames to 192x192: cheaper recipes, more epochs in the budget;
   `recipe+f32` keeps the U-Net of 32 filters whatever the budget (the plan cannot step down
-  from the space's only model). `SEARCH_SEED=N` (default 0) seeds the training.
+  from the space's only model), `recipe+f16at256` and `recipe+f16at128` the U-Net of 16
+  filters at 256x256 or 128x128. `SEARCH_SEED=N` (default 0) seeds the training.
 
 Data: the 184 frames of `../shared/datasets/camvid11_train` (every second frame of SegNet's
 train split, 480x360, 11 classes + void), prepared once into `<out>/dataset` as a user would:
@@ -82,6 +83,11 @@ VARIANTS = {
     "f16": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}}},
     # The recipe before it stepped down on a short budget: a U-Net of 32 filters only.
     "f32": {"models": {"unet": {"depth": 4, "filters": 32, "backbone": "none"}}},
+    # A U-Net of 16 filters at one input size (nothing to step down to).
+    "f16at256": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
+                 "policy": "resize", "input_size": 256},
+    "f16at128": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
+                 "policy": "resize", "input_size": 128},
     "s192": {"policy": "resize", "input_size": 192},
 }
 #: The training seed of every arm (and of CWFID's split); `SEARCH_SEED=1` for another run.
