@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autoseg.user_cache import cache_home
+
 #: Entries kept, newest last: a few spaces' worth, a file of well under a megabyte.
 MAX_ENTRIES = 500
 OFF = "off"
@@ -33,10 +35,7 @@ def cache_path() -> Path | None:
     value = os.environ.get("AUTOSEG_MODEL_CACHE")
     if value == OFF:
         return None
-    if value:
-        return Path(value)
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "autoseg" / "model_costs.json"
+    return Path(value) if value else cache_home() / "model_costs.json"
 
 
 @functools.lru_cache(maxsize=1)

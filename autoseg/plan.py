@@ -222,8 +222,8 @@ class Plan:
 
     def recipe_trains_enough(self) -> bool:
         """The recipe trains `MIN_RECIPE_PASSES` passes, or `ENOUGH_IMAGES` crops."""
-        wanted = min(MIN_RECIPE_PASSES * self.data["train_images"], ENOUGH_IMAGES)
-        return self.recipe_epochs * self.epoch_crops >= wanted
+        images = self.data["train_images"]
+        return self.recipe_passes() * images >= min(MIN_RECIPE_PASSES * images, ENOUGH_IMAGES)
 
     def required_epochs(self) -> int | None:
         """Epochs a configuration must reach in a winner's time: as many as the recipe gets in
@@ -516,10 +516,15 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
         BudgetError: nothing fits the memory budget, or not one epoch of the cheapest recipe
             fits the time budget.
     """
+    def attempt(recipe: dict[str, Any]) -> tuple[Plan | None, BudgetError | None]:
+        try:
+            return _plan_for(recipe, space, models, data, machine, costs, budget_seconds,
+                             memory_limit, recipe_only, runs_recipe), None
+        except BudgetError as error:  # not one epoch of this recipe fits the budget
+            return None, error
+
     current, _ = choose_recipe(space, models, data, machine, memory_limit)
-    args = (space, models, data, machine, costs, budget_seconds, memory_limit, recipe_only,
-            runs_recipe)
-    plan, error = _plan_or_error(current, *args)
+    plan, error = attempt(current)
     steps = []
     while budget_seconds is not None and (plan is None or not plan.recipe_trains_enough()):
         cheaper = cheaper_recipe(current, space, models, memory_limit)
@@ -528,18 +533,11 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
         trained = f"{plan.recipe_passes()} passes" if plan else "not one epoch"
         steps.append(f"{describe(current)}: {trained}")
         current = cheaper
-        plan, error = _plan_or_error(current, *args)
+        plan, error = attempt(current)
     if plan is None:
         raise error
     plan.recipe_steps = steps
     return plan
-
-
-def _plan_or_error(recipe: dict[str, Any], *args) -> tuple[Plan | None, BudgetError | None]:
-    try:
-        return _plan_for(recipe, *args), None
-    except BudgetError as error:  # not one epoch of this recipe fits the budget
-        return None, error
 
 
 def _plan_for(recipe: dict[str, Any], space: SearchSpace, models: list[speed.ModelCost],

@@ -20,7 +20,7 @@ ORCHESTRATORS = ("autoseg.search", "autoseg.tuner", "autoseg.hypermodel", "autos
 LOWER = ("autoseg.data", "autoseg.architectures", "autoseg.backbones", "autoseg.registry",
          "autoseg.builder", "autoseg.models", "autoseg.losses", "autoseg.metrics",
          "autoseg.errors", "autoseg.atomic", "autoseg.durations", "autoseg.model_dir",
-         "autoseg.model_contract", "autoseg.run_dir")
+         "autoseg.model_contract", "autoseg.run_dir", "autoseg.user_cache")
 
 
 def _modules(root: Path) -> dict[str, Path]:

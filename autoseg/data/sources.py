@@ -20,6 +20,7 @@ from autoseg.data.dataset import (
     write_dataset_yaml,
 )
 from autoseg.errors import ConfigError, DatasetError
+from autoseg.user_cache import cache_home
 
 FORMATS = ("auto", "labelme", "color", "index", "binary")
 # Bump when `prepare` would write a different dataset from the same source: it renames
@@ -210,9 +211,7 @@ def resolve_dataset(
     digest = source_hash(path, format, labels, palette, skip_orphans, ignore_values)
     name = f"{path.resolve().name}-{digest}"
     if cache_root is None:
-        cache_root = os.environ.get("AUTOSEG_CACHE_DIR") or (
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoseg" / "datasets"
-        )
+        cache_root = os.environ.get("AUTOSEG_CACHE_DIR") or cache_home() / "datasets"
     roots = [Path(cache_root)]
     for root in roots:
         if is_canonical(root / name):
