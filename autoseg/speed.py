@@ -53,9 +53,10 @@ EFFICIENCY = {
 DEFAULT_EFFICIENCY = 0.5
 
 #: Seconds a trial costs besides its epochs (a fresh process, imports, build, tracing,
-#: checkpoint) until trials measure it: RESULTS.md, 60-minute CWFID search (42 s on CWFID
-#: with 256-px models; smaller models trace faster).
-DEFAULT_FIXED_SECONDS = 30.0
+#: checkpoint) until trials measure it: 15.7 s for a U-Net of 16 filters at 256 px on CWFID
+#: with both cores of a 2-core CPU (RESULTS.md, "The end of a fit"; 30-44 s before tf.data's
+#: autotuning was turned off); one core and larger models trace slower.
+DEFAULT_FIXED_SECONDS = 20.0
 
 
 def steady_epochs(seconds: list[float]) -> list[float]:

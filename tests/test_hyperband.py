@@ -190,8 +190,9 @@ def test_a_short_budgeted_search_gives_the_recipe_the_whole_budget(tiny_dataset,
 # -- the planned search: the recipe first, then its variants, then the best trained on ------
 
 from autoseg import plan as search_plan  # noqa: E402
-from autoseg import speed  # noqa: E402
-from test_plan import CPU, CWFID_SPACE, GFLOPS, make_space, models_of, summary  # noqa: E402
+from test_plan import (  # noqa: E402
+    CPU, CWFID_SPACE, FIXED, cost_model, make_space, models_of, summary,
+)
 
 
 class PlannedRun(Run):
@@ -203,8 +204,8 @@ class PlannedRun(Run):
                  explore_slowdown=1.0):
         self.space = make_space(CWFID_SPACE)
         self.plan = search_plan.make_plan(
-            self.space, models_of(self.space), summary(), CPU, speed.CostModel(gflops=GFLOPS),
-            budget, None, recipe_only=recipe_only)
+            self.space, models_of(self.space), summary(), CPU, cost_model(), budget, None,
+            recipe_only=recipe_only)
         super().__init__(planned_oracle(), tmp_path, overhead=overhead, first_epoch_extra=0.0)
         self.slowdown = slowdown
         self.explore_slowdown = explore_slowdown  # trials after the recipe
@@ -333,7 +334,7 @@ def test_a_plan_that_gives_the_recipe_the_whole_hour_runs_it_alone(tmp_path):
     trials = run.run()
     assert len(trials) == 1
     assert trials[0].hyperparameters.values["tuner/epochs"] == run.plan.recipe_epochs
-    assert run.deadline - run.now < run.plan.epoch_seconds(run.plan.recipe) + 30 + 1e-6
+    assert run.deadline - run.now < run.plan.epoch_seconds(run.plan.recipe) + FIXED + 1e-6
     assert run.oracle.create_trial("tuner0").status == "STOPPED"
 
 

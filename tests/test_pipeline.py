@@ -346,6 +346,18 @@ def test_cache_gives_the_same_tensors_and_decodes_once(tiny, policy, monkeypatch
         assert_same_tensors(cached_epochs[epoch], over_budget_epochs[epoch])
 
 
+@pytest.mark.parametrize("policy", ["resize", "crop"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "val"])
+def test_pipelines_run_without_tf_data_model_autotuning(tiny, policy, training):
+    # Its optimisation thread made deleting an iterator wait up to a minute (the end of
+    # every fit with validation); the options must survive batching and repeating.
+    ds = make_dataset(tiny, tiny.stems, input_size=(32, 40), policy=policy, batch_size=2,
+                      training=training, repeat=training)
+    assert ds.options().autotune.enabled is False
+    assert ds.unbatch().batch(3).options().autotune.enabled is False
+    assert len(collect(ds.take(2))) == 2
+
+
 def test_cache_is_freed_with_its_dataset(tiny, monkeypatch):
     decoded = []
     real_load = pipeline.load_example

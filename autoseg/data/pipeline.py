@@ -25,6 +25,15 @@ the cache budget; otherwise they are decoded again each epoch. The per-example w
 `tf.numpy_function` under a parallel, order-preserving `map`. Randomness comes from one
 seed per example drawn from `tf.data.Dataset.random(seed)`, so a pipeline built twice with
 the same seed yields the same tensors whatever thread handles which example.
+
+tf.data's model-based autotuning is off (`pipeline_options`). Its optimisation thread sleeps
+for a period that doubles up to a minute and does not wake when the iterator is deleted, so
+deleting an iterator waited for the rest of that sleep: 0-50 s at the end of every
+`model.fit` with validation (Keras drops its validation iterator there), measured in real
+trials' records and with gdb (the main thread in `~RootDataset::Iterator`, waiting on the
+thread in `Model::OptimizeLoop`). The parallel maps then use the machine's cores and
+`prefetch` its adaptive buffer; an epoch was as fast (benchmarks/RESULTS.md, "The end of a
+fit").
 """
 
 from __future__ import annotations
@@ -861,11 +870,21 @@ def make_dataset(
             raise ConfigError("repeat=True needs a known number of examples per pass; "
                               "tiled validation (policy 'crop', training=False) has not.")
         ds = ds.repeat()
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
     # tf.numpy_function ties its Python function to the global graph, so the function (and
     # the store it closes over) outlives the dataset; empty the cache when the dataset goes.
     weakref.finalize(ds, store.close)
     return ds
+
+
+def pipeline_options():
+    """`tf.data.Options` of every autoseg pipeline: model-based autotuning off (see the
+    module's docstring: deleting an iterator otherwise waits up to a minute)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def _check_policy_and_crop_scale(policy: str, crop_scale: object) -> float:
