@@ -91,7 +91,11 @@ class ArchitectureSpec:
         backbones: Values the `backbone` option accepts (empty if it has none).
         defaults: Every option the builder takes, with its default: read from the builder's
             signature (every parameter after `num_classes` and `input_shape`).
-        choices: For options with a finite set of values, those values.
+        choices: For options with a finite set of values, those values (read when asked:
+            see `option_choices`).
+        option_choices: What `register_architecture` was given for `choices`: per option a
+            tuple, or a function returning one, called each time the choices are read, so
+            that a choice can list architectures registered later (pix2pix's generators).
         input_divisor: `input_divisor(options) -> int`: input height and width must be
             multiples of it.
         description: One line for `autoseg models` and the README.
@@ -102,9 +106,16 @@ class ArchitectureSpec:
     builder: Callable[..., Any]
     backbones: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    option_choices: Mapping[str, tuple | Callable[[], tuple]] = dataclasses.field(
+        default_factory=dict)
     input_divisor: Callable[[Mapping[str, Any]], int] = lambda options: 1
     description: str = ""
+
+    @property
+    def choices(self) -> dict[str, tuple]:
+        """For options with a finite set of values, those values, as of now."""
+        return {key: tuple(values() if callable(values) else values)
+                for key, values in self.option_choices.items()}
 
     @property
     def user_backbones(self) -> tuple[str, ...]:
@@ -142,7 +153,7 @@ def register_architecture(
     *,
     family: str,
     backbones: tuple[str, ...] = (),
-    choices: Mapping[str, tuple] | None = None,
+    choices: Mapping[str, tuple | Callable[[], tuple]] | None = None,
     input_divisor: Callable[[Mapping[str, Any]], int] | None = None,
     description: str = "",
 ):
@@ -150,7 +161,8 @@ def register_architecture(
 
     The builder is `builder(num_classes, input_shape, **options) -> keras.Model`; every option
     is a keyword parameter with its default, and those defaults are the architecture's
-    (`ArchitectureSpec.defaults`), written once.
+    (`ArchitectureSpec.defaults`), written once. A `choices` entry may be a function returning
+    the values, read whenever the choices are (see `ArchitectureSpec.option_choices`).
 
     Raises:
         TypeError: the builder takes an option without a default, or `**kwargs`.
@@ -171,7 +183,7 @@ def register_architecture(
                 builder=builder,
                 backbones=tuple(backbones),
                 defaults=builder_defaults(builder),
-                choices=dict(choices or {}),
+                option_choices=dict(choices or {}),
                 input_divisor=input_divisor or (lambda options: 1),
                 description=description,
             ),

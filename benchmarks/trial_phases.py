@@ -1,9 +1,10 @@
 """Where a trial's fixed cost goes, for a U-Net at 256 px on CWFID (issue #13 §3).
 
 One search of one trial (`tuner="random"`, `max_trials=1`, a space of one configuration: the
-recipe's U-Net of 16 filters on 256x256 crops of the half-size photo, 2 passes an epoch) per
-run, each in a fresh subprocess, with the autoseg of a checkout given on the command line, so
-that two versions run back to back, alternating (A B A B ...), on the same machine. The
+recipe's U-Net of 16 filters on 256x256 crops of the half-size photo; an epoch is one pass
+over the 32 training photos, as in any search without a plan) per run, each in a fresh
+subprocess with the autoseg of a checkout given on the command line, so that two versions
+run back to back, alternating (A B A B ...), on the same machine. The
 trial's wall time, from the search's `[trial 0] started` line to its `ended` line, is split
 with the timestamps the trial writes (`progress.jsonl`, `autoseg.json`):
 

@@ -62,7 +62,7 @@ def test_registered_with_defaults_alias_and_generator_divisor():
         "disc_filters": 64,
         "disc_layers": 3,
     }
-    assert set(spec.choices["generator"]) == {"unet", "segnet", "deeplabv3plus"}
+    assert set(spec.choices["generator"]) == {"unet", "segnet", "deeplabv3plus", "light_unet"}
     alias_spec, preset = ARCHITECTURES.resolve("pix2pixunet")
     assert alias_spec is spec and preset == {"generator": "unet"}
     assert models.input_divisor("pix2pix", generator_options={"depth": 3}) == 8
@@ -80,7 +80,40 @@ GENERATORS = {
     "unet": {"depth": 3, "filters": 8},
     "segnet": {"depth": 3, "filters": 8},
     "deeplabv3plus": {"backbone": "tiny", "aspp_filters": 8, "decoder_filters": 8},
+    "light_unet": {"depth": 3, "filters": 8},
 }
+
+
+def test_the_generators_are_the_registered_architectures_of_other_families():
+    assert set(GENERATORS) == set(ARCHITECTURES.get("pix2pix").choices["generator"])
+
+
+def test_an_architecture_registered_later_is_a_generator(monkeypatch):
+    from autoseg.registry import register_architecture
+
+    # A family registered at run time (as a user's own file would) joins the choices.
+    monkeypatch.setattr(ARCHITECTURES, "_entries", dict(ARCHITECTURES._entries))
+
+    @register_architecture("toy_seg", family="toy_seg", input_divisor=lambda options: 4)
+    def build_toy(num_classes, input_shape, filters=4):
+        inputs = keras.Input(shape=input_shape)
+        x = keras.layers.Conv2D(filters, 3, strides=4, padding="same")(inputs)
+        x = keras.layers.UpSampling2D(4)(x)
+        return keras.Model(inputs, keras.layers.Conv2D(num_classes, 1, activation="softmax")(x),
+                           name="toy_seg")
+
+    assert "toy_seg" in ARCHITECTURES.get("pix2pix").choices["generator"]
+    model = models.build("pix2pix", 3, SHAPE, generator="toy_seg", disc_filters=8,
+                         disc_layers=2)
+    assert model.generator.name == "toy_seg"
+    assert model(np.zeros((1,) + SHAPE, np.float32)).shape == (1, 32, 32, 3)
+    assert models.input_divisor("pix2pix", generator="toy_seg") == 4
+
+
+def test_pix2pix_is_not_its_own_generator():
+    with pytest.raises(ConfigError, match="Invalid generator .*'segnet', 'unet'") as info:
+        models.build("pix2pix", 3, SHAPE, generator="pix2pix")
+    assert "'pix2pix'." not in str(info.value).split("Valid values:")[1]
 
 
 @pytest.mark.parametrize("generator", sorted(GENERATORS), ids=sorted(GENERATORS))

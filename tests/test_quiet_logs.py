@@ -47,6 +47,7 @@ def _search(dataset: Path, rundir: Path, *extra: str) -> subprocess.CompletedPro
                           timeout=900)
 
 
+@pytest.mark.slow  # ~35 s: a real search in a subprocess
 def test_a_search_prints_no_tensorflow_log_line(tiny_dataset, tmp_path):
     rundir = tmp_path / "run"
     result = _search(tiny_dataset, rundir)

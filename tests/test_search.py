@@ -127,6 +127,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~40 s: several real trials; the fast lane keeps one search per path
 def test_diverging_trial_fails_with_a_reason_and_the_search_goes_on(tiny_dataset, tmp_path,
                                                                     monkeypatch):
     import keras
@@ -438,6 +439,7 @@ def _raw_colour_folder(src: Path) -> Path:
     return src
 
 
+@pytest.mark.slow  # ~45 s: three searches
 def test_a_raw_folder_runs_under_its_own_name_and_an_edit_is_named_not_resumed(
         tmp_path, monkeypatch, capsys):
     import numpy as np

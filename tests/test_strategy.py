@@ -154,6 +154,7 @@ def test_replica_batches_are_full_for_training_and_padded_with_ignored_pixels_fo
     assert np.all(last_images[0] == 5) and np.all(last_masks[1:] == 255)
 
 
+@pytest.mark.slow  # ~35 s: a real search under MirroredStrategy
 def test_mirrored_search_on_two_logical_cpus(tiny_dataset, tmp_path):
     out = _run_on_two_cpus(TWO_CPU_SEARCH, tiny_dataset, tmp_path / "run")
     assert out["replicas_in_sync"] == 2

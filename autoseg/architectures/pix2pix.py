@@ -2,7 +2,7 @@
 
 Isola et al. (2017) train an image-to-image generator with a conditional PatchGAN
 discriminator plus an L1 term; here the generator is any registered segmentation model
-(`unet`, `segnet`, `deeplabv3plus`), its output is the class-probability map, and the L1 term
+outside this family (`generators()`), its output is the class-probability map, and the L1 term
 is the compiled segmentation loss (Luc et al., 2016, "Semantic Segmentation using
 Adversarial Networks"). The discriminator sees (image, mask) pairs: real pairs carry the
 one-hot target, fake pairs the generator's probabilities.
@@ -28,7 +28,13 @@ from autoseg.errors import ConfigError
 from autoseg.losses import replica_share
 from autoseg.registry import ARCHITECTURES, register_architecture, register_architecture_alias
 
-GENERATORS = ("unet", "segnet", "deeplabv3plus")
+
+
+def generators() -> tuple[str, ...]:
+    """The architectures a pix2pix can train as its generator: every registered one outside
+    the pix2pix family, as registered now (a family registered later is one too)."""
+    return tuple(name for name in ARCHITECTURES.names()
+                 if ARCHITECTURES.get(name).family != "pix2pix")
 
 
 def build_patchgan(
@@ -268,9 +274,9 @@ class Pix2Pix(keras.Model):
 def _generator_spec(options) -> tuple:
     """`(spec, options)` of the generator an options dict names, defaults filled in."""
     generator = options.get("generator", "unet")
-    if not isinstance(generator, str) or generator.lower() not in GENERATORS:
+    if not isinstance(generator, str) or generator.lower() not in generators():
         raise ConfigError(
-            f"pix2pix generator must be one of {', '.join(GENERATORS)}. "
+            f"pix2pix generator must be one of {', '.join(generators())}. "
             f"Received: generator={generator!r}."
         )
     generator_options = options.get("generator_options") or {}
@@ -291,7 +297,7 @@ def _input_divisor(options) -> int:
 @register_architecture(
     "pix2pix",
     family="pix2pix",
-    choices={"generator": GENERATORS},
+    choices={"generator": generators},
     input_divisor=_input_divisor,
     description="Conditional GAN: a segmentation generator trained with a PatchGAN critic.",
 )
@@ -309,7 +315,8 @@ def build_pix2pix(
     Args:
         num_classes: Number of classes C.
         input_shape: `(H, W, 3)`; H and W multiples of the generator's input divisor.
-        generator: "unet", "segnet" or "deeplabv3plus". Defaults to "unet".
+        generator: A registered architecture outside the pix2pix family (`generators()`):
+            "unet", "segnet", "deeplabv3plus", "light_unet", ... Defaults to "unet".
         generator_options: Options passed to the generator's builder. Defaults to {}.
         lambda_seg: Weight of the segmentation loss (see the module docstring).
             Defaults to 100.
