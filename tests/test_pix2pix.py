@@ -13,6 +13,7 @@ from autoseg.architectures.pix2pix import Pix2Pix
 from autoseg.errors import ConfigError
 from autoseg.losses import CrossEntropyLoss, get_loss
 from autoseg.registry import ARCHITECTURES
+from test_registry import register_toy_family
 
 CLASSES = ["background", "crop", "weed"]
 SHAPE = (32, 32, 3)
@@ -89,25 +90,14 @@ def test_the_generators_are_the_registered_architectures_of_other_families():
 
 
 def test_an_architecture_registered_later_is_a_generator(monkeypatch):
-    from autoseg.registry import register_architecture
-
     # A family registered at run time (as a user's own file would) joins the choices.
-    monkeypatch.setattr(ARCHITECTURES, "_entries", dict(ARCHITECTURES._entries))
-
-    @register_architecture("toy_seg", family="toy_seg", input_divisor=lambda options: 4)
-    def build_toy(num_classes, input_shape, filters=4):
-        inputs = keras.Input(shape=input_shape)
-        x = keras.layers.Conv2D(filters, 3, strides=4, padding="same")(inputs)
-        x = keras.layers.UpSampling2D(4)(x)
-        return keras.Model(inputs, keras.layers.Conv2D(num_classes, 1, activation="softmax")(x),
-                           name="toy_seg")
-
+    register_toy_family(monkeypatch)
     assert "toy_seg" in ARCHITECTURES.get("pix2pix").choices["generator"]
-    model = models.build("pix2pix", 3, SHAPE, generator="toy_seg", disc_filters=8,
-                         disc_layers=2)
+    toy = {"generator": "toy_seg", "generator_options": {"depth": 2}}
+    model = models.build("pix2pix", 3, SHAPE, **toy, disc_filters=8, disc_layers=2)
     assert model.generator.name == "toy_seg"
     assert model(np.zeros((1,) + SHAPE, np.float32)).shape == (1, 32, 32, 3)
-    assert models.input_divisor("pix2pix", generator="toy_seg") == 4
+    assert models.input_divisor("pix2pix", **toy) == 4
 
 
 def test_pix2pix_is_not_its_own_generator():

@@ -87,7 +87,7 @@ def test_a_builder_option_without_a_default_is_refused_at_registration(signature
 # -- a family registered at run time: one builder, one decorator, and it works end to end --
 
 
-def _register_toy_family(monkeypatch):
+def register_toy_family(monkeypatch):
     """Registers `toy_seg` (its own family, no calibrated memory factor) for this test only."""
     import keras
 
@@ -116,7 +116,7 @@ def test_a_family_registered_at_run_time_works_end_to_end(tiny_dataset, tmp_path
     from autoseg.predict import load
     from autoseg.search import search
 
-    _register_toy_family(monkeypatch)
+    register_toy_family(monkeypatch)
     monkeypatch.setenv("AUTOSEG_TRIAL_PROCESS", "0")  # run-time registrations stay in-process
     # `autoseg models` lists it, with its defaults, choices and divisor.
     assert main(["models"]) == 0

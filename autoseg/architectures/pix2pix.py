@@ -29,7 +29,6 @@ from autoseg.losses import replica_share
 from autoseg.registry import ARCHITECTURES, register_architecture, register_architecture_alias
 
 
-
 def generators() -> tuple[str, ...]:
     """The architectures a pix2pix can train as its generator: every registered one outside
     the pix2pix family, as registered now (a family registered later is one too)."""
@@ -273,10 +272,10 @@ class Pix2Pix(keras.Model):
 
 def _generator_spec(options) -> tuple:
     """`(spec, options)` of the generator an options dict names, defaults filled in."""
-    generator = options.get("generator", "unet")
-    if not isinstance(generator, str) or generator.lower() not in generators():
+    generator, valid = options.get("generator", "unet"), generators()
+    if not isinstance(generator, str) or generator.lower() not in valid:
         raise ConfigError(
-            f"pix2pix generator must be one of {', '.join(generators())}. "
+            f"pix2pix generator must be one of {', '.join(valid)}. "
             f"Received: generator={generator!r}."
         )
     generator_options = options.get("generator_options") or {}
