@@ -14,7 +14,12 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    for the variants it will draw. Its first trial is the recipe (the control at equal
    epochs); the others are variants of the recipe (`plan.neighbour`), never a configuration
    the plan drops. A trial whose estimated time would eat into the finishing share ends the
-   exploration instead of starting.
+   exploration instead of starting. **Forks** instead, when the plan chose them
+   (`plan.FORK_FIDELITY`: variants from scratch cannot train long enough in its share) or no
+   bracket fits at the costs the recipe measured: trials (`tuner/bracket` `FORK_BRACKET`)
+   that continue the recipe's checkpoint for `plan.fork_epochs`, the first unchanged (the
+   control), the others with training choices redrawn (`plan.FORK_GROUPS`), while they end
+   before the finishing share.
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. The cosine
@@ -51,6 +56,7 @@ PROBES = 3
 
 REFINE_BRACKET = -1  # `tuner/bracket` of a continuation trial beyond the plan
 RECIPE_BRACKET = search_plan.RECIPE_BRACKET
+FORK_BRACKET = -3  # `tuner/bracket` of a fork of the recipe (`plan.FORK_FIDELITY`)
 
 #: Variants drawn to estimate the epoch time of an exploration bracket's trials.
 COST_SAMPLES = 20
@@ -157,17 +163,24 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
                 before = epochs
         return total
 
-    def choose_bracket(self, seconds: float, overhead: float, per_epoch: float) -> tuple[int, int]:
-        """(max_epochs, bracket): the most exploratory bracket that fits `seconds`."""
+    def choose_bracket(self, seconds: float, overhead: float, per_epoch: float,
+                       min_epochs: int = 1) -> tuple[int, int]:
+        """(max_epochs, bracket): the most exploratory bracket that fits `seconds` among those
+        whose first round trains at least `min_epochs` epochs."""
         max_epochs = self.configured_max_epochs
         while True:
             with self._at_max_epochs(max_epochs):
                 top = self._get_num_brackets() - 1
+                firsts = {b: self._get_epochs(b, 0) for b in range(top + 1)}
             for bracket in range(top, -1, -1):
+                if firsts[bracket] < min_epochs:
+                    continue
                 if self.bracket_cost(bracket, max_epochs, overhead, per_epoch) <= seconds:
                     return max_epochs, bracket
             smaller = math.ceil(max_epochs / self.factor)
-            if smaller < self.factor or smaller == max_epochs:
+            if smaller < min_epochs < max_epochs:
+                smaller = min_epochs  # its one-round bracket: variants at `min_epochs`
+            if smaller < self.factor or smaller == max_epochs or smaller < min_epochs:
                 return max_epochs, 0  # nothing fits: the cheapest; the budget cuts it
             max_epochs = smaller
 
@@ -196,7 +209,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         only one left, records it as `self.plan`, and returns its number."""
         # Distributed workers run a bracket's trials side by side.
         workers = max(1, len(self.tuner_ids))
-        max_epochs, bracket = self.choose_bracket(seconds * workers, overhead, per_epoch)
+        max_epochs, bracket = self.choose_bracket(seconds * workers, overhead, per_epoch,
+                                                  extra.get("min_epochs", 1))
         self.plan = {
             "max_epochs": max_epochs, "bracket": bracket,
             "estimate_seconds": round(self.bracket_cost(bracket, max_epochs, overhead, per_epoch), 1),
@@ -242,6 +256,11 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return super().populate_space(trial_id)
         if self.plan is None:
             self._plan_exploration()
+        if self.plan.get("forks") and not self.plan.get("explored"):
+            result = self._fork()
+            if result is not None:
+                return result
+            self.plan["explored"] = True  # the next fork would eat the finish
         if not self.plan.get("explored"):
             result = super().populate_space(trial_id)
             if result["status"] == "IDLE":
@@ -272,7 +291,14 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
     def _plan_exploration(self) -> None:
         """The most exploratory bracket that fits the time left less the finish, costed
-        with the epoch times of the variants the exploration will draw."""
+        with the epoch times of the variants the exploration will draw; or forks of the
+        recipe, when the plan chose them or no bracket fits but they do."""
+        left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
+        forks = {"forks": True, "explored": False,
+                 "fork_epochs": search_plan.fork_epochs(self.search_plan)}
+        if self.search_plan.exploration == "forks":
+            self.plan = {**forks, "seconds_left": round(left, 1)}
+            return
         rng = random.Random(self._rng.random())
         samples = [search_plan.neighbour(self.search_plan.recipe, self.space, rng,
                                          self.search_plan.admits, lambda v: False)
@@ -280,14 +306,56 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         seconds = [self.search_plan.epoch_seconds(v) for v in samples if v]
         per_epoch = statistics.fmean(
             [s for s in seconds if s] or [self.search_plan.epoch_seconds(self.search_plan.recipe)])
-        left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
-        self._start_bracket(left, left, self._fixed_seconds(), per_epoch, explored=False)
-        if self.plan["estimate_seconds"] > left:
-            # Not even the cheapest bracket fits at the costs the recipe measured: its trials
-            # would be cut short (a control and a variant of a few epochs each, ranked by
-            # noise), so the time goes to training the best trial on.
-            self.plan["explored"] = True
-            self.plan["skipped"] = "no bracket fits the time left at the measured costs"
+        # Variants trained for fewer epochs than this are ranked by noise (`plan`'s rule).
+        _, fidelity = search_plan.minimal_exploration_seconds(self.search_plan)
+        self._start_bracket(left, left, self._fixed_seconds(), per_epoch, explored=False,
+                            min_epochs=fidelity)
+        first = self._get_epochs(self.plan["bracket"], 0)
+        if self.plan["estimate_seconds"] > left or first < fidelity:
+            # No bracket whose first round trains `fidelity` epochs fits at the costs the
+            # recipe measured: its trials would be cut short or compared too early (on
+            # CWFID, six variants of 2-3 epochs all scored below the recipe, none could be
+            # told from noise), so the time goes to forks of the recipe where they fit,
+            # else to training the best trial on.
+            self.plan["skipped"] = (f"no bracket whose first round trains {fidelity} epochs "
+                                    "fits the time left at the measured costs")
+            fork_seconds = (1 + search_plan.MIN_VARIANTS) * self._trial_seconds(
+                self._fork_values(dict(self.search_plan.recipe), 0))
+            if fork_seconds <= left:
+                self.plan.update(forks)
+            else:
+                self.plan["explored"] = True
+
+    def _fork(self):
+        """The next fork of the recipe (the control first), or None when the recipe did not
+        complete, no unseen fork is left or the next would run into the finishing share.
+        Forks may run side by side on distributed workers: each needs only the recipe."""
+        recipe = next((t for t in self.trials.values()
+                       if t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET), None)
+        if recipe is not None and recipe.status == "RUNNING":
+            return {"status": "IDLE"}  # another worker trains it
+        if recipe is None or recipe.status != "COMPLETED" or recipe.score is None:
+            return None
+        forks = [_config(t.hyperparameters.values) for t in self.trials.values()
+                 if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
+        start = dict(self.search_plan.recipe)
+        if forks:
+            start = search_plan.neighbour(start, self.space, self._rng, self.search_plan.admits,
+                                          lambda v: v in forks, only=search_plan.FORK_GROUPS)
+            if start is None:
+                return None
+        record = self.read_record(recipe.trial_id)
+        reached = int(record.get("epochs") or recipe.hyperparameters.values["tuner/epochs"])
+        values = self._fork_values(start, reached, recipe.trial_id)
+        if not self._fits(values):
+            return None
+        return {"status": "RUNNING", "values": values}
+
+    def _fork_values(self, values: dict, reached: int, trial_id: str | None = None) -> dict:
+        """`values` as a fork of the recipe trial `trial_id`, which trained `reached` epochs."""
+        epochs = int(self.plan.get("fork_epochs") or search_plan.fork_epochs(self.search_plan))
+        return {**values, "tuner/trial_id": trial_id, "tuner/initial_epoch": reached,
+                "tuner/epochs": reached + epochs, "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
 
     def _random_trial(self, trial_id, bracket):
         if self.search_plan is None or bracket["rounds"][0]:
@@ -379,6 +447,24 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self.configured_max_epochs = saved.get("configured_max_epochs", self.max_epochs)
         self.explore_share = saved.get("explore_share", self.explore_share)
         self._observed = saved.get("observed")
+
+
+def trial_role(values: dict) -> str:
+    """What a trial of this oracle is, for its start line: "the recipe", "a fork of trial
+    0000 at epoch 12", "a continuation of trial 0003 from epoch 15", or "" (a variant)."""
+    bracket, past = values.get("tuner/bracket"), values.get("tuner/trial_id")
+    if bracket == RECIPE_BRACKET:
+        return "the recipe"
+    if bracket == FORK_BRACKET and past is not None:
+        return f"a fork of trial {past} at epoch {values.get('tuner/initial_epoch')}"
+    if past is not None:
+        return f"a continuation of trial {past} from epoch {values.get('tuner/initial_epoch')}"
+    return ""
+
+
+def _config(values: dict) -> dict:
+    """A trial's hyperparameter values without KerasTuner's `tuner/` bookkeeping."""
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
 
 
 def _epoch_seconds(record: dict) -> tuple[float, int] | None:

@@ -26,12 +26,15 @@ in the budget before it runs, and explores variants of the recipe with the rest.
 - **Shares of the budget**: the recipe `RECIPE_SHARE`, finishing the best trial
   `FINISH_SHARE` (its continuation; train+val and test-time augmentation will use it too),
   exploration the rest. When the exploration share cannot train the recipe and two variants
-  for a third of `min_epochs` each (`minimal_exploration_seconds`), the recipe gets the whole
-  budget instead: while the recipe is short of `ENOUGH_IMAGES` crops, more epochs are worth
-  more than what variants teach. On CWFID at 30 minutes on a 2-core CPU, the recipe trained
-  for 40 % and continued for 20 % of the budget scored 0.095 mIoU below the recipe trained
-  once for all of it (benchmarks/RESULTS.md), and variants compared after a few epochs rank
-  noise (crop IoU is near 0 for every configuration before ~5 epochs).
+  from scratch for a third of `min_epochs` each (`minimal_exploration_seconds`), exploration
+  forks the recipe instead (`FORK_FIDELITY`): the control and variants of its training
+  choices, each training its weights on for a fifth of its epochs. When not even those fit
+  (`minimal_fork_seconds`), the recipe gets the whole budget: while the recipe is short of
+  `ENOUGH_IMAGES` crops, more epochs are worth more than what variants teach. On CWFID at
+  30 minutes on a 2-core CPU, the recipe trained for 40 % and continued for 20 % of the
+  budget scored 0.095 mIoU below the recipe trained once for all of it
+  (benchmarks/RESULTS.md), and variants compared after a few epochs rank noise (crop IoU is
+  near 0 for every configuration before ~5 epochs).
 
 Costs come from `autoseg.speed`: FLOPs and memory of each model configuration, a calibrated
 GFLOP/s, corrected by every trial that runs. `Plan` is saved as `RUNDIR/plan.json` and kept
@@ -77,6 +80,15 @@ MAX_PASSES = 8
 #: at least `1 / EXPLORE_FIDELITY` of the recipe's epochs (and `MIN_EPOCHS`); else none runs.
 MIN_VARIANTS = 2
 EXPLORE_FIDELITY = 3
+
+#: When variants cannot train from scratch long enough to be compared, exploration forks the
+#: recipe instead: each fork trains the recipe's weights on for `1 / FORK_FIDELITY` of its
+#: epochs (at least `MIN_EPOCHS`) with one or two of its training choices (`FORK_GROUPS`)
+#: redrawn, and the control trains them on unchanged. On CWFID, variants trained from
+#: scratch for 2-3 epochs scored 0.31-0.64 against the recipe's 0.68 at 17 epochs: none
+#: could be told from noise (RESULTS.md, 60 minutes on both cores).
+FORK_FIDELITY = 5
+FORK_GROUPS = ("loss", "aug_strength", "learning_rate", "batch_size", "crop_scale", "rare_crops")
 
 #: The recipe scales photos so that their short side is at most about this (power-of-two
 #: scales): CWFID's 966 px photos at 0.5, CamVid's 360 px frames at 1.
@@ -150,6 +162,9 @@ class Plan:
             each epoch takes at most `VALIDATION_SHARE` of it (with a time budget; else 1).
         recipe_steps: The recipes the plan stepped down from, each with the passes it
             would have trained (`cheaper_recipe`), preferred first; empty when it did not.
+        exploration: How variants of the recipe are explored: "scratch" (Hyperband over
+            variants trained from scratch) or "forks" (`FORK_FIDELITY`).
+        exploration_reason: Why the plan forks, when it does.
     """
 
     budget_seconds: float | None
@@ -167,6 +182,8 @@ class Plan:
     recipe_only_reason: str | None = None
     passes_per_epoch: int = 1
     recipe_steps: list[str] = dataclasses.field(default_factory=list)
+    exploration: str = "scratch"
+    exploration_reason: str | None = None
 
     # -- estimates -------------------------------------------------------------------------
     @property
@@ -604,6 +621,19 @@ def minimal_exploration_seconds(plan: Plan) -> tuple[float, int]:
     return seconds, epochs
 
 
+def fork_epochs(plan: Plan) -> int:
+    """Epochs each fork of the recipe trains on: `1 / FORK_FIDELITY` of the recipe's epochs
+    (capped at `ENOUGH_IMAGES` crops' worth, as `min_epochs`), at least `MIN_EPOCHS`."""
+    return max(MIN_EPOCHS, math.ceil((plan.min_epochs or plan.recipe_epochs) / FORK_FIDELITY))
+
+
+def minimal_fork_seconds(plan: Plan) -> float:
+    """The least fork exploration worth running: the control and `MIN_VARIANTS` forks, each
+    `fork_epochs` of the recipe after a trial's fixed cost."""
+    fixed = plan.cost_model.fixed_seconds
+    return (1 + MIN_VARIANTS) * (fixed + fork_epochs(plan) * plan.epoch_seconds(plan.recipe))
+
+
 def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
     """Re-checks the plan while its recipe trains: at the recipe's measured epoch time, the
     reason exploring no longer fits its share, or None. With a reason, the recipe should
@@ -616,11 +646,12 @@ def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
     plan.observe(plan.recipe, measured_epoch_seconds)
     needed, epochs = minimal_exploration_seconds(plan)
     share = plan.budget_seconds * plan.shares["explore"]
-    if needed <= share:
+    if needed <= share or minimal_fork_seconds(plan) <= share:
         return None
     return (f"the recipe measured {measured_epoch_seconds:.0f} s an epoch: exploring would "
-            f"need ~{_minutes(needed)} ({MIN_VARIANTS} variants and the recipe, {epochs} epochs "
-            f"each), more than its {_minutes(share)}; the recipe trains to the end of the budget")
+            f"need ~{_minutes(minimal_fork_seconds(plan))} (the recipe forked {MIN_VARIANTS} "
+            f"ways and continued, {fork_epochs(plan)} epochs each), more than its "
+            f"{_minutes(share)}; the recipe trains to the end of the budget")
 
 
 def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
@@ -628,10 +659,20 @@ def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
     share = plan.budget_seconds * plan.shares["explore"]
     if needed <= share:
         return
+    scratch = (f"variants from scratch need ~{_minutes(needed)} (the recipe and "
+               f"{MIN_VARIANTS} variants, {epochs} epochs each)")
+    forks = minimal_fork_seconds(plan)
+    if forks <= share:
+        plan.exploration = "forks"
+        plan.exploration_reason = (
+            f"{scratch}, more than its {_minutes(share)}; {MIN_VARIANTS} forks and the "
+            f"control need ~{_minutes(forks)}")
+        return
     plan.recipe_only_reason = (
         f"exploring needs ~{_minutes(needed)} (the recipe and {MIN_VARIANTS} variants, "
-        f"{epochs} epochs each), more than its {_minutes(share)}: the recipe gets the whole "
-        "budget")
+        f"{epochs} epochs each) or, forking the recipe, ~{_minutes(forks)} (the control and "
+        f"{MIN_VARIANTS} forks, {fork_epochs(plan)} epochs each), more than its "
+        f"{_minutes(share)}: the recipe gets the whole budget")
     plan.shares = dict(RECIPE_ONLY)
     plan.recipe_epochs = plan.share_epochs()
 
@@ -681,16 +722,25 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
     else:
         lines.append(f"[plan] keeps all {total} configurations")
     if budget:
-        kept = [k["epoch_seconds"] for k in plan.kept] or [seconds]
-        typical = sorted(kept)[len(kept) // 2]
-        explore = budget * plan.shares["explore"]
-        lines.append(
-            f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "
-            f"~{explore / (typical + costs.fixed_seconds):.0f} epochs' worth at a median "
-            f"~{typical:.0f} s an epoch), and {_minutes(budget * plan.shares['finish'])} "
-            "training the best further"
-        )
+        lines.append(_exploration_line(plan, seconds))
     return lines
+
+
+def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
+    """The `[plan]` line of what follows the recipe (a plan with a budget)."""
+    budget, costs = plan.budget_seconds, plan.cost_model
+    explore = budget * plan.shares["explore"]
+    finish = _minutes(budget * plan.shares["finish"])
+    if plan.exploration == "forks":
+        return (f"[plan] then {_minutes(explore)} exploring forks of the recipe: its weights "
+                f"trained on for {fork_epochs(plan)} epochs each, unchanged (the control) and "
+                f"with its {', '.join(FORK_GROUPS)} redrawn ({plan.exploration_reason}); and "
+                f"{finish} training the best further")
+    kept = [k["epoch_seconds"] for k in plan.kept] or [recipe_seconds]
+    typical = sorted(kept)[len(kept) // 2]
+    return (f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "
+            f"~{explore / (typical + costs.fixed_seconds):.0f} epochs' worth at a median "
+            f"~{typical:.0f} s an epoch), and {finish} training the best further")
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,14 +749,15 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
 
 def neighbour(start: dict[str, Any], space: SearchSpace, rng: random.Random,
               admits: Callable[[dict], str | None], seen: Callable[[dict], bool],
-              attempts: int = 200) -> dict[str, Any] | None:
+              attempts: int = 200, only: tuple[str, ...] | None = None) -> dict[str, Any] | None:
     """A variant of `start` with one or two of its choices redrawn from the space.
 
     The groups redrawn: the model (another model configuration, or one option of this one),
-    input size, policy, crop scale, loss, augmentation, learning rate, batch size. Returns
-    None when `attempts` draws found no admissible, unseen variant.
+    input size, policy, crop scale, loss, augmentation, learning rate, batch size; only those
+    in `only` when given (a fork keeps the model). Returns None when `attempts` draws found
+    no admissible, unseen variant.
     """
-    groups = _mutable_groups(start, space)
+    groups = [g for g in _mutable_groups(start, space) if only is None or g in only]
     if not groups:
         return None
     for _ in range(attempts):

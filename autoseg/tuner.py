@@ -36,7 +36,7 @@ import keras
 import keras_tuner as kt
 
 from autoseg import atomic, leaderboard, progress, trial_process
-from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle
+from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle, trial_role
 from autoseg.durations import format_duration
 from autoseg.run_dir import LEADERBOARD_FILE, TRIALS_DIR, read_record, record_path
 
@@ -92,7 +92,10 @@ class SearchRunMixin:
             f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
         )
         where = f" on {worker}" if worker else ""
-        self.log(f"[trial {trial.trial_id}] started{where}{count}: {config} ({self._clock()})")
+        role = trial_role(trial.hyperparameters.values)
+        role = f" as {role}" if role else ""
+        self.log(f"[trial {trial.trial_id}] started{where}{count}{role}: {config} "
+                 f"({self._clock()})")
 
     def seconds_left_after(self, trial) -> float | None:
         """Without a deadline: the trials planned after `trial` at the mean time of the

@@ -13,7 +13,8 @@ threads):
   the changes of `VARIANTS[variant]`; `rare` places a third of the training crops over a
   rare-class pixel (`rare_crops: 0.33`, nnU-Net's share; the recipe's own is 0); `f16`
   and `f32` make the recipe a U-Net of 16 or 32 filters (the space's only model, so the
-  plan cannot step down from it).
+  plan cannot step down from it); `f16s1`, `f16b2` and `f16aug1` change the 16-filter
+  recipe's crop scale to 1, its batch to 2, its augmentation to 1.
 
 `SEARCH_SEED=N` (default 0) seeds the training and the split (8 other photos held out).
 
@@ -90,6 +91,15 @@ VARIANTS = {
     "f16": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}}},
     # The recipe before it stepped down on a short budget: a U-Net of 32 filters only.
     "f32": {"models": {"unet": {"depth": 4, "filters": 32, "backbone": "none"}}},
+    # The 16-filter recipe with one change (issue #11, looking for a better recipe): crops of
+    # the photo at full scale, batch 2 (twice the optimizer steps for the same pixels), the
+    # strongest augmentation.
+    "f16s1": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
+              "crop_scale": [1.0]},
+    "f16b2": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
+              "batch_size": [2]},
+    "f16aug1": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
+                "aug_strength": [1.0]},
 }
 
 BASELINE = {"depth": 4, "filters": 32, "input_size": (288, 384), "batch_size": 4,

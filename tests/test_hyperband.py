@@ -10,7 +10,9 @@ import time
 import keras_tuner as kt
 import pytest
 
-from autoseg.hyperband import PROBES, RECIPE_BRACKET, REFINE_BRACKET, BudgetHyperbandOracle
+from autoseg.hyperband import (
+    FORK_BRACKET, PROBES, RECIPE_BRACKET, REFINE_BRACKET, BudgetHyperbandOracle, trial_role,
+)
 
 
 class Run:
@@ -278,7 +280,7 @@ def test_when_the_recipe_measures_no_room_for_a_bracket_the_recipe_goes_on(tmp_p
     assert not run.plan.recipe_only
     trials = run.run()
     assert trials[0].hyperparameters.values["tuner/bracket"] == RECIPE_BRACKET
-    assert run.oracle.plan["explored"] and "no bracket fits" in run.oracle.plan["skipped"]
+    assert run.oracle.plan["explored"] and "no bracket whose first round" in run.oracle.plan["skipped"]
     assert run.oracle.plan["estimate_seconds"] > run.oracle.plan["seconds_left"] - (
         run.plan.budget_seconds * run.plan.shares["finish"])
     assert [t.hyperparameters.values["tuner/bracket"] for t in trials[1:]] == [REFINE_BRACKET]
@@ -328,8 +330,8 @@ def test_recipe_only_stops_after_the_recipe(tmp_path):
     assert run.oracle.create_trial("tuner0").status == "STOPPED"
 
 
-def test_a_plan_that_gives_the_recipe_the_whole_hour_runs_it_alone(tmp_path):
-    run = PlannedRun(tmp_path, budget=3600.0)
+def test_a_plan_that_gives_the_recipe_the_whole_budget_runs_it_alone(tmp_path):
+    run = PlannedRun(tmp_path, budget=900.0)
     assert run.plan.recipe_only and run.plan.recipe_only_reason
     trials = run.run()
     assert len(trials) == 1
@@ -348,3 +350,113 @@ def test_measured_epochs_correct_the_plan_and_survive_a_reload(tmp_path):
     fresh = PlannedRun(tmp_path / "b", slowdown=2.0)
     again.set_search_plan(fresh.plan, fresh.space)
     assert fresh.plan.epoch_seconds(fresh.plan.recipe) == pytest.approx(2 * before, rel=1e-3)
+
+
+# -- forks of the recipe: where variants cannot train from scratch long enough ------------------
+
+def bracket(trial) -> int:
+    return trial.hyperparameters.values["tuner/bracket"]
+
+
+def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
+    run = PlannedRun(tmp_path, budget=3600.0)
+    assert run.plan.exploration == "forks"
+    trials = run.run()
+    recipe = trials[0]
+    assert bracket(recipe) == RECIPE_BRACKET
+    forks = [t for t in trials if bracket(t) == FORK_BRACKET]
+    refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
+    assert [bracket(t) for t in trials] == (
+        [RECIPE_BRACKET] + [FORK_BRACKET] * len(forks) + [REFINE_BRACKET] * len(refine))
+    assert len(forks) >= 1 + search_plan.MIN_VARIANTS and refine
+    reached = recipe.hyperparameters.values["tuner/epochs"]
+    epochs = search_plan.fork_epochs(run.plan)
+    for fork in forks:  # each trains the recipe's weights on for the same epochs
+        values = fork.hyperparameters.values
+        assert values["tuner/trial_id"] == recipe.trial_id
+        assert values["tuner/initial_epoch"] == reached
+        assert values["tuner/epochs"] == reached + epochs
+    # The control first, then variants of the recipe's training only, none twice.
+    assert _config(forks[0].hyperparameters.values) == run.plan.recipe
+    variants = [_config(t.hyperparameters.values) for t in forks[1:]]
+    assert len({json.dumps(v, sort_keys=True) for v in variants}) == len(variants)
+    for values in variants:
+        changed = {k for k in set(values) | set(run.plan.recipe)
+                   if values.get(k) != run.plan.recipe.get(k)}
+        assert changed and changed <= set(search_plan.FORK_GROUPS), changed
+        assert run.plan.admits(values) is None
+    # Forks end before the finishing share; the best (the control: lr 1e-3 scores highest
+    # here) is what the finish continues.
+    finish = run.plan.budget_seconds * run.plan.shares["finish"]
+    assert max(run.ends[t.trial_id] for t in forks) <= run.deadline - finish + 1e-6
+    assert refine[0].hyperparameters.values["tuner/trial_id"] == forks[0].trial_id
+    assert all(run.ends[t.trial_id] <= run.deadline + 1e-6 for t in trials)
+
+
+class BetterForkRun(PlannedRun):
+    """A fork that redraws the loss scores 0.2 above everything else."""
+
+    def cost(self, values):
+        per_epoch, score = super().cost(values)
+        if values["tuner/bracket"] != RECIPE_BRACKET and values["loss"] != self.plan.recipe["loss"]:
+            score += 0.2
+        return per_epoch, score
+
+
+def test_the_finish_continues_the_fork_that_scored_best(tmp_path):
+    run = BetterForkRun(tmp_path, budget=2 * 3600.0)
+    assert run.plan.exploration == "forks"
+    trials = run.run()
+    forks = [t for t in trials if bracket(t) == FORK_BRACKET]
+    best = max(forks, key=lambda t: t.score)
+    assert best.hyperparameters.values["loss"] != run.plan.recipe["loss"]
+    refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
+    assert refine[0].hyperparameters.values["tuner/trial_id"] == best.trial_id
+    assert _config(refine[0].hyperparameters.values) == _config(best.hyperparameters.values)
+
+
+def test_when_no_bracket_fits_at_the_measured_costs_the_recipe_is_forked(tmp_path):
+    """The plan explored from scratch, but the recipe ran 1.5x slower than estimated: no
+    bracket fits before the finish any more, forks still do."""
+    run = PlannedRun(tmp_path, budget=6 * 3600, slowdown=1.5)
+    assert run.plan.exploration == "scratch" and not run.plan.recipe_only
+    trials = run.run()
+    assert "no bracket whose first round" in run.oracle.plan["skipped"]
+    brackets = [bracket(t) for t in trials]
+    assert brackets[0] == RECIPE_BRACKET and not any(b >= 0 for b in brackets)
+    assert brackets.count(FORK_BRACKET) >= 1 + search_plan.MIN_VARIANTS
+    assert brackets[-1] == REFINE_BRACKET
+
+
+def test_forks_resume_where_a_killed_search_stopped(tmp_path):
+    run = PlannedRun(tmp_path, budget=3600.0)
+    for _ in range(3):  # the recipe, the control and one fork
+        run.step()
+    killed = run.oracle.create_trial("tuner0")  # a second fork, killed while it trains
+    assert killed.hyperparameters.values["tuner/bracket"] == FORK_BRACKET
+    again = planned_oracle()  # a new process: the oracle and its trials from disk
+    again._set_project_dir(str(tmp_path), "p")
+    again.reload()
+    again.clock = run.oracle.clock
+    again.set_budget(run.deadline, run.oracle.read_record)
+    again.set_search_plan(run.plan, run.space, seed=0)
+    retried = again.create_trial("tuner0")  # KerasTuner retries the interrupted trial
+    assert retried.trial_id == killed.trial_id
+    assert retried.hyperparameters.values == killed.hyperparameters.values
+    retried.status = "COMPLETED"
+    again.update_trial(retried.trial_id, {"score": 0.5}, step=1)
+    again.end_trial(retried)
+    following = again.create_trial("tuner0").hyperparameters.values
+    assert following["tuner/bracket"] == FORK_BRACKET
+    done = [_config(t.hyperparameters.values) for t in again.trials.values()
+            if bracket(t) == FORK_BRACKET][:-1]
+    assert len(done) == 3 and _config(following) not in done
+
+
+def test_a_trial_start_line_says_what_the_trial_is(tmp_path):
+    run = PlannedRun(tmp_path, budget=3600.0)
+    roles = [trial_role(t.hyperparameters.values) for t in run.run()]
+    assert roles[0] == "the recipe"
+    assert roles[1] == "a fork of trial 0000 at epoch 18" == roles[2]
+    assert roles[-1].startswith("a continuation of trial ")
+    assert trial_role({"tuner/bracket": 2, "tuner/trial_id": None}) == ""  # a variant

@@ -684,6 +684,28 @@ def test_neighbour_variants_are_close_admissible_and_unseen():
     assert start == p.recipe  # the start is not modified
 
 
+def test_neighbour_only_redraws_the_groups_it_is_given():
+    """Forks of the recipe keep its model, input size and policy."""
+    space = make_space(NEIGHBOUR_SPACE)
+    start, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    assert start["policy"] == "crop"
+    seen: set[str] = set()
+    rng = random.Random(0)
+    changed = set()
+    for _ in range(30):
+        variant = plan.neighbour(start, space, rng, lambda v: None, lambda v: key(v) in seen,
+                                 only=plan.FORK_GROUPS)
+        assert variant is not None
+        seen.add(key(variant))
+        groups = groups_changed(start, variant)
+        assert groups and groups <= set(plan.FORK_GROUPS), groups
+        changed |= groups
+    assert changed == {"loss", "aug_strength", "learning_rate", "batch_size", "crop_scale"}
+    # With nothing of `only` in the space to redraw, there is no variant.
+    assert plan.neighbour(start, space, rng, lambda v: None, lambda v: False,
+                          only=("rare_crops",)) is None
+
+
 def effective(values: dict) -> str:
     """`values` as the trial trains it: the crop scale counts only with the crop policy."""
     if values.get("policy") != "crop":
@@ -835,20 +857,38 @@ def test_plan_lines_name_the_recipe_the_drops_and_a_reason(cwfid_space):
 
 # --- the recipe takes the whole budget while exploring does not pay ----------------------------
 
-def test_an_hour_on_a_cpu_gives_the_recipe_the_whole_budget(cwfid_space):
+def test_an_hour_on_a_cpu_explores_by_forking_the_recipe(cwfid_space):
     p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
     seconds = p.epoch_seconds(p.recipe)  # 44 s
-    assert p.recipe_only and p.shares == plan.RECIPE_ONLY
-    assert p.recipe_epochs == int((3600 - FIXED) // seconds) == 81
-    # min_epochs 32 (the recipe's 40 %): the recipe and 2 variants for 11 epochs each need
-    # more than exploration's 24 minutes.
-    needed, epochs = plan.minimal_exploration_seconds(
-        cwfid_plan(cwfid_space, budget=3600, runs_recipe=False))
+    assert not p.recipe_only and p.exploration == "forks"
+    assert p.recipe_epochs == int((0.4 * 3600 - FIXED) // seconds) == 32
+    # min_epochs 32 (the recipe's 40 %): the recipe and 2 variants from scratch for 11
+    # epochs each need more than exploration's 24 minutes; the control and 2 forks of the
+    # recipe, 7 epochs each (a fifth of its 32), fit.
+    needed, epochs = plan.minimal_exploration_seconds(p)
     assert epochs == 11 and needed > 0.4 * 3600
+    assert plan.fork_epochs(p) == 7
+    assert plan.minimal_fork_seconds(p) == pytest.approx(3 * (FIXED + 7 * seconds))
+    assert plan.minimal_fork_seconds(p) <= 0.4 * 3600
+    text = "\n".join(p.lines())
+    assert "exploring forks of the recipe" in text and "7 epochs each" in text
+    assert "variants from scratch need ~" in text and "exploring variants" not in text
+
+
+def test_a_budget_too_short_for_forks_gives_the_recipe_the_whole_budget(cwfid_space):
+    p = cwfid_plan(cwfid_space, budget=900, runs_recipe=True)
+    seconds = p.epoch_seconds(p.recipe)
+    assert p.recipe_only and p.shares == plan.RECIPE_ONLY and p.exploration == "scratch"
+    assert p.recipe_epochs == int((900 - FIXED) // seconds)
+    # The recipe's 40 % holds 7 epochs: the control and 2 forks of 3 epochs (MIN_EPOCHS)
+    # need more than exploration's 6 minutes.
+    shares = cwfid_plan(cwfid_space, budget=900, runs_recipe=False)
+    assert plan.fork_epochs(shares) == plan.MIN_EPOCHS
+    assert plan.minimal_fork_seconds(shares) > 0.4 * 900
     text = "\n".join(p.lines())
     assert "recipe only: exploring needs ~" in text and "the recipe gets the whole budget" in text
-    assert "81 epochs in 60 min (100 % of the budget)" in text
-    assert "exploring variants" not in text
+    assert f"{p.recipe_epochs} epochs in 15 min (100 % of the budget)" in text
+    assert "exploring" not in text.replace("exploring needs", "")
 
 
 def test_a_long_budget_explores_once_the_recipe_has_enough_crops(cwfid_space):
@@ -866,30 +906,50 @@ def test_the_decision_follows_the_machine_not_the_budget_alone(cwfid_space):
     # The same hour on a machine 10x faster: the recipe reaches its 4000 crops in its share.
     fast = plan.make_plan(cwfid_space, models_of(cwfid_space), summary(), CPU,
                           cost_model(10 * GFLOPS), 3600, None)
-    assert not fast.recipe_only
+    assert not fast.recipe_only and fast.exploration == "scratch"
     slow = plan.make_plan(cwfid_space, models_of(cwfid_space), summary(), CPU,
                           cost_model(), 3600, None)
-    assert slow.recipe_only
+    assert not slow.recipe_only and slow.exploration == "forks"
+    slower = plan.make_plan(cwfid_space, models_of(cwfid_space), summary(), CPU,
+                            cost_model(GFLOPS / 4), 3600, None)
+    assert slower.recipe_only
 
 
 def test_a_recipe_measured_slower_than_planned_takes_the_whole_budget(cwfid_space):
-    # Six hours explore at the planned epoch time (test above); at 3x that time they do not.
+    # Six hours explore at the planned epoch time (test above); at 5x that time neither
+    # variants from scratch nor forks of the recipe fit.
     p = cwfid_plan(cwfid_space, budget=6 * 3600, runs_recipe=True)
     planned = p.epoch_seconds(p.recipe)
     costs = json.dumps(p.costs)
     assert plan.recipe_takes_all(p, planned) is None
-    reason = plan.recipe_takes_all(p, 3 * planned)
-    assert reason and f"measured {3 * planned:.0f} s an epoch" in reason
+    reason = plan.recipe_takes_all(p, 5 * planned)
+    assert reason and f"measured {5 * planned:.0f} s an epoch" in reason
     assert "the recipe trains to the end of the budget" in reason
     # The search's plan is left as it was (its oracle observes the trial when it ends).
     assert json.dumps(p.costs) == costs and not p.recipe_only
     # A plan that is the recipe alone, or has no budget, has nothing to re-check.
-    alone = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    alone = cwfid_plan(cwfid_space, budget=900, runs_recipe=True)
     assert plan.recipe_takes_all(alone, 10 * planned) is None
 
 
+def test_a_recipe_measured_slower_than_planned_forks_where_scratch_variants_no_longer_fit(
+        cwfid_space):
+    # Six hours at 2x the planned epoch time: variants from scratch (34 epochs each) no
+    # longer fit the exploration share, forks of the recipe (20) still do, so the recipe
+    # keeps its share.
+    p = cwfid_plan(cwfid_space, budget=6 * 3600, runs_recipe=True)
+    assert plan.fork_epochs(p) == 20  # a fifth of min_epochs, 4000 crops' worth
+    slower = 2 * p.epoch_seconds(p.recipe)
+    measured = plan.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
+    measured.observe(measured.recipe, slower)
+    share = p.budget_seconds * p.shares["explore"]
+    assert plan.minimal_exploration_seconds(measured)[0] > share
+    assert plan.minimal_fork_seconds(measured) <= share
+    assert plan.recipe_takes_all(p, slower) is None
+
+
 def test_the_recipe_only_decision_survives_json(cwfid_space):
-    p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    p = cwfid_plan(cwfid_space, budget=900, runs_recipe=True)
     q = plan.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
     assert q.recipe_only and q.recipe_only_reason == p.recipe_only_reason
     assert q.lines() == p.lines()
@@ -897,6 +957,16 @@ def test_the_recipe_only_decision_survives_json(cwfid_space):
     old = p.to_dict()
     del old["recipe_only_reason"]
     assert plan.Plan.from_dict(old).recipe_only_reason is None
+
+
+def test_the_fork_decision_survives_json(cwfid_space):
+    p = cwfid_plan(cwfid_space, budget=3600, runs_recipe=True)
+    q = plan.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q.exploration == "forks" and q.exploration_reason == p.exploration_reason
+    assert q.lines() == p.lines()
+    old = p.to_dict()  # a plan.json written before forks existed
+    del old["exploration"], old["exploration_reason"]
+    assert plan.Plan.from_dict(old).exploration == "scratch"
 
 
 # --- passes per epoch: validation at most a fifth of an epoch -----------------------------------
