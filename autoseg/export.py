@@ -236,7 +236,9 @@ def read_trial(rundir: Path, trial_id: str) -> dict[str, Any]:
 
 def trial_values(trial: dict[str, Any]) -> dict[str, Any]:
     """The trial's hyperparameter values, without KerasTuner's `tuner/*` bookkeeping."""
-    return {k: v for k, v in trial["hyperparameters"]["values"].items() if not k.startswith("tuner/")}
+    from autoseg.search_space import hyperparameter_values
+
+    return hyperparameter_values(trial["hyperparameters"]["values"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import keras_tuner as kt
 
 from autoseg import plan as search_plan
 from autoseg import speed
+from autoseg.search_space import hyperparameter_values
 
 #: Share of the time left that the exploration bracket may take; the rest trains its winner.
 EXPLORE_SHARE = 0.5
@@ -294,8 +295,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         with the epoch times of the variants the exploration will draw; or forks of the
         recipe, when the plan chose them or no bracket fits but they do."""
         left = max(0.0, self.deadline - self.clock() - self._finish_seconds())
-        forks = {"forks": True, "explored": False,
-                 "fork_epochs": search_plan.fork_epochs(self.search_plan)}
+        forks = {"forks": True, "explored": False}
         if self.search_plan.exploration == "forks":
             self.plan = {**forks, "seconds_left": round(left, 1)}
             return
@@ -319,9 +319,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             # else to training the best trial on.
             self.plan["skipped"] = (f"no bracket whose first round trains {fidelity} epochs "
                                     "fits the time left at the measured costs")
-            fork_seconds = (1 + search_plan.MIN_VARIANTS) * self._trial_seconds(
-                self._fork_values(dict(self.search_plan.recipe), 0))
-            if fork_seconds <= left:
+            if search_plan.minimal_fork_seconds(self.search_plan, self._fixed_seconds()) <= left:
                 self.plan.update(forks)
             else:
                 self.plan["explored"] = True
@@ -336,7 +334,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return {"status": "IDLE"}  # another worker trains it
         if recipe is None or recipe.status != "COMPLETED" or recipe.score is None:
             return None
-        forks = [_config(t.hyperparameters.values) for t in self.trials.values()
+        forks = [hyperparameter_values(t.hyperparameters.values) for t in self.trials.values()
                  if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
         start = dict(self.search_plan.recipe)
         if forks:
@@ -346,16 +344,12 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
                 return None
         record = self.read_record(recipe.trial_id)
         reached = int(record.get("epochs") or recipe.hyperparameters.values["tuner/epochs"])
-        values = self._fork_values(start, reached, recipe.trial_id)
+        values = {**start, "tuner/trial_id": recipe.trial_id, "tuner/initial_epoch": reached,
+                  "tuner/epochs": reached + search_plan.fork_epochs(self.search_plan),
+                  "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
         if not self._fits(values):
             return None
         return {"status": "RUNNING", "values": values}
-
-    def _fork_values(self, values: dict, reached: int, trial_id: str | None = None) -> dict:
-        """`values` as a fork of the recipe trial `trial_id`, which trained `reached` epochs."""
-        epochs = int(self.plan.get("fork_epochs") or search_plan.fork_epochs(self.search_plan))
-        return {**values, "tuner/trial_id": trial_id, "tuner/initial_epoch": reached,
-                "tuner/epochs": reached + epochs, "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
 
     def _random_trial(self, trial_id, bracket):
         if self.search_plan is None or bracket["rounds"][0]:
@@ -460,11 +454,6 @@ def trial_role(values: dict) -> str:
     if past is not None:
         return f"a continuation of trial {past} from epoch {values.get('tuner/initial_epoch')}"
     return ""
-
-
-def _config(values: dict) -> dict:
-    """A trial's hyperparameter values without KerasTuner's `tuner/` bookkeeping."""
-    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
 
 
 def _epoch_seconds(record: dict) -> tuple[float, int] | None:

@@ -627,10 +627,11 @@ def fork_epochs(plan: Plan) -> int:
     return max(MIN_EPOCHS, math.ceil((plan.min_epochs or plan.recipe_epochs) / FORK_FIDELITY))
 
 
-def minimal_fork_seconds(plan: Plan) -> float:
+def minimal_fork_seconds(plan: Plan, fixed_seconds: float | None = None) -> float:
     """The least fork exploration worth running: the control and `MIN_VARIANTS` forks, each
-    `fork_epochs` of the recipe after a trial's fixed cost."""
-    fixed = plan.cost_model.fixed_seconds
+    `fork_epochs` of the recipe after a trial's fixed cost (`fixed_seconds`, as measured;
+    defaults to the cost model's)."""
+    fixed = plan.cost_model.fixed_seconds if fixed_seconds is None else fixed_seconds
     return (1 + MIN_VARIANTS) * (fixed + fork_epochs(plan) * plan.epoch_seconds(plan.recipe))
 
 

@@ -372,6 +372,11 @@ def parse_input_size(value: Any, source: str = "input_size") -> tuple[int, int]:
     )
 
 
+def hyperparameter_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameter values without KerasTuner's `tuner/*` bookkeeping."""
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
 def trial_model_config(values: dict[str, Any]) -> dict[str, Any]:
     """What a trial's hyperparameter values say about its model and input handling.
 

@@ -39,6 +39,7 @@ from autoseg import atomic, leaderboard, progress, trial_process
 from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle, trial_role
 from autoseg.durations import format_duration
 from autoseg.run_dir import LEADERBOARD_FILE, TRIALS_DIR, read_record, record_path
+from autoseg.search_space import hyperparameter_values
 
 TUNERS = ("hyperband", "bayesian", "random", "grid")
 MAX_CONSECUTIVE_FAILURES = 3
@@ -89,7 +90,7 @@ class SearchRunMixin:
         total = f"/{self.planned_trials}" if self.planned_trials else ""
         count = f" ({number}{total})" if number is not None else ""
         config = ", ".join(
-            f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")
+            f"{k}={_short(v)}" for k, v in hyperparameter_values(trial.hyperparameters.values).items()
         )
         where = f" on {worker}" if worker else ""
         role = trial_role(trial.hyperparameters.values)
@@ -217,7 +218,7 @@ def collect_rows(oracle, rundir: Path, objective: str) -> list[dict]:
                 value = _value_at(observations, step)
                 if value is not None:
                     metrics[name] = value
-        hps = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        hps = hyperparameter_values(trial.hyperparameters.values)
         if record.get("batch_size") is not None and "batch_size" in hps:
             hps["batch_size"] = record["batch_size"]  # what was used, which the budget may lower
         rows.append({
