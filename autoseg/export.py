@@ -756,6 +756,23 @@ def measure_ensemble(model, member_models, members: Sequence["_ChosenTrial"],
     return record, scorer
 
 
+def ensemble_entry(metadata: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What `RUNDIR/ensembles.json` keeps of an exported ensemble (`autoseg leaderboard`
+    shows it): its members, the model folder, and the validation mean IoUs at full resolution
+    of the ensemble, of each member, and of the ensemble with the flips chosen."""
+    ensemble, tta = metadata["ensemble"], metadata.get("tta") or {}
+    return {
+        "members": [m["trial_id"] for m in ensemble["members"]],
+        "out": str(out),
+        "val_images": ensemble.get("val_images", 0),
+        "val_mean_iou_full_res": ensemble.get("val_mean_iou_full_res"),
+        "members_val_mean_iou_full_res": {m["trial_id"]: m.get("val_mean_iou_full_res")
+                                          for m in ensemble["members"]},
+        "tta": tta.get("flips", "none"),
+        "tta_val_mean_iou_full_res": (tta.get("val_mean_iou") or {}).get(tta.get("flips")),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The export.
 
@@ -1107,6 +1124,8 @@ def export(
     checks, source, skipped = _write_model_dir(model, out, overwrite, names, explicit, metadata,
                                                chosen, log)
     notes += [f"{fmt} left out: {reason}" for fmt, reason in skipped.items()]
+    if size > 1:
+        run_dir.record_ensemble(chosen.rundir, ensemble_entry(metadata, out))
     for fmt, check in checks.items():
         log(f"[export] {fmt}: {check['differing_fraction']:.4%} of pixels differ from model.keras "
             f"({source})")

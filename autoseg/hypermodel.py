@@ -54,6 +54,7 @@ from autoseg.search_space import (
     resolve_auto,
     trial_model_config,
 )
+from autoseg.weight_average import WeightAverage
 
 
 @dataclasses.dataclass
@@ -284,6 +285,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             # its share is `shares["recipe"]` of it. TimeBudget stops at its target.
             epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
         callbacks = list(kwargs.pop("callbacks", []))
+        if setup.weight_ema > 0:  # first: the tuner's checkpoint must see the average
+            callbacks.insert(0, WeightAverage(setup.weight_ema))
         for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
             if isinstance(callback, progress.EpochProgress):
                 callback.target = lambda: time_budget.target
@@ -315,6 +318,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         input_size = tuple(int(d) for d in model.input_shape[1:3])
         policy, crop_scale, rare_crops = self.declare_policy(hp)
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
+        weight_ema = float(self._declare(hp, "weight_ema", self.space.params["weight_ema"]))
         candidates = sorted(int(b) for b in as_values(self.space.params["batch_size"]))
         drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
         # Every replica holds the whole model and trains on its own batch: the batch size
@@ -347,7 +351,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         passes = self.passes_per_epoch or (self.plan.passes_per_epoch if self.plan else 1)
         record["passes_per_epoch"] = int(passes)
         return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
-                              replicas, estimate, int(passes), rare_crops)
+                              replicas, estimate, int(passes), rare_crops, weight_ema)
 
     def _datasets(self, setup: "_TrainingSetup", global_batch: int):
         """The training (repeated, augmented) and validation datasets of one attempt."""
@@ -422,6 +426,7 @@ class _TrainingSetup:
     estimate: Any
     passes: int = 1
     rare_crops: float = 0.0
+    weight_ema: float = 0.0
 
 
 def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from autoseg import atomic
 from autoseg.callable_module import make_callable
 from autoseg.errors import ConfigError, RunError
-from autoseg.run_dir import LEADERBOARD_FILE
+from autoseg.run_dir import LEADERBOARD_FILE, read_ensembles
 
 
 # Global hyperparameters, in the order a reader scans them; the rest follow sorted.
@@ -51,6 +51,7 @@ HYPERPARAMETER_ORDER = (
     "loss",
     "aug_strength",
     "learning_rate",
+    "weight_ema",
 )
 # Statuses whose objective is a real result. STOPPED trials (early stopping, Hyperband)
 # trained and were evaluated, so they compete; FAILED and RUNNING ones do not.
@@ -747,6 +748,8 @@ class Leaderboard:
         best: The best COMPLETED or STOPPED row of the whole CSV, or None.
         counts: How many trials have each status, over the whole CSV.
         plot: The PNG written, or None.
+        ensembles: The top-K ensembles exported from the run (`autoseg export --ensemble`),
+            as `RUNDIR/ensembles.json` keeps them; `ensemble_line` describes one.
     """
 
     path: Path
@@ -756,6 +759,7 @@ class Leaderboard:
     best: dict[str, str] | None
     counts: dict[str, int]
     plot: Path | None = None
+    ensembles: list[dict] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         return format_table(self.rows)
@@ -808,7 +812,28 @@ def leaderboard(
     return Leaderboard(
         path=path, rows=rows[:top] if top else rows, objective=objective, direction=direction,
         best=best_row(rows, objective, direction), counts=counts, plot=written,
+        ensembles=read_ensembles(path.parent),
     )
+
+
+def ensemble_line(entry: Mapping[str, Any]) -> str:
+    """`Ensemble of trials 0003, 0001 (exports/x): val mIoU 0.7412 at full resolution on 8
+    photos; its members alone 0.7301, 0.7012; with flips h 0.7455`."""
+    def number(value):
+        parsed = _to_float(value)
+        return "?" if parsed is None else f"{parsed:.4f}"
+
+    members = [str(m) for m in entry.get("members") or []]
+    own = entry.get("members_val_mean_iou_full_res") or {}
+    text = f"Ensemble of trials {', '.join(members)} ({entry.get('out', '?')}): "
+    if entry.get("val_mean_iou_full_res") is None:
+        return text + "not scored (the run's validation photos were not readable)"
+    text += (f"val mIoU {number(entry['val_mean_iou_full_res'])} at full resolution on "
+             f"{entry.get('val_images', '?')} photos; its members alone "
+             + ", ".join(number(own.get(m)) for m in members))
+    if entry.get("tta", "none") != "none" and entry.get("tta_val_mean_iou_full_res") is not None:
+        text += f"; with flips {entry['tta']} {number(entry['tta_val_mean_iou_full_res'])}"
+    return text
 
 
 # `autoseg.leaderboard(...)` runs `leaderboard(...)` although `autoseg.leaderboard` is this

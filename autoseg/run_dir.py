@@ -10,10 +10,12 @@ RUNDIR/trials/trial_<id>/trial.json                KerasTuner's trial: values, m
 RUNDIR/trials/trial_<id>/checkpoint.weights.h5     the weights of the trial's best epoch
 RUNDIR/trials/trial_<id>/autoseg.json              autoseg's record: epochs, seconds, memory
 RUNDIR/tensorboard/      TensorBoard logs, one folder per trial
+RUNDIR/ensembles.json    the top-K ensembles exported from the run, with their scores
 ```
 
 `autoseg.search` writes `run.json`, `plan.json` and `space.yaml`; `autoseg.tuner` the
-leaderboard and the trial records; KerasTuner its project; `autoseg.export` only reads.
+leaderboard and the trial records; KerasTuner its project; `autoseg.export` reads them and
+writes only `ensembles.json` (which `autoseg leaderboard` shows).
 The model folder an export writes has its own owner, `autoseg.model_dir`.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from autoseg import atomic
 from autoseg.errors import ConfigError
 
 RUN_FILE = "run.json"
@@ -33,6 +36,7 @@ TENSORBOARD_DIR = "tensorboard"
 TRIAL_FILE = "trial.json"
 CHECKPOINT_FILE = "checkpoint.weights.h5"
 RECORD_FILE = "autoseg.json"
+ENSEMBLES_FILE = "ensembles.json"
 
 
 def is_run(path: str | Path) -> bool:
@@ -78,3 +82,20 @@ def read_record(rundir: str | Path, trial_id: str) -> dict:
         return json.loads(record_path(rundir, trial_id).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_ensembles(rundir: str | Path) -> list[dict]:
+    """The ensembles exported from the run (`record_ensemble`), oldest first; [] when none
+    (or an unreadable file)."""
+    try:
+        entries = json.loads((Path(rundir) / ENSEMBLES_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def record_ensemble(rundir: str | Path, entry: dict) -> None:
+    """Adds an exported ensemble to `RUNDIR/ensembles.json` (atomically), replacing an
+    earlier export of the same members."""
+    kept = [e for e in read_ensembles(rundir) if e.get("members") != entry.get("members")]
+    atomic.write_text(Path(rundir) / ENSEMBLES_FILE, json.dumps(kept + [entry], indent=1))

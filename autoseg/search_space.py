@@ -13,6 +13,7 @@ rare_crops: [0.0, 0.33]  # share of training crops over a rare-class pixel (crop
 batch_size: [4, 8, 16]   # candidates; those over the memory budget are never used
 loss: [ce, ce_dice]      # or "auto" (weighted losses offered on imbalanced data)
 aug_strength: [0.0, 0.3, 0.6]
+weight_ema: [0, 2]       # average the weights over this many epochs (0: off)
 learning_rate: {min: 0.0003, max: 0.003, sampling: log}
 max_epochs: 30
 ```
@@ -44,6 +45,7 @@ GLOBAL_KEYS = (
     "loss",
     "aug_strength",
     "learning_rate",
+    "weight_ema",
 )
 TOP_LEVEL_KEYS = ("description", "models", "max_epochs") + GLOBAL_KEYS
 POLICIES = ("resize", "crop")
@@ -58,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": "auto",
     "aug_strength": [0.0, 0.25, 0.5],
     "learning_rate": {"min": 1e-4, "max": 3e-3, "sampling": "log"},
+    "weight_ema": 0,
     "max_epochs": 30,
 }
 
@@ -343,7 +346,7 @@ def _check_globals(params: dict[str, Any], source: str) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: batch_size values must be positive integers. Received: {v!r}.")
     for key, lo, hi in (("aug_strength", 0.0, 1.0), ("crop_scale", 1e-3, 1.0), ("rare_crops", 0.0, 1.0),
-                        ("learning_rate", 1e-7, 1.0)):
+                        ("learning_rate", 1e-7, 1.0), ("weight_ema", 0.0, 100.0)):
         for v in as_values(params[key]):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
                 raise ConfigError(

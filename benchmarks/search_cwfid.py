@@ -13,8 +13,10 @@ threads):
   the changes of `VARIANTS[variant]`; `rare` places a third of the training crops over a
   rare-class pixel (`rare_crops: 0.33`, nnU-Net's share; the recipe's own is 0); `f16`
   and `f32` make the recipe a U-Net of 16 or 32 filters (the space's only model, so the
-  plan cannot step down from it); `f16s1`, `f16b2` and `f16aug1` change the 16-filter
-  recipe's crop scale to 1, its batch to 2, its augmentation to 1.
+  plan cannot step down from it); `f16s1`, `f16b2`, `f16aug1`, `f16c384`, `f16s375`,
+  `f16ema` and `f16noema` change the 16-filter recipe's crop scale to 1, its batch to 2, its
+  augmentation to 1, its crops to 384, its scale to 0.375, its weight averaging to 2 epochs
+  or none.
 
 `SEARCH_SEED=N` (default 0) seeds the training and the split (8 other photos held out).
 
@@ -84,22 +86,30 @@ SPACE = {
 }
 
 #: Arm variants: changes to the default space (`recipe+rare`, `planned+rare`).
+_F16 = {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}}}
+
 VARIANTS = {
     "rare": {"rare_crops": 0.33},
     # A cheaper recipe (issue #11, budget-aware recipe): a U-Net of 16 filters, the space's
     # only model.
-    "f16": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}}},
+    "f16": _F16,
     # The recipe before it stepped down on a short budget: a U-Net of 32 filters only.
     "f32": {"models": {"unet": {"depth": 4, "filters": 32, "backbone": "none"}}},
     # The 16-filter recipe with one change (issue #11, looking for a better recipe): crops of
     # the photo at full scale, batch 2 (twice the optimizer steps for the same pixels), the
     # strongest augmentation.
-    "f16s1": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
-              "crop_scale": [1.0]},
-    "f16b2": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
-              "batch_size": [2]},
-    "f16aug1": {"models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
-                "aug_strength": [1.0]},
+    "f16s1": {**_F16, "crop_scale": [1.0]},
+    "f16b2": {**_F16, "batch_size": [2]},
+    "f16aug1": {**_F16, "aug_strength": [1.0]},
+    # More context per crop (issue #11: full scale lost by seeing less of a plant): 384 crops
+    # of the half-size photo; 256 crops of the photo at 0.375.
+    "f16c384": {**_F16, "input_size": [384]},
+    "f16s375": {**_F16, "crop_scale": [0.375]},
+    # The weights averaged over 2 epochs (`autoseg.weight_average`), and not averaged: the
+    # recipe averages since that measurement, so `f16` now equals `f16ema` and the control of
+    # that measurement is `f16noema`.
+    "f16ema": {**_F16, "weight_ema": [2]},
+    "f16noema": {**_F16, "weight_ema": [0]},
 }
 
 BASELINE = {"depth": 4, "filters": 32, "input_size": (288, 384), "batch_size": 4,

@@ -209,3 +209,16 @@ def test_export_ensemble_with_tta_auto_scores_the_ensemble_once_per_option(
     # Two members, then the ensemble without flips (once: the tta choice reuses it), h, hv.
     assert len(calls) == 2 + 3
     assert metadata["tta"]["val_mean_iou"]["none"] == metadata["ensemble"]["val_mean_iou_full_res"]
+    # The run's leaderboard shows the ensemble beside its members.
+    from autoseg import leaderboard
+
+    entry = next(e for e in leaderboard.leaderboard(rundir).ensembles if e["out"] == str(out))
+    assert entry["members"] == ["3", "1"]
+    assert entry["val_mean_iou_full_res"] == metadata["ensemble"]["val_mean_iou_full_res"]
+    assert entry["members_val_mean_iou_full_res"] == {
+        m["trial_id"]: m["val_mean_iou_full_res"] for m in metadata["ensemble"]["members"]}
+    assert entry["tta"] == metadata["tta"]["flips"]
+    assert main(["leaderboard", str(rundir)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"Ensemble of trials 3, 1 ({out}): val mIoU "
+            f"{entry['val_mean_iou_full_res']:.4f} at full resolution") in printed

@@ -570,3 +570,25 @@ def test_cli_imports_no_tensorflow_or_keras(tmp_path):
         result.stdout
     )
     assert "HEAVY []" in result.stdout
+
+
+def test_an_exported_ensemble_is_kept_once_per_member_set_and_described(tmp_path):
+    from autoseg import run_dir
+
+    assert run_dir.read_ensembles(tmp_path) == []
+    entry = {"members": ["3", "1"], "out": "exports/a", "val_images": 8,
+             "val_mean_iou_full_res": 0.74123, "members_val_mean_iou_full_res": {"3": 0.7301, "1": 0.7},
+             "tta": "h", "tta_val_mean_iou_full_res": 0.7455}
+    run_dir.record_ensemble(tmp_path, {**entry, "out": "exports/old"})
+    run_dir.record_ensemble(tmp_path, {**entry, "members": ["3", "2"]})
+    run_dir.record_ensemble(tmp_path, entry)  # the same members again: replaces the first
+    kept = run_dir.read_ensembles(tmp_path)
+    assert [(e["members"], e["out"]) for e in kept] == [(["3", "2"], "exports/a"),
+                                                        (["3", "1"], "exports/a")]
+    assert lb.ensemble_line(entry) == (
+        "Ensemble of trials 3, 1 (exports/a): val mIoU 0.7412 at full resolution on 8 photos; "
+        "its members alone 0.7301, 0.7000; with flips h 0.7455")
+    unscored = {**entry, "val_mean_iou_full_res": None, "tta": "none"}
+    assert "not scored" in lb.ensemble_line(unscored)
+    (tmp_path / run_dir.ENSEMBLES_FILE).write_text("{broken")
+    assert run_dir.read_ensembles(tmp_path) == []

@@ -15,6 +15,7 @@ import math
 import random
 
 import pytest
+import yaml
 
 from autoseg import plan, speed
 from autoseg.errors import BudgetError
@@ -1014,3 +1015,32 @@ def test_neighbour_redraws_the_rare_crop_share_when_the_space_offers_several():
                 for _ in range(60)]
     shares = {v["rare_crops"] for v in variants if v["policy"] == "crop"}
     assert shares == {0.0, 0.33, 0.66}
+
+
+def test_recipe_takes_the_spaces_weight_average_nearest_its_own():
+    plain = make_space({"models": {"unet": {"filters": 32}}})
+    recipe, _ = plan.choose_recipe(plain, models_of(plain), summary(), CPU, None)
+    assert recipe["weight_ema"] == 0  # the space's default: no averaging
+    space = make_space({"models": {"unet": {"filters": 32}}, "weight_ema": [1, 4]})
+    recipe, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    want = 1 if plan.RECIPE_WEIGHT_EMA <= 2.5 else 4
+    assert recipe["weight_ema"] == want
+    p = plan.make_plan(space, models_of(space), summary(), CPU, cost_model(), 3600, None,
+                       runs_recipe=False)
+    assert f"weights averaged over {want} epochs" in "\n".join(p.lines())
+    from autoseg.search_space import bundled_space_path
+
+    offered = yaml.safe_load(bundled_space_path("default").read_text())["weight_ema"]
+    space = make_space({"models": {"unet": {"filters": 32}}, "weight_ema": offered})
+    recipe, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    assert offered == [0, 2] and recipe["weight_ema"] == plan.RECIPE_WEIGHT_EMA == 2
+
+
+def test_a_fork_may_redraw_the_weight_average():
+    space = make_space(dict(NEIGHBOUR_SPACE, weight_ema=[0, 2]))
+    p = plan.make_plan(space, models_of(space), summary(), CPU, cost_model(),
+                       3600, None, runs_recipe=False)
+    rng = random.Random(0)
+    forks = [plan.neighbour(p.recipe, space, rng, p.admits, lambda v: False,
+                            only=plan.FORK_GROUPS) for _ in range(60)]
+    assert {f["weight_ema"] for f in forks} == {0, 2}

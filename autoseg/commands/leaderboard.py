@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             f"Best: trial {best['trial_id']} with {objective} = {best[objective]}"
             + (f" ({detail})" if detail else "")
         )
+    for entry in board.ensembles:
+        print(leaderboard.ensemble_line(entry))
     if args.plot:
         out = leaderboard.plot_leaderboard(rows, args.plot, objective, direction)
         front = leaderboard.pareto_front(rows, objective, direction)
