@@ -658,6 +658,9 @@ def choose_tta(model, metadata: dict[str, Any], run: dict[str, Any], tta: str,
         record["val_images"] = len(stems)
         if metadata.get("refit"):
             record["reason"] += "; the refit trained on these photos, so the scores are not held out"
+        elif metadata.get("trained_on") == "train+val":
+            record["reason"] += ("; the search's finish trained on these photos, so the scores "
+                                 "are not held out")
     log(f"[export] {describe(record)}")
     return record
 
@@ -955,6 +958,9 @@ def _metadata(chosen: _ChosenTrial, model, refit_record: dict[str, Any] | None,
         "epochs": _int_or_none(row.get("epochs")),
         "params": int(model.count_params()),
         "refit": refit_record,
+        # What the exported weights trained on: "train+val" (a refit, or the search's
+        # finish with --finish-on train+val) makes `metrics` scores on photos it trained on.
+        "trained_on": "train+val" if refit_record else (row.get("trained_on") or "train"),
         "trial_id": chosen.trial_id,
         "run": str(chosen.rundir.resolve()),
         "dataset": run_config.get("dataset"),

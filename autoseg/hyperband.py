@@ -23,7 +23,9 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. The cosine
-   schedule restarts over the longer run; these trials may exceed `max_epochs`.
+   schedule restarts over the longer run; these trials may exceed `max_epochs`. With the
+   plan's `finish_on` "train+val", the continuation (`TRAIN_ON`) trains on the validation
+   photos as well, its epochs costed longer by `Plan.finish_epoch_factor`.
 
 Every trial's steady epoch time corrects the plan's cost model (`Plan.observe`).
 
@@ -58,6 +60,8 @@ PROBES = 3
 REFINE_BRACKET = -1  # `tuner/bracket` of a continuation trial beyond the plan
 RECIPE_BRACKET = search_plan.RECIPE_BRACKET
 FORK_BRACKET = -3  # `tuner/bracket` of a fork of the recipe (`plan.FORK_FIDELITY`)
+#: The value a trial trains on the validation photos as well with (`Plan.finish_on`).
+TRAIN_ON, TRAIN_AND_VAL = search_plan.TRAIN_ON, search_plan.TRAIN_AND_VAL
 
 #: Variants drawn to estimate the epoch time of an exploration bracket's trials.
 COST_SAMPLES = 20
@@ -115,7 +119,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if start is not None:
             self.wall_seconds[trial.trial_id] = round(self.clock() - start, 2)
         own = _epoch_seconds(self.read_record(trial.trial_id))
-        if self.search_plan is not None and own is not None and own[1] >= 2:
+        if (self.search_plan is not None and own is not None and own[1] >= 2
+                and trial.hyperparameters.values.get(TRAIN_ON) != TRAIN_AND_VAL):
             # Steady epochs only: the first one also traces and fills the caches.
             self.search_plan.observe(trial.hyperparameters.values, own[0])
         super().end_trial(trial)
@@ -380,6 +385,10 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         record = self.read_record(best.trial_id)
         own = _epoch_seconds(record)
         per_epoch = own[0] if own else costs[1]
+        widen = (self.search_plan is not None and self.search_plan.finish_on == TRAIN_AND_VAL
+                 and best.hyperparameters.values.get(TRAIN_ON) != TRAIN_AND_VAL)
+        if widen:  # an epoch over the validation photos too
+            per_epoch *= self.search_plan.finish_epoch_factor()
         more = int((self.deadline - self.clock() - overhead) // per_epoch)
         if more < 1:
             return stopped
@@ -399,6 +408,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             "tuner/epochs": reached + more, "tuner/bracket": REFINE_BRACKET,
             "tuner/round": int(values.get("tuner/round", 0)) + 1,
         })
+        if widen:
+            values[TRAIN_ON] = TRAIN_AND_VAL
         return {"status": "RUNNING", "values": values}
 
     def _best_of(self, trials):
@@ -452,7 +463,8 @@ def trial_role(values: dict) -> str:
     if bracket == FORK_BRACKET and past is not None:
         return f"a fork of trial {past} at epoch {values.get('tuner/initial_epoch')}"
     if past is not None:
-        return f"a continuation of trial {past} from epoch {values.get('tuner/initial_epoch')}"
+        on = " on the training and validation photos" if values.get(TRAIN_ON) == TRAIN_AND_VAL else ""
+        return f"a continuation of trial {past} from epoch {values.get('tuner/initial_epoch')}{on}"
     return ""
 
 

@@ -43,7 +43,7 @@ from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
-from autoseg.plan import RECIPE_BRACKET, recipe_takes_all
+from autoseg.plan import RECIPE_BRACKET, TRAIN_AND_VAL, TRAIN_ON, recipe_takes_all
 from autoseg.search_space import (
     Range,
     SearchSpace,
@@ -350,14 +350,19 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             record["message"] = f"batch {drawn_batch} is over the memory budget; trained with {batch_size}"
         passes = self.passes_per_epoch or (self.plan.passes_per_epoch if self.plan else 1)
         record["passes_per_epoch"] = int(passes)
+        train_stems = list(self.data.train_stems)
+        if hp.values.get(TRAIN_ON) == TRAIN_AND_VAL:  # the planned finish (`Plan.finish_on`)
+            train_stems += [s for s in self.data.val_stems if s not in set(train_stems)]
+            record["trained_on"] = TRAIN_AND_VAL
         return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
-                              replicas, estimate, int(passes), rare_crops, weight_ema)
+                              replicas, estimate, int(passes), rare_crops, weight_ema,
+                              train_stems)
 
     def _datasets(self, setup: "_TrainingSetup", global_batch: int):
         """The training (repeated, augmented) and validation datasets of one attempt."""
         common = dict(input_size=setup.input_size, policy=setup.policy,
                       crop_scale=setup.crop_scale, batch_size=global_batch, seed=self.data.seed)
-        train = pipeline.make_dataset(self.data.dataset, self.data.train_stems, training=True,
+        train = pipeline.make_dataset(self.data.dataset, setup.train_stems, training=True,
                                       aug_strength=setup.aug_strength,
                                       rare_crops=setup.rare_crops, repeat=True, **common)
         val = pipeline.make_dataset(self.data.dataset, self.data.val_stems, training=False,
@@ -381,7 +386,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                     history = model.fit(
                         train, validation_data=val,
                         steps_per_epoch=pipeline.steps_per_pass(
-                            len(self.data.train_stems) * setup.passes, global_batch),
+                            len(setup.train_stems) * setup.passes, global_batch),
                         **fit_kwargs,
                     )
                 return history, peak
@@ -427,6 +432,7 @@ class _TrainingSetup:
     passes: int = 1
     rare_crops: float = 0.0
     weight_ema: float = 0.0
+    train_stems: list[str] = dataclasses.field(default_factory=list)
 
 
 def _even_replica_batches(train, val, global_batch: int, replicas: int, ignore_index: int):

@@ -132,6 +132,7 @@ def _build(
             measured_peak_memory_mb=_number(
                 _scale(record.get("measured_peak_memory_bytes"), 1 / _MIB), 0
             ),
+            trained_on=_text(record.get("trained_on")),
             worker=_text(record.get("worker")),
             message=flatten_message(record.get("message")),
         )
@@ -154,8 +155,9 @@ def write_leaderboard(
 
     Columns: `rank, trial_id, status, <objective>`, the hyperparameters seen in any trial
     (blank where inactive), the other `val_*` metrics, `epochs, params, train_seconds,
-    predicted_peak_memory_mb, measured_peak_memory_mb` (MiB, 2**20 bytes), `worker` (when any
-    trial names one) and `message`. Rank is 1..n over COMPLETED and STOPPED trials with a
+    predicted_peak_memory_mb, measured_peak_memory_mb` (MiB, 2**20 bytes), `trained_on` (when
+    a trial trained on more than the training photos: "train+val", whose objective is then
+    not held out), `worker` (when any trial names one) and `message`. Rank is 1..n over COMPLETED and STOPPED trials with a
     finite objective, best first; blank for the others.
 
     Args:
@@ -603,6 +605,14 @@ _MESSAGE_MIN_WIDTH = 20
 _TEXT_COLUMNS = frozenset({"trial_id", "status", "message", "model_name", "backbone", "loss"})
 
 
+def held_out_note(row: Mapping[str, Any]) -> str:
+    """What a "Best:" line adds for a trial that trained on its validation photos ("" for
+    one that did not)."""
+    if _text(row.get("trained_on")) != "train+val":
+        return ""
+    return " (trained on the validation photos too: its val score is not held out)"
+
+
 def _table_cell(column: str, value: str) -> str:
     if column == "params":
         return format_params(value)
@@ -618,17 +628,19 @@ def _columns(
     """Returns the CSV columns, hyperparameter -> column name, and the val_* metric columns."""
     hp_names: set[str] = set()
     metric_names: set[str] = set()
-    has_worker = False
+    has_worker = has_trained_on = False
     for record in records:
         hp_names.update(record.get("hyperparameters") or {})
         metric_names.update(record.get("metrics") or {})
         has_worker = has_worker or bool(_text(record.get("worker")))
+        has_trained_on = has_trained_on or bool(_text(record.get("trained_on")))
     val_metrics = sorted(m for m in metric_names if m.startswith("val_") and m != objective)
     per_class = [f"val_iou_{name}" for name in class_names or ()]
     val_metrics = [m for m in per_class if m in val_metrics] + [
         m for m in val_metrics if m not in per_class
     ]
-    tail = list(TAIL_COLUMNS) + (["worker"] if has_worker else []) + ["message"]
+    tail = (list(TAIL_COLUMNS) + (["trained_on"] if has_trained_on else [])
+            + (["worker"] if has_worker else []) + ["message"])
     taken = set(HEAD_COLUMNS) | {objective} | set(val_metrics) | set(tail)
     hp_order = [n for n in HYPERPARAMETER_ORDER if n in hp_names] + sorted(
         hp_names - set(HYPERPARAMETER_ORDER)

@@ -61,6 +61,13 @@ from autoseg.search_space import (
     trial_model_config,
 )
 
+#: What the best trial trains on at the end (`Plan.finish_on`): the training photos, or
+#: the validation photos as well.
+TRAIN, TRAIN_AND_VAL = "train", "train+val"
+FINISH_ON = (TRAIN, TRAIN_AND_VAL)
+#: The trial value that makes a trial train on `TRAIN_AND_VAL` (set by the oracle's finish).
+TRAIN_ON = "tuner/train_on"
+
 #: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
 #: explores variants of the recipe.
 RECIPE_SHARE = 0.4
@@ -166,6 +173,9 @@ class Plan:
         exploration: How variants of the recipe are explored: "scratch" (Hyperband over
             variants trained from scratch) or "forks" (`FORK_FIDELITY`).
         exploration_reason: Why the plan forks, when it does.
+        finish_on: What the best trial trains on as it is trained further at the end:
+            `TRAIN` (the training photos) or `TRAIN_AND_VAL` (the validation photos too: the
+            finished model's validation score is then not held out).
     """
 
     budget_seconds: float | None
@@ -185,6 +195,7 @@ class Plan:
     recipe_steps: list[str] = dataclasses.field(default_factory=list)
     exploration: str = "scratch"
     exploration_reason: str | None = None
+    finish_on: str = "train"
 
     # -- estimates -------------------------------------------------------------------------
     @property
@@ -219,6 +230,11 @@ class Plan:
     def epoch_crops(self) -> int:
         """Training crops (or resized photos) in one epoch."""
         return self.data["train_images"] * self.passes_per_epoch
+
+    def finish_epoch_factor(self) -> float:
+        """How much longer an epoch is with the validation photos trained on as well."""
+        train = self.data["train_images"]
+        return (train + len(self.data["val_sizes"])) / train if train else 1.0
 
     @property
     def recipe_only(self) -> bool:
@@ -742,16 +758,19 @@ def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
     budget, costs = plan.budget_seconds, plan.cost_model
     explore = budget * plan.shares["explore"]
     finish = _minutes(budget * plan.shares["finish"])
+    further = "training the best further"
+    if plan.finish_on == TRAIN_AND_VAL:
+        further += " on the training and validation photos"
     if plan.exploration == "forks":
         return (f"[plan] then {_minutes(explore)} exploring forks of the recipe: its weights "
                 f"trained on for {fork_epochs(plan)} epochs each, unchanged (the control) and "
                 f"with its {', '.join(FORK_GROUPS)} redrawn ({plan.exploration_reason}); and "
-                f"{finish} training the best further")
+                f"{finish} {further}")
     kept = [k["epoch_seconds"] for k in plan.kept] or [recipe_seconds]
     typical = sorted(kept)[len(kept) // 2]
     return (f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "
             f"~{explore / (typical + costs.fixed_seconds):.0f} epochs' worth at a median "
-            f"~{typical:.0f} s an epoch), and {finish} training the best further")
+            f"~{typical:.0f} s an epoch), and {finish} {further}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -858,12 +877,12 @@ def data_summary(data) -> DataSummary:
 
 def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | None,
                 log: Callable[[str], None] | None = None, recipe_only: bool = False,
-                runs_recipe: bool = True) -> Plan:
+                runs_recipe: bool = True, finish_on: str = TRAIN) -> Plan:
     """Measures the space's models and this machine, then makes the plan.
 
     Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
     few training steps of it (`speed.calibrate`); `AUTOSEG_GFLOPS` set to a number skips
-    the timing.
+    the timing. `finish_on` becomes `Plan.finish_on`.
     """
     import os
 
@@ -903,6 +922,8 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
             * devices.training_speedup(cost.model_name, cost.precision))
         del model
         keras.backend.clear_session()
-    return make_plan(space, models, data, machine, speed.CostModel(gflops=rate),
+    plan = make_plan(space, models, data, machine, speed.CostModel(gflops=rate),
                      budget_seconds, memory_limit, recipe_only=recipe_only,
                      runs_recipe=runs_recipe)
+    plan.finish_on = finish_on
+    return plan

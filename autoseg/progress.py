@@ -4,7 +4,8 @@ A trial trains in its own process (`autoseg.trial_process`), whose output goes t
 file. `EpochProgress`, a Keras callback in that process, appends one JSON line per epoch
 (and, at most every `BATCH_EVERY_SECONDS`, one per batch) to `progress.jsonl` in the trial's
 folder. In the search's process, `Relay` reads the new lines while it waits for the trial
-and shows them: on a terminal one line updated in place (with the batch within the epoch),
+(or, for a trial trained in the search's own process, as `LiveRelay` calls it from the
+fit's callbacks) and shows them: on a terminal one line updated in place (with the batch within the epoch),
 otherwise one plain line per epoch through the search's `log`:
 
 ```
@@ -228,6 +229,58 @@ def _duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def attach(tuner, trial, trial_dir: Path, callbacks: list) -> Relay | None:
+    """Adds the callback that writes the trial's progress file to `callbacks`; returns the
+    relay that shows it through the search's log (an autoseg tuner's; else None)."""
+    path = Path(trial_dir) / PROGRESS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a resumed search runs the trial again
+    callbacks.append(EpochProgress(path))
+    log = getattr(tuner, "log", None)
+    if log is None:
+        return None
+    left = getattr(tuner, "seconds_left_after", None)
+    return Relay(path, f"[trial {trial.trial_id}]", log, deadline=getattr(tuner, "deadline", None),
+                 search_left=left(trial) if left else None,
+                 tty=log is print and sys.stdout.isatty())
+
+
+class LiveRelay(keras.callbacks.Callback):
+    """Shows `relay` while the trial trains in the search's own process: trials that do not
+    get a process of their own (a tf.distribute strategy, several executions a trial,
+    `AUTOSEG_TRIAL_PROCESS=0`). Put it after the `EpochProgress` that writes the file.
+
+    Args:
+        relay: What `attach` returned.
+        every: Seconds between reads of the file within an epoch (its batch lines).
+    """
+
+    def __init__(self, relay: Relay, every: float = BATCH_EVERY_SECONDS,
+                 clock: Callable[[], float] = time.time):
+        super().__init__()
+        self.relay = relay
+        self.every = every
+        self.clock = clock
+        self._last = 0.0
+
+    def __deepcopy__(self, memo):
+        # KerasTuner deep-copies the callbacks of each execution; the relay's stream and log
+        # cannot be, and one relay serves them all.
+        return self
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if now - self._last >= self.every:
+            self._last = now
+            self.relay.poll()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.relay.poll()
+
+    def on_train_end(self, logs=None):
+        self.relay.close()
 
 
 def wait(process, relay: Relay | None, every: float = 1.0) -> int:

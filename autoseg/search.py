@@ -9,6 +9,7 @@ The run folder's layout is `autoseg.run_dir`'s.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import time
@@ -70,6 +71,7 @@ class SearchOptions:
     val_fraction: float = 0.2
     val_groups: str | None = None
     recipe_only: bool = False
+    finish_on: str = "train"
     role: str | None = None
     oracle: str | None = None
     worker_id: str | None = None
@@ -108,6 +110,7 @@ def search(
     oracle_timeout: str | float | None = None,
     val_groups: str | None = None,
     recipe_only: bool = False,
+    finish_on: str = "train",
 ) -> SearchResult:
     """Searches architectures and training settings for a dataset.
 
@@ -162,6 +165,11 @@ def search(
             random split of the images).
         recipe_only: Train the plan's recipe for the whole budget and nothing else: the
             one good configuration a search must beat (Hyperband only).
+        finish_on: What the best trial trains on when the planned Hyperband trains it
+            further at the end of a time budget: "train" (the training photos), or
+            "train+val" (the validation photos as well; the leaderboard, `autoseg.json` and
+            the "Best:" line then say that its validation score is not held out).
+            Defaults to "train".
 
     Returns:
         A `SearchResult`. A worker's holds the leaderboard as the chief left it.
@@ -182,7 +190,7 @@ def search(
         precision=precision, strategy=strategy, objective=objective, seed=seed,
         overwrite=overwrite, continue_on_new_data=continue_on_new_data, verbose=verbose,
         val_fraction=val_fraction, val_groups=val_groups,
-        recipe_only=recipe_only,
+        recipe_only=recipe_only, finish_on=finish_on,
         role=role, oracle=oracle, worker_id=worker_id, oracle_timeout=oracle_timeout,
     )
     return run_search(options, log=log)
@@ -236,7 +244,8 @@ def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
     run.rundir = Path(options.out) if options.out else default_rundir(options.dataset)
     run.config = _run_config(run.dataset, run.space, options)
     _make_training_data(run)
-    run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit, log=log)
+    run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit, log=log,
+                                finish_on=options.finish_on)
     for line in run.plan.lines():
         log(line)
     return run.plan
@@ -245,6 +254,7 @@ def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
 def _validate(run: _Run) -> None:
     """Checks the options that need no data; starts the clock of the time budget."""
     from autoseg import budget, devices
+    from autoseg.plan import FINISH_ON
     from autoseg.tuner import TUNERS
 
     options = run.options
@@ -253,8 +263,15 @@ def _validate(run: _Run) -> None:
     if options.recipe_only and options.tuner != "hyperband":
         raise ConfigError("--recipe-only runs the plan's recipe through the hyperband tuner; "
                           f"drop --tuner {options.tuner}.")
+    if options.finish_on not in FINISH_ON:
+        raise ConfigError(f"--finish-on {options.finish_on!r} is unknown. Valid: "
+                          f"{', '.join(FINISH_ON)}.")
     if options.tuner not in TUNERS:
         raise ConfigError(f"--tuner {options.tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
+    if options.tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("--tuner bayesian needs scikit-learn, which is not installed: "
+                          "pip install \"autoseg[bayesian]\" (or scikit-learn), or choose "
+                          "another --tuner.")
     devices.check_precision(options.precision)
     devices.check_strategy(options.strategy)
     for flag, value in (("--max-trials", options.max_trials), ("--max-epochs", options.max_epochs)):
@@ -351,7 +368,8 @@ def _make_plan(run: _Run) -> None:
     else:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
                                     log=run.log, recipe_only=run.options.recipe_only,
-                                    runs_recipe=run.options.tuner == "hyperband")
+                                    runs_recipe=run.options.tuner == "hyperband",
+                                    finish_on=run.options.finish_on)
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan

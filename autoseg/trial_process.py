@@ -72,7 +72,7 @@ def run_trial(tuner, trial, *args, **kwargs):
     verbose = spec["kwargs"].get("verbose", getattr(tuner.hypermodel, "verbose", 0))
     log_path = None if verbose else trial_dir / LOG_FILE
     # Keras' own progress bar shows with `verbose`.
-    relay = None if verbose else _progress(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
+    relay = None if verbose else progress.attach(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
     # A resumed search runs the trial again: its error quotes this run's lines only.
     log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
     code, result = _run_child(spec, trial_dir, log_path, relay)
@@ -185,21 +185,6 @@ def _start_log(log_path: Path, trial_id: str) -> int:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"--- trial {trial_id}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
         return log.tell()
-
-
-def _progress(tuner, trial, trial_dir: Path, callbacks: list) -> progress.Relay | None:
-    """Adds the callback that writes the trial's progress file to `callbacks`; returns the
-    relay that shows it through the search's log (an autoseg tuner's; else None)."""
-    path = trial_dir / progress.PROGRESS_FILE
-    path.unlink(missing_ok=True)  # a resumed search runs the trial again
-    callbacks.append(progress.EpochProgress(path))
-    log = getattr(tuner, "log", None)
-    if log is None:
-        return None
-    left = getattr(tuner, "seconds_left_after", None)
-    return progress.Relay(path, f"[trial {trial.trial_id}]", log, deadline=getattr(tuner, "deadline", None),
-                          search_left=left(trial) if left else None,
-                          tty=log is print and sys.stdout.isatty())
 
 
 def _call(command: list[str], log_path: Path | None, relay: progress.Relay | None = None) -> int:

@@ -115,6 +115,13 @@ class SearchRunMixin:
         if (trial_process.enabled() and self.distribution_strategy is None
                 and self.executions_per_trial == 1):
             return trial_process.run_trial(self, trial, *args, **kwargs)
+        if not kwargs.get("verbose", getattr(self.hypermodel, "verbose", 0)):
+            # The same progress lines as a trial in its own process (Keras' bar with verbose).
+            callbacks = list(kwargs.get("callbacks") or [])
+            relay = progress.attach(self, trial, Path(self.get_trial_dir(trial.trial_id)), callbacks)
+            if relay is not None:
+                callbacks.append(progress.LiveRelay(relay))
+            kwargs["callbacks"] = callbacks
         return super().run_trial(trial, *args, **kwargs)
 
     def on_trial_end(self, trial):

@@ -19,6 +19,15 @@ threads):
   or none.
 
 `SEARCH_SEED=N` (default 0) seeds the training and the split (8 other photos held out).
+- `planned+tv`: `planned` with `finish_on="train+val"`: the best trial trained further at the
+  end on the validation photos as well (issue #12 §1). Its validation score is then not held
+  out, so compare it with `SEARCH_TEST`.
+
+`SEARCH_TEST=N` (default 0: none) holds N photos (seeded by `SEARCH_SEED`) out of every
+search, as a user would with `splits: {test: [...]}` in `dataset.yaml` (the arms search a
+folder beside the prepared dataset with that file and links to its images and masks), and
+scores the arms on them instead of on their validation photos: the searches then split the
+other 40 - N photos into their own training and validation photos.
 
 - `hyperband`: `autoseg.search(tuner="hyperband")` over `SPACE` with `--budget`.
 - `random`: `autoseg.search(tuner="random")` over the same space. Run after `hyperband`
@@ -112,6 +121,12 @@ VARIANTS = {
     "f16noema": {**_F16, "weight_ema": [0]},
 }
 
+#: Arm variants that change the search's options rather than its space.
+OPTION_VARIANTS = {"tv": {"finish_on": "train+val"}}
+
+#: Photos held out of every search and scored instead (see the module docstring).
+TEST_PHOTOS = int(os.environ.get("SEARCH_TEST", "0"))
+
 BASELINE = {"depth": 4, "filters": 32, "input_size": (288, 384), "batch_size": 4,
             "learning_rate": 1e-3}
 
@@ -135,7 +150,8 @@ def main() -> int:
     unknown = sorted({a for a in arms if not _valid_arm(a)})
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; valid arms: {', '.join(ARMS)}, recipe and "
-                     f"planned optionally +{' or +'.join(VARIANTS)}")
+                     f"planned optionally +{' or +'.join(VARIANTS)}; planned+"
+                     f"{' or planned+'.join(OPTION_VARIANTS)}")
     if not args.report:
         if not CWFID.is_dir():
             print(f"CWFID is not at {CWFID}; nothing to run.")
@@ -163,6 +179,8 @@ def parse_arm(arm: str) -> tuple[str, str, str]:
 
 def _valid_arm(arm: str) -> bool:
     base, variant, _ = parse_arm(arm)
+    if variant in OPTION_VARIANTS:
+        return base == "planned"
     return base in ARMS and (not variant or (variant in VARIANTS and base in ("recipe", "planned")))
 
 
@@ -189,6 +207,34 @@ def dataset_root(out: Path) -> Path:
     return Path(ds.root)
 
 
+def searched_root(out: Path) -> Path:
+    """The dataset the arms search: `dataset_root`, or with `SEARCH_TEST` a folder beside it
+    whose `dataset.yaml` lists the held-out photos as `splits: {test: [...]}`."""
+    import random
+
+    import yaml
+
+    full = dataset_root(out)
+    if not TEST_PHOTOS:
+        return full
+    folder = out / "data" / f"test{TEST_PHOTOS}_seed{SEED}"
+    if not (folder / "dataset.yaml").is_file():
+        stems = sorted(p.stem for p in (full / "images").iterdir())
+        meta = yaml.safe_load((full / "dataset.yaml").read_text())
+        meta["splits"] = {"test": sorted(random.Random(SEED).sample(stems, TEST_PHOTOS))}
+        folder.mkdir(parents=True, exist_ok=True)
+        for sub in ("images", "masks"):
+            if not (folder / sub).exists():
+                (folder / sub).symlink_to(full / sub)
+        (folder / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return folder
+
+
+def scored_stems(ds, run: dict) -> list[str]:
+    """The photos an arm is scored on: the held-out test photos, else its validation ones."""
+    return list((ds.splits or {}).get("test") or run["split"]["val"])
+
+
 # --------------------------------------------------------------------------------------------
 # One arm, in its own process.
 
@@ -200,7 +246,7 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
     from autoseg.data.dataset import load_dataset
     from autoseg.durations import parse_duration
 
-    ds = load_dataset(dataset_root(out))
+    ds = load_dataset(searched_root(out))
     seconds = parse_duration(budget)
     start = time.time()
     load_before = os.getloadavg()[0]
@@ -210,7 +256,7 @@ def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
         result = run_search(arm, ds, out, seconds)
     result.update(arm=arm, budget_seconds=seconds, wall_seconds=round(time.time() - start, 1),
                   load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-                  threads=threads or None, seed=SEED)
+                  threads=threads or None, seed=SEED, test_photos=TEST_PHOTOS)
     (out / f"{arm}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
@@ -226,7 +272,7 @@ def run_search(arm: str, ds, out: Path, seconds: float) -> dict:
                   precision=precision or "auto")
     if arm in ("recipe", "planned"):  # issue #11: what a user gets, and its recipe alone
         kwargs.update(space=default_space(VARIANTS.get(variant)), tuner="hyperband",
-                      recipe_only=arm == "recipe")
+                      recipe_only=arm == "recipe", **OPTION_VARIANTS.get(variant, {}))
     hyperband = out / "hyperband.json"
     equal = "time"
     if arm == "random" and hyperband.is_file() and not os.environ.get("SEARCH_CWFID_PARALLEL"):
@@ -265,7 +311,7 @@ def search_scores(result, ds) -> dict:
     run = load_run(result.rundir)
     model = export.load_trial_model(result.rundir, run, best["trial_id"])
     config = trial_model_config(export.trial_values(export.read_trial(result.rundir, best["trial_id"])))
-    scores = full_resolution_scores(model, ds, run["split"]["val"], config)
+    scores = full_resolution_scores(model, ds, scored_stems(ds, run), config)
     return {
         "trials": {s: sum(1 for r in rows if r["status"] == s) for s in {r["status"] for r in rows}},
         "epochs_total": sum(int(float(r.get("epochs") or 0)) for r in rows),
@@ -274,6 +320,8 @@ def search_scores(result, ds) -> dict:
                                    "aug_strength", "learning_rate")},
         "search_val_mean_iou": _float(best.get("val_mean_iou")),
         "search_val_iou": {c: _float(best.get(f"val_iou_{c}")) for c in ds.classes},
+        "best_trained_on": best.get("trained_on") or "train",
+        "scored_photos": len(scored_stems(ds, run)),
         **scores,
     }
 
@@ -313,7 +361,7 @@ def run_baseline(ds, out: Path, seconds: float) -> dict:
                         callbacks=[TimeBudget(deadline)])
     logs = history.history
     config = {"input_size": (height, width), "policy": "resize", "crop_scale": 1.0}
-    scores = full_resolution_scores(model, ds, list(val), config)
+    scores = full_resolution_scores(model, ds, scored_stems(ds, {"split": {"val": val}}), config)
     return {
         "equal": "time",
         "epochs_total": len(logs["loss"]),

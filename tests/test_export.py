@@ -178,6 +178,7 @@ def test_autoseg_json_describes_the_trial(exported):
     assert meta["formats"]["keras"] == "model.keras"
     assert set(meta["verification"]["formats"]) == set(meta["formats"]) - {"keras"}
     assert meta["refit"] is None
+    assert meta["trained_on"] == "train"
 
 
 def test_every_format_gives_the_class_maps_of_model_keras(exported):
@@ -500,6 +501,7 @@ def test_refit_trains_on_train_and_val_for_the_best_epoch_count(searched, tmp_pa
     run = json.loads((rundir / "run.json").read_text())
     assert refit["epochs"] == trial["best_step"] + 1
     assert refit["images"] == len(run["split"]["train"]) + len(run["split"]["val"])
+    assert result.metadata["trained_on"] == "train+val"
     checkpoint_export = export("0", run=rundir, out=tmp_path / "plain", formats="keras",
                                log=lambda _: None, tta="none")
     x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)

@@ -11,7 +11,8 @@ import keras_tuner as kt
 import pytest
 
 from autoseg.hyperband import (
-    FORK_BRACKET, PROBES, RECIPE_BRACKET, REFINE_BRACKET, BudgetHyperbandOracle, trial_role,
+    FORK_BRACKET, PROBES, RECIPE_BRACKET, REFINE_BRACKET, TRAIN_AND_VAL, TRAIN_ON,
+    BudgetHyperbandOracle, trial_role,
 )
 
 
@@ -460,3 +461,29 @@ def test_a_trial_start_line_says_what_the_trial_is(tmp_path):
     assert roles[1] == "a fork of trial 0000 at epoch 18" == roles[2]
     assert roles[-1].startswith("a continuation of trial ")
     assert trial_role({"tuner/bracket": 2, "tuner/trial_id": None}) == ""  # a variant
+
+
+def test_a_finish_on_train_and_val_trains_the_best_on_the_validation_photos_too(tmp_path):
+    plain = PlannedRun(tmp_path / "plain", budget=3600.0).run()
+    run = PlannedRun(tmp_path / "widened", budget=3600.0)
+    run.plan.finish_on = search_plan.TRAIN_AND_VAL
+    widened = run.run()
+
+    def finish(trials):
+        return [t.hyperparameters.values for t in trials
+                if t.hyperparameters.values["tuner/bracket"] == REFINE_BRACKET]
+
+    assert finish(widened) and all(v[TRAIN_ON] == TRAIN_AND_VAL for v in finish(widened))
+    assert not any(TRAIN_ON in t.hyperparameters.values for t in widened
+                   if t.hyperparameters.values["tuner/bracket"] != REFINE_BRACKET)
+    assert not any(TRAIN_ON in v for v in finish(plain))
+    assert trial_role(finish(widened)[0]).endswith(" on the training and validation photos")
+    # The same search up to the finish; the finish's epochs are costed over the validation
+    # photos too, so fewer fit in the same time.
+    assert len(plain) - len(finish(plain)) == len(widened) - len(finish(widened))
+    first, wide = finish(plain)[0], finish(widened)[0]
+    assert first["tuner/initial_epoch"] == wide["tuner/initial_epoch"]
+    factor = run.plan.finish_epoch_factor()
+    assert factor > 1
+    epochs = first["tuner/epochs"] - first["tuner/initial_epoch"]
+    assert wide["tuner/epochs"] - wide["tuner/initial_epoch"] == pytest.approx(epochs / factor, abs=1)

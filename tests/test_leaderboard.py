@@ -224,6 +224,19 @@ def test_worker_column_only_when_a_trial_names_one(tmp_path):
     assert header[-1] == "message"
 
 
+def test_a_trial_trained_on_train_and_val_says_so_in_its_column_and_best_line(tmp_path):
+    records = _records()
+    header, _ = _read_csv(_write(tmp_path, records))
+    assert "trained_on" not in header
+    records[0]["trained_on"] = "train+val"
+    header, rows = _read_csv(_write(tmp_path, records))
+    assert header[-3:] == ["trained_on", "worker", "message"]
+    assert rows[records[0]["trial_id"]]["trained_on"] == "train+val"
+    assert all(rows[r["trial_id"]]["trained_on"] == "" for r in records[1:])
+    assert "not held out" in lb.held_out_note(rows[records[0]["trial_id"]])
+    assert lb.held_out_note(rows[records[1]["trial_id"]]) == ""
+
+
 def test_hyperparameter_named_like_a_column_is_prefixed(tmp_path):
     records = [
         {

@@ -1044,3 +1044,20 @@ def test_a_fork_may_redraw_the_weight_average():
     forks = [plan.neighbour(p.recipe, space, rng, p.admits, lambda v: False,
                             only=plan.FORK_GROUPS) for _ in range(60)]
     assert {f["weight_ema"] for f in forks} == {0, 2}
+
+
+def test_a_finish_on_train_and_val_is_in_the_plan_line_and_kept_on_resume():
+    space = make_space(CWFID_SPACE)
+    made = plan.make_plan(space, models_of(space), summary(train=32, val=8), CPU, cost_model(),
+                          6 * 3600.0, None)
+    assert made.finish_on == plan.TRAIN
+    assert made.finish_epoch_factor() == pytest.approx(40 / 32)
+    assert not any("validation photos" in line for line in made.lines())
+    made.finish_on = plan.TRAIN_AND_VAL
+    assert any(line.endswith("training the best further on the training and validation photos")
+               for line in made.lines()), made.lines()
+    again = plan.Plan.from_dict(json.loads(json.dumps(made.to_dict())))
+    assert again.finish_on == plan.TRAIN_AND_VAL
+    older = made.to_dict()
+    del older["finish_on"]  # a plan.json written before the option
+    assert plan.Plan.from_dict(older).finish_on == plan.TRAIN

@@ -133,3 +133,54 @@ def test_on_a_terminal_one_line_is_updated_in_place_and_cleared_at_the_end(tmp_p
     relay.close()
     assert stream.getvalue().endswith("\r\033[K")
     assert lines == []  # nothing through the log on a terminal
+
+
+def test_a_trial_in_the_search_process_shows_its_lines_through_the_fit_callbacks(tmp_path):
+    """`LiveRelay` after `EpochProgress`, as `attach` and the tuner set them up for a trial
+    trained in the search's own process: a line per epoch as the epoch ends, and one relay
+    for every execution's deep copy of the callbacks."""
+    import copy
+
+    from autoseg.progress import LiveRelay, attach
+
+    clock = Clock()
+    lines = []
+    tuner = types.SimpleNamespace(log=lines.append, deadline=clock.now + 600)
+    callbacks = []
+    relay = attach(tuner, types.SimpleNamespace(trial_id="4"), tmp_path / "trial_4", callbacks)
+    (tmp_path / "trial_4" / "progress.jsonl").write_text("left by a killed search\n")
+    relay = attach(tuner, types.SimpleNamespace(trial_id="4"), tmp_path / "trial_4", [])
+    assert not (tmp_path / "trial_4" / "progress.jsonl").exists()  # a rerun starts afresh
+    relay.clock = clock
+    live = LiveRelay(relay, clock=clock)
+    assert copy.deepcopy(live) is live
+    writer = EpochProgress(tmp_path / "trial_4" / "progress.jsonl", clock=clock)
+    writer.set_model(types.SimpleNamespace(stop_training=False))
+    writer.set_params({"epochs": 3, "steps": 2, "verbose": 0})
+    for epoch in range(3):
+        for callback in (writer, live):
+            callback.on_epoch_begin(epoch)
+        for step in range(2):
+            clock.now += 10
+            for callback in (writer, live):
+                callback.on_train_batch_end(step, {"loss": 0.5})
+        for callback in (writer, live):
+            callback.on_epoch_end(epoch, {"loss": 0.5, "val_mean_iou": 0.1 * (epoch + 1)})
+        assert len(lines) == epoch + 1  # shown as the epoch ends, not after the trial
+    live.on_train_end()
+    assert lines[0].startswith("[trial 4]  epoch 1/3  loss 0.500  val mIoU 0.100 (best 0.100)")
+    assert lines[-1] == ("[trial 4]  epoch 3/3  loss 0.500  val mIoU 0.300 (best 0.300)  "
+                         "20 s/epoch  trial ends in ~0 s  search in ~9 min")
+
+
+@pytest.mark.slow  # ~20 s: a real search
+def test_an_in_process_search_logs_a_progress_line_per_epoch(tiny_dataset, tmp_path, monkeypatch):
+    from autoseg import search
+
+    monkeypatch.setenv("AUTOSEG_TRIAL_PROCESS", "0")
+    lines = []
+    search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random", max_trials=1,
+                  max_epochs=2, log=lines.append)
+    shown = [line for line in lines if line.startswith("[trial 0]  epoch")]
+    assert [line.split()[3] for line in shown] == ["1/2", "2/2"], lines
+    assert all(" val mIoU " in line and " s/epoch " in line for line in shown), shown

@@ -121,6 +121,28 @@ def test_bad_input_fails_before_any_trial(tiny_dataset, tmp_path, capsys, args, 
     assert not (rundir / "trials").exists()
 
 
+def test_an_unknown_finish_on_is_a_clear_error(tmp_path):
+    from autoseg.errors import ConfigError
+    from autoseg.search import search
+
+    with pytest.raises(ConfigError, match=r"--finish-on 'val' is unknown. Valid: train, train\+val"):
+        search(tmp_path, finish_on="val", out=tmp_path / "run", log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bayesian_without_scikit_learn_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sklearn" else real(name, *a))
+    code = main(["search", "--dataset", str(tmp_path), "--tuner", "bayesian",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs scikit-learn" in err and "autoseg[bayesian]" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     code = main(["search", "--dataset", str(tmp_path / "nothing"), "--space", "ci"])
     assert code == 2
@@ -281,6 +303,38 @@ def test_the_drawn_rare_crop_share_reaches_the_training_pipeline(tiny_dataset, t
     assert all(c.get("rare_crops", 0.0) == 0.0 for c in calls if not c["training"])
 
 
+@pytest.mark.parametrize("widen", [False, True])
+def test_the_finish_on_train_and_val_trains_on_the_validation_photos_too(tiny_dataset,
+                                                                         monkeypatch, widen):
+    import keras_tuner as kt
+
+    from autoseg.data import pipeline
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.plan import TRAIN_AND_VAL, TRAIN_ON
+
+    calls = []
+    real = pipeline.make_dataset
+
+    def spy(dataset, stems, **kwargs):
+        calls.append((kwargs["training"], list(stems)))
+        return real(dataset, stems, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    data = TrainingData.from_path(tiny_dataset)
+    hypermodel = AutosegHyperModel(space="ci", data=data)
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    if widen:  # what the planned oracle's finish sets (`Plan.finish_on`)
+        hp.values[TRAIN_ON] = TRAIN_AND_VAL
+    hypermodel.fit(hp, model, epochs=1, verbose=0)
+    train = [stems for training, stems in calls if training]
+    val = [stems for training, stems in calls if not training]
+    expected = data.train_stems + (data.val_stems if widen else [])
+    assert train and all(sorted(s) == sorted(expected) for s in train)
+    assert val and all(sorted(s) == sorted(data.val_stems) for s in val)  # scored as before
+    assert hypermodel.last_fit.get("trained_on") == (TRAIN_AND_VAL if widen else None)
+
+
 # --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --
 
 
@@ -321,7 +375,8 @@ def _kill_during_second_trial(cmd, rundir, timeout=300):
 @pytest.mark.slow
 # Trials each tuner plans for ci.yaml with --max-trials 3: Hyperband runs the plan's recipe,
 # then its bracket, cut at 3 trials, uninterrupted as well.
-@pytest.mark.parametrize("tuner, planned", [("random", 3), ("hyperband", 3), ("grid", 3)])
+@pytest.mark.parametrize("tuner, planned", [("random", 3), ("hyperband", 3), ("grid", 3),
+                                            ("bayesian", 3)])
 def test_search_killed_mid_trial_resumes_and_completes(tiny_dataset, tmp_path, tuner, planned):
     rundir = tmp_path / "run"
     extra = ["--tuner", tuner, "--max-trials", "3"]

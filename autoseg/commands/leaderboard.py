@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         detail = ", ".join(a for a in about if a)
         print(
             f"Best: trial {best['trial_id']} with {objective} = {best[objective]}"
-            + (f" ({detail})" if detail else "")
+            + (f" ({detail})" if detail else "") + leaderboard.held_out_note(best)
         )
     for entry in board.ensembles:
         print(leaderboard.ensemble_line(entry))

@@ -34,20 +34,20 @@ def add_parser(subparsers) -> None:
                         "auto: mixed on a GPU, float32 on CPU (default: auto)")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="mirrored: one replica per GPU, batch size per replica and memory "
-                        "budget per device; auto: mirrored with more than one GPU, else none "
-                        "(default: auto)")
+                        "budget per device; auto: mirrored with 2+ GPUs (default: auto)")
     p.add_argument("--objective", default="val_mean_iou",
                    help="validation metric to maximise (default: val_mean_iou)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, tuner, augmentation")
     p.add_argument("--recipe-only", action="store_true",
-                   help="train the plan's recipe for the whole budget, nothing else (a baseline)")
+                   help="train the plan's recipe alone for the whole budget (a baseline)")
+    p.add_argument("--finish-on", choices=("train", "train+val"), default="train", help="what "
+                   "the best trains on at the end; train+val: its val score not held out")
     p.add_argument("--val-groups", metavar="REGEX",
                    help="validate on whole groups of images: the regex's first group (or match) "
                         "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument("--continue-on-new-data", action="store_true",
-                   help="resume although the data changed since the run started (later "
-                        "trials use the new data); without it such a resume is refused")
+    p.add_argument("--continue-on-new-data", action="store_true", help="resume although the "
+                   "data changed since the run started (later trials use the new data)")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("--verbose", action="store_true",
                       help="Keras' own per-epoch output and TensorFlow's log, instead of "
@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autoseg.leaderboard import backbone_of, format_table
+    from autoseg.leaderboard import backbone_of, format_table, held_out_note
     from autoseg.search import search
 
     result = search(
@@ -89,6 +89,7 @@ def run(args) -> int:
         seed=args.seed,
         val_groups=args.val_groups,
         recipe_only=args.recipe_only,
+        finish_on=args.finish_on,
         overwrite=args.overwrite,
         continue_on_new_data=args.continue_on_new_data,
         verbose=args.verbose,
@@ -110,7 +111,7 @@ def run(args) -> int:
         f"Best: trial {best['trial_id']} ({best.get('model_name', '?')}"
         + (f", backbone {backbone_of(best)}" if backbone_of(best) not in (None, "", "none") else "")
         + ") "
-        f"{args.objective}={best.get(args.objective)}; trials: {counts}. "
+        f"{args.objective}={best.get(args.objective)}{held_out_note(best)}; trials: {counts}. "
         f"Leaderboard: {result.rundir / 'leaderboard.csv'}"
     )
     return 0
