@@ -240,6 +240,7 @@ def collect_rows(oracle, rundir: Path, objective: str) -> list[dict]:
             "measured_peak_memory_bytes": record.get("measured_peak_memory_bytes"),
             "message": record.get("message") or (_last_line(trial.message) if status == "FAILED" else ""),
             "worker": record.get("worker"),
+            "trained_on": record.get("trained_on"),
         })
     return rows
 

@@ -55,9 +55,11 @@ import json, re, sys, time
 from autoseg import search
 marks = {}
 def log(line):
-    found = re.match(r"\\[trial (\\w+)\\] (started|ended)", line)
+    # "[trial 0003] started (4/10)", "[trial 0003] ended in ..."; before #14's one name,
+    # "[trial 1/5] 00 started ..." and "[trial] 00 ended ...".
+    found = re.match(r"\\[trial(?: (\\w+))?(?:/\\d+)?\\] (?:(\\w+) )?(started|ended)", line)
     if found:
-        marks.setdefault(found.group(1), {})[found.group(2)] = time.time()
+        marks.setdefault(found.group(2) or found.group(1), {})[found.group(3)] = time.time()
     print(line, flush=True)
 search.search(sys.argv[1], space=json.loads(sys.argv[2]), out=sys.argv[3], tuner="grid",
               max_trials=int(sys.argv[5]), max_epochs=int(sys.argv[4]), seed=0,
@@ -93,6 +95,21 @@ def run(checkout: Path, dataset: Path, out: Path, epochs: int) -> dict:
             "trial s": trial_wall,
         })
     return {"wall": wall, "trials": trials}
+
+
+def older_layout(root: Path, folder: Path) -> Path:
+    """The prepared dataset as an older autoseg reads it: links to its images and masks, and
+    its dataset.yaml without the keys added since (`channels`, which 68d36ef^ refuses)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        if entry.name != "dataset.yaml" and not (folder / entry.name).exists():
+            (folder / entry.name).symlink_to(entry.resolve())
+    data = yaml.safe_load((root / "dataset.yaml").read_text())
+    data.pop("channels", None)
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
 
 
 def _name(values: dict) -> str:
@@ -131,7 +148,8 @@ def main() -> int:
         out = args.out / name
         subprocess.run(["rm", "-rf", str(out)], check=True)
         load = os.getloadavg()[0]
-        results[name] = run(checkout, dataset.root, out, args.epochs)
+        root = dataset.root if name == "this" else older_layout(dataset.root, args.out / f"data_{name}")
+        results[name] = run(checkout, root, out, args.epochs)
         results[name]["load"] = (load, os.getloadavg()[0])
         (args.out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
         print(f"{name}: {results[name]['wall']:.0f} s, load {load:.2f} -> "

@@ -454,6 +454,33 @@ def test_forks_resume_where_a_killed_search_stopped(tmp_path):
     assert len(done) == 3 and _config(following) not in done
 
 
+def test_a_search_killed_between_two_trials_does_not_run_the_ended_one_again(tmp_path):
+    # KerasTuner's end_trial saves oracle.json before it drops the trial from
+    # ongoing_trials: a kill right after a trial's end leaves the ended trial "ongoing" on
+    # disk, and reload queues every ongoing trial to run again. make_tuner forgets those.
+    from autoseg.tuner import _forget_finished_retries
+    run = PlannedRun(tmp_path, budget=3600.0)
+    ended = [run.step() for _ in range(3)][-1]
+    on_disk = json.loads((tmp_path / "p" / "oracle.json").read_text())
+    assert ended.trial_id in on_disk["ongoing_trials"].values()  # the window is real
+
+    def reloaded():
+        oracle = planned_oracle()
+        oracle._set_project_dir(str(tmp_path), "p")
+        oracle.reload()
+        oracle.clock = run.oracle.clock
+        oracle.set_budget(run.deadline, run.oracle.read_record)
+        oracle.set_search_plan(run.plan, run.space, seed=0)
+        return oracle
+
+    assert reloaded().create_trial("tuner0").trial_id == ended.trial_id  # KerasTuner alone
+    oracle = reloaded()
+    _forget_finished_retries(oracle)
+    following = oracle.create_trial("tuner0")
+    assert following.trial_id not in run.oracle.trials
+    assert following.status == "RUNNING"
+
+
 def test_a_trial_start_line_says_what_the_trial_is(tmp_path):
     run = PlannedRun(tmp_path, budget=3600.0)
     roles = [trial_role(t.hyperparameters.values) for t in run.run()]

@@ -605,3 +605,34 @@ def test_an_exported_ensemble_is_kept_once_per_member_set_and_described(tmp_path
     assert "not scored" in lb.ensemble_line(unscored)
     (tmp_path / run_dir.ENSEMBLES_FILE).write_text("{broken")
     assert run_dir.read_ensembles(tmp_path) == []
+
+
+def test_the_search_passes_a_trials_trained_on_from_its_record_to_the_leaderboard(tmp_path):
+    # The search builds its rows with tuner.collect_rows from the oracle's trials and the
+    # records the trials wrote; a finish on train+val must reach the CSV from there.
+    import json
+
+    import keras_tuner as kt
+
+    from autoseg.run_dir import record_path
+    from autoseg.tuner import collect_rows
+
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_mean_iou", "max"),
+                                           max_trials=2)
+    oracle._set_project_dir(str(tmp_path / "trials"), "")
+    for trial_id, trained_on in (("0000", None), ("0001", "train+val")):
+        trial = kt.engine.trial.Trial(kt.HyperParameters(), trial_id=trial_id, status="COMPLETED")
+        trial.hyperparameters.Fixed("model_name", "unet")
+        trial.metrics.register("val_mean_iou", "max")
+        trial.metrics.update("val_mean_iou", 0.5 + int(trial_id) / 10, step=0)
+        trial.best_step = 0
+        oracle.trials[trial_id] = trial
+        path = record_path(tmp_path, trial_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"epochs": 3} | ({"trained_on": trained_on} if trained_on else {})
+        path.write_text(json.dumps(record))
+    rows = collect_rows(oracle, tmp_path, "val_mean_iou")
+    header, table = _read_csv(_write(tmp_path, rows))
+    assert "trained_on" in header
+    assert table["0001"]["trained_on"] == "train+val" and table["0000"]["trained_on"] == ""
+    assert "not held out" in lb.held_out_note(lb.best_row(list(table.values())))
