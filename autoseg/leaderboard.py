@@ -64,6 +64,10 @@ TAIL_COLUMNS = (
     "predicted_peak_memory_mb",
     "measured_peak_memory_mb",
 )
+#: The keys of a trial's own record (`trials/trial_<id>/autoseg.json`) that a leaderboard row
+#: reads as they are; `tuner.collect_rows` passes exactly these on.
+RECORD_FIELDS = ("epochs", "params", "train_seconds", "predicted_peak_memory_bytes",
+                 "measured_peak_memory_bytes", "worker", "trained_on")
 # A hyperparameter whose name is taken by another column (e.g. an `epochs` budget next to
 # the epochs actually run) is written as `hp:<name>`.
 HYPERPARAMETER_PREFIX = "hp:"

@@ -233,14 +233,8 @@ def collect_rows(oracle, rundir: Path, objective: str) -> list[dict]:
             "status": status,
             "hyperparameters": hps,
             "metrics": metrics,
-            "epochs": record.get("epochs"),
-            "params": record.get("params"),
-            "train_seconds": record.get("train_seconds"),
-            "predicted_peak_memory_bytes": record.get("predicted_peak_memory_bytes"),
-            "measured_peak_memory_bytes": record.get("measured_peak_memory_bytes"),
+            **{key: record.get(key) for key in leaderboard.RECORD_FIELDS},
             "message": record.get("message") or (_last_line(trial.message) if status == "FAILED" else ""),
-            "worker": record.get("worker"),
-            "trained_on": record.get("trained_on"),
         })
     return rows
 

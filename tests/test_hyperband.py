@@ -429,18 +429,24 @@ def test_when_no_bracket_fits_at_the_measured_costs_the_recipe_is_forked(tmp_pat
     assert brackets[-1] == REFINE_BRACKET
 
 
+def reloaded(run, tmp_path):
+    """`run`'s planned oracle as a new process rebuilds it from disk."""
+    oracle = planned_oracle()
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.reload()
+    oracle.clock = run.oracle.clock
+    oracle.set_budget(run.deadline, run.oracle.read_record)
+    oracle.set_search_plan(run.plan, run.space, seed=0)
+    return oracle
+
+
 def test_forks_resume_where_a_killed_search_stopped(tmp_path):
     run = PlannedRun(tmp_path, budget=3600.0)
     for _ in range(3):  # the recipe, the control and one fork
         run.step()
     killed = run.oracle.create_trial("tuner0")  # a second fork, killed while it trains
     assert killed.hyperparameters.values["tuner/bracket"] == FORK_BRACKET
-    again = planned_oracle()  # a new process: the oracle and its trials from disk
-    again._set_project_dir(str(tmp_path), "p")
-    again.reload()
-    again.clock = run.oracle.clock
-    again.set_budget(run.deadline, run.oracle.read_record)
-    again.set_search_plan(run.plan, run.space, seed=0)
+    again = reloaded(run, tmp_path)  # a new process: the oracle and its trials from disk
     retried = again.create_trial("tuner0")  # KerasTuner retries the interrupted trial
     assert retried.trial_id == killed.trial_id
     assert retried.hyperparameters.values == killed.hyperparameters.values
@@ -463,18 +469,8 @@ def test_a_search_killed_between_two_trials_does_not_run_the_ended_one_again(tmp
     ended = [run.step() for _ in range(3)][-1]
     on_disk = json.loads((tmp_path / "p" / "oracle.json").read_text())
     assert ended.trial_id in on_disk["ongoing_trials"].values()  # the window is real
-
-    def reloaded():
-        oracle = planned_oracle()
-        oracle._set_project_dir(str(tmp_path), "p")
-        oracle.reload()
-        oracle.clock = run.oracle.clock
-        oracle.set_budget(run.deadline, run.oracle.read_record)
-        oracle.set_search_plan(run.plan, run.space, seed=0)
-        return oracle
-
-    assert reloaded().create_trial("tuner0").trial_id == ended.trial_id  # KerasTuner alone
-    oracle = reloaded()
+    assert reloaded(run, tmp_path).create_trial("tuner0").trial_id == ended.trial_id  # KerasTuner alone
+    oracle = reloaded(run, tmp_path)
     _forget_finished_retries(oracle)
     following = oracle.create_trial("tuner0")
     assert following.trial_id not in run.oracle.trials
