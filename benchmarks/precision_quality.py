@@ -1,4 +1,4 @@
-"""Does mixed bfloat16 train a U-Net as well as float32? The same training on CWFID in each.
+"""Does mixed bfloat16 train a model as well as float32? The same training on CWFID in each.
 
 Issue #13 §1: `--precision auto` may choose Keras' `mixed_bfloat16` policy on CPUs with
 native bfloat16 only where it trains at equal quality (val mIoU within 0.01 of float32).
@@ -7,6 +7,10 @@ same initial weights (drawn in float32 before the policy matters: variables are 
 both), the same split, augmentation and batch order. Training is what a trial does:
 BatchNormalization momentum `hypermodel.BATCHNORM_MOMENTUM`, Adam with
 `hypermodel.CosineSchedule`, the loss and metrics of `autoseg.losses` / `autoseg.metrics`.
+
+`--model` picks the family, each as the default search space offers it (`MODELS`): the
+plain U-Net (depth 4, `--filters` wide), SegNet (its own encoder, depth 5, `--filters`),
+DeepLabV3+ on ResNet-50 at output stride 16, and pix2pix around that U-Net.
 
 Per precision it reports val mIoU at the input resolution (the search's objective) at the
 last epoch and the best over epochs, the per-class IoU of the last epoch, and the last
@@ -18,7 +22,7 @@ trial's checkpoint), with the seconds per epoch and the load average. The data a
 Without `avx512_bf16` / `amx_bf16` oneDNN emulates bfloat16: the rounding (hence the quality)
 is bfloat16's as on a CPU that has them, the times are not.
 
-    python benchmarks/precision_quality.py [--epochs 10] [--input-size 128x176]
+    python benchmarks/precision_quality.py [--model unet] [--epochs 10] [--input-size 128x176]
                                            [--filters 16] [--batch 4] [--seeds 0]
                                            [--out /tmp/autoseg_precision_quality]
 """
@@ -48,12 +52,25 @@ AUG_STRENGTH = 0.25
 #: (and some crop) in minutes, and validation needs no tiling.
 POLICY = "resize"
 
+#: `--model` -> (architecture, its options given the `--filters` width): what the default
+#: search space (search_spaces/default.yaml) offers of each family.
+MODELS = {
+    "unet": lambda f: ("unet", {"depth": 4, "filters": f, "backbone": "none"}),
+    "segnet": lambda f: ("segnet", {"depth": 5, "filters": f, "backbone": "none"}),
+    "deeplabv3plus": lambda f: ("deeplabv3plus", {"backbone": "resnet50", "output_stride": 16}),
+    "pix2pix": lambda f: ("pix2pix", {"generator": "unet",
+                                      "generator_options": {"depth": 4, "filters": f,
+                                                            "backbone": "none"}}),
+}
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="unet", choices=sorted(MODELS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--input-size", default="128x176", help="HxW, multiples of 16")
-    parser.add_argument("--filters", type=int, default=16, help="U-Net base width (depth 4)")
+    parser.add_argument("--filters", type=int, default=16,
+                        help="base width of U-Net (also pix2pix's) and SegNet")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each a pair of runs")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -78,10 +95,11 @@ def train_once(config: dict) -> dict:
     seed, size, epochs, batch = config["seed"], tuple(config["input_size"]), config["epochs"], config["batch"]
     train, val = pipeline.split_stems(ds, val_fraction=VAL_FRACTION, seed=seed)
 
+    architecture, options = MODELS[config.get("model", "unet")](config["filters"])
+
     def build():
         keras.utils.set_random_seed(seed)
-        model = models.build("unet", ds.num_classes, (*size, 3), depth=4,
-                             filters=config["filters"], backbone="none")
+        model = models.build(architecture, ds.num_classes, (*size, 3), **options)
         set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
         return model
 
@@ -96,7 +114,8 @@ def train_once(config: dict) -> dict:
     with devices.dtype_policy(config["precision"]):
         model = build()
         compile_(model)
-    head = model.get_layer("predictions")
+    head = _layer(model, lambda layer: layer.name == "predictions")
+    first_conv = _layer(model, lambda layer: isinstance(layer, keras.layers.Conv2D))
     # Both precisions must start from the same weights (float32 variables in both).
     initial_checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
     train_ds = pipeline.make_dataset(ds, train, input_size=size, policy=POLICY,
@@ -126,7 +145,8 @@ def train_once(config: dict) -> dict:
     return {
         "precision": config["precision"],
         "seed": seed,
-        "compute_dtype": model.get_layer("enc1_conv1").compute_dtype,
+        "model": config.get("model", "unet"),
+        "compute_dtype": first_conv.compute_dtype,
         "initial_weights_checksum": initial_checksum,
         "head_dtype": head.compute_dtype,
         "output_dtype": str(model.output.dtype),
@@ -142,6 +162,17 @@ def train_once(config: dict) -> dict:
         "load_start": round(load_start, 2),
         "load_end": round(os.getloadavg()[0], 2),
     }
+
+
+def _layer(model, wanted):
+    """The first layer of `model`, nested models included, for which `wanted(layer)` holds."""
+    for layer in model.layers:
+        if wanted(layer):
+            return layer
+        found = _layer(layer, wanted) if hasattr(layer, "layers") else None
+        if found is not None:
+            return found
+    return None
 
 
 def run_in_subprocess(config: dict, timeout: float) -> dict:
@@ -218,7 +249,7 @@ def main(argv=None) -> int:
     ds, how = canonical_dataset(CWFID, out / "data")
     print(f"python {' '.join(sys.argv)}")
     print(f"CWFID ({how}): {len(ds.stems)} images, classes "
-          f"{', '.join(ds.classes)}; U-Net depth 4, {args.filters} filters, {height}x{width} "
+          f"{', '.join(ds.classes)}; {args.model} {MODELS[args.model](args.filters)[1]}, {height}x{width} "
           f"({POLICY}), batch {args.batch}, {LOSS}, Adam {LEARNING_RATE} with cosine decay, "
           f"aug {AUG_STRENGTH}, {args.epochs} epochs; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
@@ -226,7 +257,7 @@ def main(argv=None) -> int:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for precision in precisions:
-            config = {"dataset": str(ds.root), "precision": precision, "seed": seed,
+            config = {"dataset": str(ds.root), "model": args.model, "precision": precision, "seed": seed,
                       "input_size": [height, width], "filters": args.filters,
                       "batch": args.batch, "epochs": args.epochs}
             begun = time.time()

@@ -454,11 +454,22 @@ def test_search_export_predict_evaluate_end_to_end(searched, tmp_path, capsys):
     assert meta["metrics"]["val_mean_iou"] == pytest.approx(float(best["val_mean_iou"]))
     assert meta["policy"] == "resize" and meta["input_size"] == [32, 32]
     images = [pipeline.read_image(p) for p in sorted((dataset / "images").iterdir())]
-    reference = [autoseg.load(model_dir).predict(im) for im in images]
-    for fmt in ["saved_model", "tflite"] + (["onnx"] if onnx_available() else []):
+    keras_model = autoseg.load(model_dir)
+    reference = [keras_model.predict(im) for im in images]
+    # SavedModel runs the same float32 graph as model.keras: its scores agree to rounding, so
+    # a label may differ only where model.keras's two best classes are that close (on CPUs
+    # whose oneDNN kernels order the sums differently in graph and Keras calls).
+    saved = autoseg.load(model_dir, format="saved_model")
+    for im in images:
+        ref_scores, scores = keras_model.predict_scores(im), saved.predict_scores(im)
+        assert np.abs(scores - ref_scores).max() < 1e-4
+        top2 = np.sort(ref_scores, axis=-1)[..., -2:]
+        differs = scores.argmax(-1) != ref_scores.argmax(-1)
+        assert (top2[..., 1] - top2[..., 0])[differs].max(initial=0) < 2e-4
+    for fmt in ["tflite"] + (["onnx"] if onnx_available() else []):
         model = autoseg.load(model_dir, format=fmt)
         differing = sum(int((model.predict(im) != ref).sum()) for im, ref in zip(images, reference))
-        assert differing <= (0 if fmt == "saved_model" else 0.001 * sum(r.size for r in reference))
+        assert differing <= 0.001 * sum(r.size for r in reference)
     capsys.readouterr()
     assert main(["predict", str(model_dir), str(dataset / "images"), "--out",
                  str(tmp_path / "pred"), "--format", "tflite"]) == 0
@@ -469,7 +480,6 @@ def test_search_export_predict_evaluate_end_to_end(searched, tmp_path, capsys):
     assert metrics["split_source"] == "the search run's validation split"
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
     """A trial of a planned search trained epochs of 2 passes over its photos: its refit too."""
