@@ -6,7 +6,8 @@
   (`mixed_bfloat16`: the same with bfloat16 computation, which has float32's range and needs
   no loss scaling). "auto" is mixed where a GPU is visible. On a CPU it is bfloat16 where
   the CPU computes bfloat16 natively (`avx512_bf16` or `amx_bf16`) and the architecture
-  trains measurably faster in it at equal quality (`BFLOAT16_MODELS`), else float32:
+  trains measurably faster in it with val mIoU within 0.01 of float32 (`BFLOAT16_MODELS`),
+  else float32:
   without those instructions oneDNN emulates bfloat16, and float16 on CPU, both slower.
 - Strategy (`--strategy`): "none" (one device), or "mirrored" (`tf.distribute.MirroredStrategy`:
   one replica per GPU, or per logical CPU device where no GPU is visible, each training on
@@ -52,20 +53,23 @@ _POLICIES = {
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 #: Architectures (registry names) that "auto" trains in mixed bfloat16 on a CPU with
-#: `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU at equal quality
-#: (benchmarks/RESULTS.md, "bfloat16 on a CPU that has it"). Add one with both measurements.
-#: The plain U-Net: 1.33x at 32 filters (1.47x at 64) on an AMD EPYC with avx512_bf16 (1.67x
-#: on an Intel Xeon with AMX), val mIoU +0.002 (last epoch) / +0.001 (best) over 3 seeds of 20
-#: epochs at the recipe's width on CWFID. DeepLabV3+ (ResNet-50): 1.39x / 1.54x, val mIoU
-#: -0.008 / -0.007 over 3 seeds of 12 epochs (lower in all three, by at most 0.010: within
-#: the 0.01 allowed, for 1.6x the epochs). Not light_unet (1.03x on the EPYC, 0.80x with
-#: AMX); not SegNet (1.55x with AMX, but -0.035, -0.034 and +0.014 over 3 seeds: not shown
-#: equal). pix2pix: see RESULTS.md.
+#: `BFLOAT16_CPU_FLAGS`: those measured faster than float32 on such a CPU with val mIoU
+#: within 0.01 of it on the mean over seeds, issue #13's rule (benchmarks/RESULTS.md, "bfloat16
+#: on a CPU that has it" and "bfloat16 quality of SegNet, DeepLabV3+ and pix2pix"). Add one
+#: with both measurements. The rule is per architecture; the encoders measured are named.
+#: - The plain U-Net: 1.33x at 32 filters (1.47x at 64) on an AMD EPYC with avx512_bf16
+#:   (1.67x on an Intel Xeon with AMX), val mIoU +0.002 (last epoch) / +0.001 (best) over 3
+#:   seeds of 20 epochs at the recipe's width on CWFID (ResNet-50 encoder: speed only).
+#: - DeepLabV3+ on ResNet-50: 1.39x / 1.54x, val mIoU -0.008 (last) / -0.007 (best) over 3
+#:   seeds of 12 epochs, lower in all three (VGG16 and MobileNetV2 encoders not measured).
+#: - Not light_unet (1.03x on the EPYC, 0.80x with AMX); not SegNet (1.20x / 2.05x, but
+#:   -0.035, -0.034 and +0.014 over 3 seeds); not pix2pix (1.70x / 2.14x, +0.077 and -0.032
+#:   over 2 seeds of an adversarial training that swings up to 0.12 between epochs).
 BFLOAT16_MODELS: frozenset[str] = frozenset({"unet", "deeplabv3plus"})
 
 #: Training img/s in mixed bfloat16 over float32, by the CPU's bfloat16 unit and architecture
 #: (RESULTS.md: "bfloat16 on a CPU that has it", an AMD EPYC with avx512_bf16, and "bfloat16
-#: training speed on an AMX CPU", an Intel Xeon with amx_bf16; 256², one run each). The plan's
+#: speed on the Intel Xeon with `amx_bf16`"; 256², one run each). The plan's
 #: cost model multiplies an architecture's speed by it where it trains in mixed bfloat16 on
 #: such a CPU; trials then correct it. U-Net's figure is at the recipe's 32 filters (its gain
 #: grows with width: 1.23x / 1.33x / 1.47x at 16 / 32 / 64 on the EPYC).
@@ -178,10 +182,12 @@ def resolve_precision(
 
 
 def training_speedup(model: str | None, policy: str) -> float:
-    """How much faster an architecture trains under `policy` than in float32 on this machine's CPU:
-    `BFLOAT16_SPEEDUP` of the CPU's bfloat16 unit (AMX where it has it) for mixed bfloat16
-    where the CPU has native bfloat16, else 1 (what
-    is not measured is left to the trials' own epoch times)."""
+    """How much faster an architecture trains under `policy` than in float32 on this CPU.
+
+    `BFLOAT16_SPEEDUP` of the CPU's bfloat16 unit (AMX where it has it) for mixed bfloat16 on
+    a CPU with native bfloat16, else 1 (what is not measured is left to the trials' own epoch
+    times).
+    """
     flags = read_cpu_flags()
     if policy != "mixed_bfloat16" or not flags & BFLOAT16_CPU_FLAGS:
         return 1.0

@@ -8,9 +8,10 @@ both), the same split, augmentation and batch order. Training is what a trial do
 BatchNormalization momentum `hypermodel.BATCHNORM_MOMENTUM`, Adam with
 `hypermodel.CosineSchedule`, the loss and metrics of `autoseg.losses` / `autoseg.metrics`.
 
-`--model` picks the family, each as the default search space offers it (`MODELS`): the
-plain U-Net (depth 4, `--filters` wide), SegNet (its own encoder, depth 5, `--filters`),
-DeepLabV3+ on ResNet-50 at output stride 16, and pix2pix around that U-Net.
+`--model` picks the family, each built like one the default search space offers (`MODELS`)
+at the `--filters` width: the plain U-Net (depth 4), SegNet (its own encoder, depth 5),
+DeepLabV3+ on ResNet-50 at output stride 16 (no width option), and pix2pix around that
+U-Net (the default space's pix2pix has the U-Net's own 64 filters).
 
 Per precision it reports val mIoU at the input resolution (the search's objective) at the
 last epoch and the best over epochs, the per-class IoU of the last epoch, and the last
@@ -52,8 +53,8 @@ AUG_STRENGTH = 0.25
 #: (and some crop) in minutes, and validation needs no tiling.
 POLICY = "resize"
 
-#: `--model` -> (architecture, its options given the `--filters` width): what the default
-#: search space (search_spaces/default.yaml) offers of each family.
+#: `--model` -> (architecture, its options given the `--filters` width): each family as the
+#: default search space (search_spaces/default.yaml) builds it, at that width.
 MODELS = {
     "unet": lambda f: ("unet", {"depth": 4, "filters": f, "backbone": "none"}),
     "segnet": lambda f: ("segnet", {"depth": 5, "filters": f, "backbone": "none"}),
@@ -114,8 +115,8 @@ def train_once(config: dict) -> dict:
     with devices.dtype_policy(config["precision"]):
         model = build()
         compile_(model)
-    head = _layer(model, lambda layer: layer.name == "predictions")
-    first_conv = _layer(model, lambda layer: isinstance(layer, keras.layers.Conv2D))
+    head = _find_layer(model, lambda layer: layer.name == "predictions")
+    first_conv = _find_layer(model, lambda layer: isinstance(layer, keras.layers.Conv2D))
     # Both precisions must start from the same weights (float32 variables in both).
     initial_checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
     train_ds = pipeline.make_dataset(ds, train, input_size=size, policy=POLICY,
@@ -164,12 +165,12 @@ def train_once(config: dict) -> dict:
     }
 
 
-def _layer(model, wanted):
+def _find_layer(model, wanted):
     """The first layer of `model`, nested models included, for which `wanted(layer)` holds."""
     for layer in model.layers:
         if wanted(layer):
             return layer
-        found = _layer(layer, wanted) if hasattr(layer, "layers") else None
+        found = _find_layer(layer, wanted) if hasattr(layer, "layers") else None
         if found is not None:
             return found
     return None
@@ -249,7 +250,8 @@ def main(argv=None) -> int:
     ds, how = canonical_dataset(CWFID, out / "data")
     print(f"python {' '.join(sys.argv)}")
     print(f"CWFID ({how}): {len(ds.stems)} images, classes "
-          f"{', '.join(ds.classes)}; {args.model} {MODELS[args.model](args.filters)[1]}, {height}x{width} "
+          f"{', '.join(ds.classes)}; {args.model} {MODELS[args.model](args.filters)[1]}, "
+          f"{height}x{width} "
           f"({POLICY}), batch {args.batch}, {LOSS}, Adam {LEARNING_RATE} with cosine decay, "
           f"aug {AUG_STRENGTH}, {args.epochs} epochs; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
@@ -257,7 +259,8 @@ def main(argv=None) -> int:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for precision in precisions:
-            config = {"dataset": str(ds.root), "model": args.model, "precision": precision, "seed": seed,
+            config = {"dataset": str(ds.root), "model": args.model, "precision": precision,
+                      "seed": seed,
                       "input_size": [height, width], "filters": args.filters,
                       "batch": args.batch, "epochs": args.epochs}
             begun = time.time()

@@ -456,16 +456,12 @@ def test_search_export_predict_evaluate_end_to_end(searched, tmp_path, capsys):
     images = [pipeline.read_image(p) for p in sorted((dataset / "images").iterdir())]
     keras_model = autoseg.load(model_dir)
     reference = [keras_model.predict(im) for im in images]
-    # SavedModel runs the same float32 graph as model.keras: its scores agree to rounding, so
-    # a label may differ only where model.keras's two best classes are that close (on CPUs
-    # whose oneDNN kernels order the sums differently in graph and Keras calls).
+    # SavedModel runs the same float32 graph as model.keras: its scores agree to rounding
+    # (oneDNN may order the sums differently in graph and Keras calls), so a label may differ
+    # only at a tie within 2e-4, which the bound on the scores implies.
     saved = autoseg.load(model_dir, format="saved_model")
     for im in images:
-        ref_scores, scores = keras_model.predict_scores(im), saved.predict_scores(im)
-        assert np.abs(scores - ref_scores).max() < 1e-4
-        top2 = np.sort(ref_scores, axis=-1)[..., -2:]
-        differs = scores.argmax(-1) != ref_scores.argmax(-1)
-        assert (top2[..., 1] - top2[..., 0])[differs].max(initial=0) < 2e-4
+        assert np.abs(saved.predict_scores(im) - keras_model.predict_scores(im)).max() < 1e-4
     for fmt in ["tflite"] + (["onnx"] if onnx_available() else []):
         model = autoseg.load(model_dir, format=fmt)
         differing = sum(int((model.predict(im) != ref).sum()) for im, ref in zip(images, reference))

@@ -6,6 +6,14 @@ from autoseg.devices import PRECISIONS, STRATEGIES
 
 TUNER_CHOICES = ("hyperband", "bayesian", "random", "grid")
 
+#: `--precision`'s help.
+PRECISION_HELP = (
+    "mixed: float16 compute with float32 weights, head and loss scaling; bfloat16: bfloat16 "
+    "compute, no loss scaling; auto: mixed on a GPU, bfloat16 on a CPU with avx512_bf16 or "
+    "amx_bf16 for the architectures measured to gain (autoseg.devices.BFLOAT16_MODELS: U-Net, "
+    "DeepLabV3+), else float32 (default: auto)"
+)
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -30,8 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="training memory per trial, e.g. 8GB (default: free GPU memory, else available RAM)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="mixed: float16 compute with float32 weights, head and loss scaling; "
-                        "auto: mixed on a GPU, float32 on CPU (default: auto)")
+                   help=PRECISION_HELP)
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="mirrored: one replica per GPU, batch size per replica and memory "
                         "budget per device; auto: mirrored with 2+ GPUs (default: auto)")
