@@ -96,7 +96,7 @@ def train_once(config: dict) -> dict:
     seed, size, epochs, batch = config["seed"], tuple(config["input_size"]), config["epochs"], config["batch"]
     train, val = pipeline.split_stems(ds, val_fraction=VAL_FRACTION, seed=seed)
 
-    architecture, options = MODELS[config.get("model", "unet")](config["filters"])
+    architecture, options = MODELS[config["model"]](config["filters"])
 
     def build():
         keras.utils.set_random_seed(seed)
@@ -146,7 +146,7 @@ def train_once(config: dict) -> dict:
     return {
         "precision": config["precision"],
         "seed": seed,
-        "model": config.get("model", "unet"),
+        "model": config["model"],
         "compute_dtype": first_conv.compute_dtype,
         "initial_weights_checksum": initial_checksum,
         "head_dtype": head.compute_dtype,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from autoseg.devices import PRECISIONS, STRATEGIES
+from autoseg.devices import BFLOAT16_MODELS, PRECISIONS, STRATEGIES
 
 TUNER_CHOICES = ("hyperband", "bayesian", "random", "grid")
 
-#: `--precision`'s help.
+#: `--precision`'s help; the architectures from `devices.BFLOAT16_MODELS`, their one source.
 PRECISION_HELP = (
     "mixed: float16 compute with float32 weights, head and loss scaling; bfloat16: bfloat16 "
     "compute, no loss scaling; auto: mixed on a GPU, bfloat16 on a CPU with avx512_bf16 or "
-    "amx_bf16 for the architectures measured to gain (autoseg.devices.BFLOAT16_MODELS: U-Net, "
-    "DeepLabV3+), else float32 (default: auto)"
+    f"amx_bf16 for the architectures measured to gain ({', '.join(sorted(BFLOAT16_MODELS))}), "
+    "else float32 (default: auto)"
 )
 
 
