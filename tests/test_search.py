@@ -335,6 +335,35 @@ def test_the_finish_on_train_and_val_trains_on_the_validation_photos_too(tiny_da
     assert hypermodel.last_fit.get("trained_on") == (TRAIN_AND_VAL if widen else None)
 
 
+def test_a_trial_builds_its_optimizer_before_the_first_step_and_keeps_its_learning_rate(
+        tiny_dataset, tmp_path):
+    """The optimizer's variables exist when `fit` starts (else the first step is traced twice),
+    and a continued trial does not take the learning rate saved in its checkpoint."""
+    import keras
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append((self.model.optimizer.built,
+                         float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))))
+
+    hypermodel = AutosegHyperModel(space="ci", data=TrainingData.from_path(tiny_dataset))
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    rate = float(hp.get("learning_rate"))
+    hypermodel.fit(hp, model, epochs=2, verbose=0, callbacks=[Spy()])
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) < rate  # decayed
+    model.save_weights(tmp_path / "checkpoint.weights.h5")
+    continued = hypermodel.build(hp)  # as trial_process continues a trial
+    continued.load_weights(tmp_path / "checkpoint.weights.h5")
+    hypermodel.fit(hp, continued, epochs=1, verbose=0, callbacks=[Spy()])
+    assert seen == [(True, pytest.approx(rate)), (True, pytest.approx(rate))]
+
+
 # --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --
 
 
