@@ -62,8 +62,9 @@ BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #:   seeds of 20 epochs at the recipe's width on CWFID (ResNet-50 encoder: speed only).
 #: - DeepLabV3+ on ResNet-50: 1.39x / 1.54x, val mIoU -0.008 (last) / -0.007 (best) over 3
 #:   seeds of 12 epochs, lower in all three (VGG16 and MobileNetV2 encoders not measured).
-#: - SegNet: 1.20x / 2.05x, val mIoU -0.007 (last) / -0.002 (best) over 5 seeds of 20
-#:   epochs (from -0.035 to +0.031 per seed).
+#: - SegNet with its own encoder: 1.20x / 2.05x, val mIoU -0.007 (last) / -0.002 (best) over
+#:   5 seeds of 20 epochs (from -0.035 to +0.031 per seed); its ResNet-50 encoder (in the
+#:   default space), VGG16 and MobileNetV2 not measured.
 #: - Not light_unet (1.03x on the EPYC, 0.80x with AMX); not pix2pix (1.70x / 2.14x, +0.077
 #:   and -0.032 over 2 seeds of an adversarial training that swings up to 0.12 between epochs).
 BFLOAT16_MODELS: frozenset[str] = frozenset({"unet", "segnet", "deeplabv3plus"})

@@ -293,7 +293,6 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         callbacks += [time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
-        build_optimizer(model)
         start = time.time()
         history, peak = self._fit_with_retry(model, setup, epochs=epochs, callbacks=callbacks,
                                              verbose=verbose, **kwargs)
@@ -384,6 +383,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             train, val = self._datasets(setup, global_batch)
             try:
                 with budget.PeakMemory() as peak:
+                    build_optimizer(model)  # inside: out of memory here is retried too
                     history = model.fit(
                         train, validation_data=val,
                         steps_per_epoch=pipeline.steps_per_pass(
@@ -444,7 +444,9 @@ def build_optimizer(model) -> None:
     U-Net's trial at 256 px had 11.0 s of fixed cost before and 8.2 s after (RESULTS.md, "A
     trial's first step traced once"). Called after any checkpoint is loaded (`trial_process`): a
     continued trial keeps starting with a fresh optimizer at its own learning rate, as Keras
-    skips the optimizer's saved variables while it is unbuilt.
+    skips the optimizer's saved variables while it is unbuilt. (pix2pix builds its optimizer
+    in `compile`, before the load, so its continued trials restore the saved state, learning
+    rate included, as they did before this function.)
     """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
