@@ -366,12 +366,16 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     data = TrainingData(dataset, stems, list(val), seed=int(run.get("seed", 0)),
                         memory_budget_bytes=budget.memory_budget_bytes())
     space = validate_space(run["space"], f"{rundir / 'run.json'} (space)")
-    hypermodel = AutosegHyperModel(space, data)
+    trial_record = run_dir.read_record(rundir, trial_id)
+    # The precision the trial trained in (its record; runs before records had it: float32).
+    precision = trial_record.get("precision") or "float32"
+    hypermodel = AutosegHyperModel(space, data, precision=precision)
     # An epoch as long as the trial's (the plan's passes over the photos; 1 before plans).
-    hypermodel.passes_per_epoch = int(run_dir.read_record(rundir, trial_id).get("passes_per_epoch") or 1)
+    hypermodel.passes_per_epoch = int(trial_record.get("passes_per_epoch") or 1)
     hp = kt.HyperParameters.from_config(trial["hyperparameters"])
     keras.utils.set_random_seed(int(run.get("seed", 0)))
-    log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} epochs")
+    log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} "
+        f"epochs in {precision}")
     trained = hypermodel.build(hp)
     history = hypermodel.fit(hp, trained, epochs=epochs, verbose=0)
     fresh = inference_model(
@@ -384,6 +388,7 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
         "images": len(stems),
         "passes_per_epoch": hypermodel.last_fit.get("passes_per_epoch"),
         "batch_size": hypermodel.last_fit.get("batch_size"),
+        "precision": hypermodel.last_fit.get("precision"),
         "train_seconds": hypermodel.last_fit.get("train_seconds"),
         "final_loss": float(history.history["loss"][-1]),
         "note": "trained on train + val; `metrics` are the search trial's, on held-out val",

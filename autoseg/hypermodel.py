@@ -290,7 +290,10 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
             if isinstance(callback, progress.EpochProgress):
                 callback.target = lambda: time_budget.target
-        callbacks += [time_budget, CosineSchedule(epochs, initial_epoch, budget=time_budget)]
+        # The trial's own rate: a restored optimizer (pix2pix's) holds the last fit's decayed one.
+        rate = float(self._declare(hp, "learning_rate", self.space.params["learning_rate"]))
+        callbacks += [time_budget,
+                      CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate)]
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
         start = time.time()
@@ -445,8 +448,8 @@ def build_optimizer(model) -> None:
     trial's first step traced once"). Called after any checkpoint is loaded (`trial_process`): a
     continued trial keeps starting with a fresh optimizer at its own learning rate, as Keras
     skips the optimizer's saved variables while it is unbuilt. (pix2pix builds its optimizer
-    in `compile`, before the load, so its continued trials restore the saved state, learning
-    rate included, as they did before this function.)
+    in `compile`, before the load, so its continued trials restore the saved moments; their
+    learning rate is the trial's own all the same, as `CosineSchedule` is given it.)
     """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
@@ -586,18 +589,24 @@ class CosineSchedule(keras.callbacks.Callback):
     decaying it settles the final epochs. Hyperband's continued trials resume the schedule
     at their `initial_epoch`. With a `TimeBudget` that has an allotment, the schedule ends at
     its (re-estimated) target epoch.
+
+    `base` is the trial's own learning rate. Without it, the schedule decays whatever rate the
+    optimizer holds when training begins, which for a model whose optimizer a checkpoint
+    restores (pix2pix builds its own in `compile`) is the previous fit's decayed rate.
     """
 
     def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05,
-                 budget: TimeBudget | None = None):
+                 budget: TimeBudget | None = None, base: float | None = None):
         super().__init__()
         self.epochs = max(1, int(epochs))
         self.floor = floor
         self.budget = budget
-        self._base = None
+        self.base = None if base is None else float(base)
+        self._base = self.base
 
     def on_train_begin(self, logs=None):
-        self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self.base is None:
+            self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
         epochs = self.epochs

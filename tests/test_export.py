@@ -495,6 +495,31 @@ def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
     assert result.metadata["refit"]["passes_per_epoch"] == 2
 
 
+@pytest.mark.slow
+def test_refit_trains_in_the_precision_of_the_trial(searched, tmp_path):
+    """A trial trained in mixed bfloat16 (its record's `precision`, here set so whatever the
+    CPU) is refitted in it too, not in float32, and exported in float32 all the same."""
+    import keras
+
+    from autoseg.export import export
+    from autoseg.run_dir import record_path
+
+    _, searched_run = searched
+    rundir = tmp_path / "run"
+    shutil.copytree(searched_run, rundir)
+    path = record_path(rundir, "0")
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "precision": "mixed_bfloat16"}))
+    lines = []
+    result = export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
+                    log=lines.append, tta="none")
+    assert result.metadata["refit"]["precision"] == "mixed_bfloat16"
+    assert any("in mixed_bfloat16" in line for line in lines)
+    model = keras.saving.load_model(result.out / "model.keras", safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    assert np.asarray(model(x)).dtype == np.float32
+
+
 def test_refit_trains_on_train_and_val_for_the_best_epoch_count(searched, tmp_path):
     import keras
 
