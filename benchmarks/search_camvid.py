@@ -17,6 +17,8 @@ TensorFlow, memory and threads):
   `recipe+f32` keeps the U-Net of 32 filters whatever the budget (the plan cannot step down
   from the space's only model), `recipe+f16at256` and `recipe+f16at128` the U-Net of 16
   filters at 256x256 or 128x128. `SEARCH_SEED=N` (default 0) seeds the training.
+- `planned+tv` (issue #12 §4): `planned` with `finish_on="train+val"`, the best trained
+  further on the validation frames too; compare it with `planned` on `--test-sequence`.
 
 Data: the 184 frames of `../shared/datasets/camvid11_train` (every second frame of SegNet's
 train split, 480x360, 11 classes + void), prepared once into `<out>/dataset` as a user would:
@@ -27,7 +29,13 @@ Split by video sequence, never at random: consecutive frames are near duplicates
 sequence `--val-sequence` is held out, listed as `splits: {val: [...]}` in the prepared
 dataset's `dataset.yaml` as a user would (`split_stems` honours it; every arm reads the same
 file). The default, `0006R0` (51 daylight frames), leaves `0001TP` (31 dusk frames) and
-`0016E5` (102 daylight) for training, so training sees both lights. Holding out `0001TP`
+`0016E5` (102 daylight) for training, so training sees both lights.
+
+`--test-sequence SEQ` (issue #12 §4) holds the whole sequence SEQ out of every search as
+`splits: {test: [...]}` instead, and scores every arm on it; the search then validates on the
+last fifth of each other sequence, with the 4 frames before it left out of training as a gap
+(near duplicates of the first validation frames), so validation too sees both lights. Its
+arms go to a folder of their own (`--out`): the prepared dataset holds one layout at a time. Holding out `0001TP`
 instead, the split of the first CamVid figures in RESULTS.md, tests generalisation from
 daylight to dusk more than segmentation: the model reached mIoU 0.40 on its training frames
 and 0.19 on the dusk ones (sky 0.89 against 0.23). `--prepare-only` prints the split and the
@@ -55,6 +63,8 @@ python benchmarks/search_camvid.py --parallel          # both arms at once, one 
 python benchmarks/search_camvid.py --prepare-only      # prepare, print the split, exit
 python benchmarks/search_camvid.py --val-sequence 0001TP   # hold out the dusk sequence
 python benchmarks/search_camvid.py --report            # print the table of finished arms
+python benchmarks/search_camvid.py --parallel --test-sequence 0006R0 --arms planned,planned+tv --out DIR
+python benchmarks/finish_steps.py --train DIR/planned --train-val DIR/planned+tv --dataset DIR/dataset --flips h
 ```
 Results go to `--out` (default `/tmp/autoseg_search_camvid`): the prepared dataset, one run
 folder and one `<arm>.json` per arm; a finished arm is not run again unless `--rerun`.
@@ -72,7 +82,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import CAMVID, canonical_dataset  # noqa: E402
-from search_cwfid import default_space, launch_parallel, report, search_scores  # noqa: E402
+from search_cwfid import (  # noqa: E402
+    OPTION_VARIANTS, default_space, launch_parallel, report, search_scores,
+)
 
 ARMS = ("recipe", "planned")
 #: Input handling that replaces the default space's (`<arm>+<variant>`).
@@ -96,6 +108,10 @@ SEED = int(os.environ.get("SEARCH_SEED", "0"))
 VAL_SEQUENCE = "0006R0"
 #: A frame's video sequence: the stem's text before the first underscore (`0001TP_006690`).
 VAL_GROUPS = r"^([^_]+)_"
+#: With `--test-sequence`: the share of each other sequence's last frames validated on, and
+#: the frames before them that neither side gets.
+VAL_TAIL = 0.2
+GAP_FRAMES = 4
 #: CamVid's mask value for void (its SOURCE.md).
 VOID = 11
 
@@ -116,6 +132,9 @@ def main() -> int:
                         help="prepare the dataset, print the split and exit")
     parser.add_argument("--val-sequence", default=VAL_SEQUENCE,
                         help=f"the video sequence held out for validation (default: {VAL_SEQUENCE})")
+    parser.add_argument("--test-sequence", metavar="SEQ",
+                        help="hold this video sequence out of every search and score the arms "
+                             "on it; validate on the last fifth of each other sequence")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # a subprocess runs one arm
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -128,7 +147,12 @@ def main() -> int:
     if not CAMVID.is_dir():
         print(f"CamVid is not at {CAMVID}; nothing to run.")
         return 1
-    print_split(hold_out(camvid(out), args.val_sequence))  # once, before the arms start
+    ds = camvid(out)
+    if args.test_sequence:
+        ds = hold_out_test(ds, args.test_sequence)
+    else:
+        ds = hold_out(ds, args.val_sequence)
+    print_split(ds)  # once, before the arms start
     if args.prepare_only:
         return 0
     todo = [a for a in args.arms if args.rerun or not (out / f"{a}.json").is_file()]
@@ -142,14 +166,16 @@ def main() -> int:
 
 
 def arm_list(text: str) -> list[str]:
-    """`--arms`: names from `ARMS`, each optionally `+` one of `VARIANTS`, comma-separated."""
+    """`--arms`: names from `ARMS`, each optionally `+` one of `VARIANTS` (or `planned+tv`),
+    comma-separated."""
     arms = [a for a in text.split(",") if a]
     valid = {a for a in arms if a.partition("+")[0] in ARMS
-             and a.partition("+")[2] in ("", *VARIANTS)}
+             and a.partition("+")[2] in ("", *VARIANTS)
+             or a.partition("+")[0] == "planned" and a.partition("+")[2] in OPTION_VARIANTS}
     if not arms or set(arms) != valid:
         raise argparse.ArgumentTypeError(
             f"unknown arm in {text!r}; valid arms: {', '.join(ARMS)}, each optionally "
-            f"+{' or +'.join(VARIANTS)}")
+            f"+{' or +'.join(VARIANTS)}; planned+{' or planned+'.join(OPTION_VARIANTS)}")
     return arms
 
 
@@ -180,12 +206,46 @@ def hold_out(ds, sequence: str):
     return load_dataset(ds.root)
 
 
+def hold_out_test(ds, sequence: str):
+    """`ds` with `sequence` as its test split, the last `VAL_TAIL` of every other sequence as
+    its validation split and the rest, less `GAP_FRAMES` before each validation block, as its
+    training split (dataset.yaml's `splits`)."""
+    import math
+
+    import yaml
+
+    from autoseg import atomic
+    from autoseg.data import pipeline
+    from autoseg.data.dataset import load_dataset
+
+    groups = pipeline.image_groups(ds.stems, VAL_GROUPS)
+    if sequence not in groups:
+        raise SystemExit(f"--test-sequence {sequence!r} is not a sequence of {ds.root}; "
+                         f"its sequences: {', '.join(sorted(groups))}.")
+    train, val = [], []
+    for name, stems in sorted(groups.items()):
+        if name == sequence:
+            continue
+        frames = sorted(stems)  # a stem's number is the frame's: sorted is time order
+        tail = max(1, math.ceil(VAL_TAIL * len(frames)))
+        val += frames[-tail:]
+        train += frames[:max(0, len(frames) - tail - GAP_FRAMES)]
+    meta_path = Path(ds.root) / "dataset.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    meta["splits"] = {"train": train, "val": val, "test": sorted(groups[sequence])}
+    atomic.write_text(meta_path, yaml.safe_dump(meta, sort_keys=False))
+    return load_dataset(ds.root)
+
+
 def print_split(ds) -> None:
     """The split every arm gets (`search` calls `split_stems`, which reads dataset.yaml)."""
     from autoseg.data import pipeline
 
     train, val = pipeline.split_stems(ds, seed=SEED)
-    for name, stems in (("train", train), ("val", val)):
+    test = (ds.splits or {}).get("test") or []
+    for name, stems in (("train", train), ("val", val), ("test", test)):
+        if not stems:
+            continue
         groups = pipeline.image_groups(stems, VAL_GROUPS)
         print(f"[split] {name}: {len(stems)} frames: "
               + ", ".join(f"{g} ({len(s)})" for g, s in sorted(groups.items())))
@@ -209,10 +269,11 @@ def run_arm(arm: str, out: Path, budget: str, threads: int = 0) -> int:
     base, _, variant = arm.partition("+")
     result = autoseg.search(ds.root, out=out / arm, seed=SEED, overwrite=True,
                             space=default_space(VARIANTS.get(variant)), time_budget=seconds,
-                            recipe_only=base == "recipe")
+                            recipe_only=base == "recipe", **OPTION_VARIANTS.get(variant, {}))
     val = sorted(pipeline.image_groups(ds.splits["val"], VAL_GROUPS))
+    test = sorted(pipeline.image_groups((ds.splits or {}).get("test") or [], VAL_GROUPS))
     record = {"arm": arm, "budget_seconds": seconds, "equal": "time", "val_sequences": val,
-              "seed": SEED,
+              "test_sequences": test, "seed": SEED,
               **search_scores(result, ds),
               "wall_seconds": round(time.time() - start, 1),
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
