@@ -29,26 +29,29 @@ Split by video sequence, never at random: consecutive frames are near duplicates
 sequence `--val-sequence` is held out, listed as `splits: {val: [...]}` in the prepared
 dataset's `dataset.yaml` as a user would (`split_stems` honours it; every arm reads the same
 file). The default, `0006R0` (51 daylight frames), leaves `0001TP` (31 dusk frames) and
-`0016E5` (102 daylight) for training, so training sees both lights.
-
-`--test-sequence SEQ` (issue #12 §4) holds the whole sequence SEQ out of every search as
-`splits: {test: [...]}` instead, and scores every arm on it; the search then validates on the
-last fifth of each other sequence, with the 4 frames before it left out of training as a gap
-(near duplicates of the first validation frames), so validation too sees both lights. Its
-arms go to a folder of their own (`--out`): the prepared dataset holds one layout at a time. Holding out `0001TP`
+`0016E5` (102 daylight) for training, so training sees both lights. Holding out `0001TP`
 instead, the split of the first CamVid figures in RESULTS.md, tests generalisation from
 daylight to dusk more than segmentation: the model reached mIoU 0.40 on its training frames
 and 0.19 on the dusk ones (sky 0.89 against 0.23). `--prepare-only` prints the split and the
 validation frames' class shares.
 
+`--test-sequence SEQ` (issue #12 §4) holds the whole sequence SEQ out of every search as
+`splits: {test: [...]}` instead, and scores every arm on it; the search then validates on
+the last fifth of each other sequence, with the 4 frames before it left out of training as a
+gap (near duplicates of the first validation frames), so validation too sees both lights.
+`planned+tv` needs it (its finish trains on the validation frames). The prepared dataset
+holds one layout at a time: give each layout its own `--out` (an arm recorded under another
+layout stops the run).
+
 Each result is scored twice:
 - `val mIoU (search)`: the objective the search ranks by, at the model's input resolution
   (the leaderboard's `val_mean_iou`);
-- `val mIoU (full res)`: the validation frames (by default `0006R0`'s 51) predicted at 480x360 through
-  `autoseg.predict` and scored with `autoseg.metrics`, as `search_cwfid.py` does
-  (`full_resolution_scores`): mean IoU over the 11 classes (void excluded), and each
+- `val mIoU (full res)`: the validation frames (by default `0006R0`'s 51) predicted at
+  480x360 through `autoseg.predict` and scored with `autoseg.metrics`, as `search_cwfid.py`
+  does (`full_resolution_scores`): mean IoU over the 11 classes (void excluded), and each
   class's IoU. The search picks its best trial on these same frames, so the figure is
-  optimistic by that selection.
+  optimistic by that selection. With `--test-sequence`, this column scores the test
+  sequence's frames instead, which no search saw.
 
 The published reference, SegNet-Basic from scratch at about 0.46 mIoU (SOURCE.md: 46-47%),
 is measured on the full CamVid test split (233 frames, none of them here) after training on
@@ -147,6 +150,9 @@ def main() -> int:
     if not CAMVID.is_dir():
         print(f"CamVid is not at {CAMVID}; nothing to run.")
         return 1
+    if not args.test_sequence and any(a.partition("+")[2] in OPTION_VARIANTS for a in args.arms):
+        parser.error("planned+tv trains its finish on the validation frames: give "
+                     "--test-sequence to score it on frames it never trained on")
     ds = camvid(out)
     if args.test_sequence:
         ds = hold_out_test(ds, args.test_sequence)
@@ -155,6 +161,7 @@ def main() -> int:
     print_split(ds)  # once, before the arms start
     if args.prepare_only:
         return 0
+    check_layout(out, ds)
     todo = [a for a in args.arms if args.rerun or not (out / f"{a}.json").is_file()]
     if args.parallel:
         launch_parallel(__file__, todo, out, args.budget)
@@ -169,9 +176,9 @@ def arm_list(text: str) -> list[str]:
     """`--arms`: names from `ARMS`, each optionally `+` one of `VARIANTS` (or `planned+tv`),
     comma-separated."""
     arms = [a for a in text.split(",") if a]
-    valid = {a for a in arms if a.partition("+")[0] in ARMS
-             and a.partition("+")[2] in ("", *VARIANTS)
-             or a.partition("+")[0] == "planned" and a.partition("+")[2] in OPTION_VARIANTS}
+    valid = {a for a in arms if (a.partition("+")[0] in ARMS
+                                 and a.partition("+")[2] in ("", *VARIANTS))
+             or (a.partition("+")[0] == "planned" and a.partition("+")[2] in OPTION_VARIANTS)}
     if not arms or set(arms) != valid:
         raise argparse.ArgumentTypeError(
             f"unknown arm in {text!r}; valid arms: {', '.join(ARMS)}, each optionally "
@@ -237,6 +244,27 @@ def hold_out_test(ds, sequence: str):
     return load_dataset(ds.root)
 
 
+def sequences(stems) -> list[str]:
+    """The video sequences of `stems`, sorted."""
+    from autoseg.data import pipeline
+
+    return sorted(pipeline.image_groups(stems, VAL_GROUPS))
+
+
+def check_layout(out: Path, ds) -> None:
+    """Stops when an arm recorded in `out` was split otherwise than `ds` now is (its scores
+    would not compare with the new arms')."""
+    splits = ds.splits or {}
+    now = {"val_sequences": sequences(splits.get("val") or []),
+           "test_sequences": sequences(splits.get("test") or [])}
+    for path in sorted(out.glob("*.json")):
+        record = json.loads(path.read_text())
+        then = {k: record.get(k) or [] for k in now}
+        if "arm" in record and then != now:
+            raise SystemExit(f"{path} was split as {then}, this run as {now}: give another "
+                             "--out (or delete it).")
+
+
 def print_split(ds) -> None:
     """The split every arm gets (`search` calls `split_stems`, which reads dataset.yaml)."""
     from autoseg.data import pipeline
@@ -270,8 +298,7 @@ def run_arm(arm: str, out: Path, budget: str, threads: int = 0) -> int:
     result = autoseg.search(ds.root, out=out / arm, seed=SEED, overwrite=True,
                             space=default_space(VARIANTS.get(variant)), time_budget=seconds,
                             recipe_only=base == "recipe", **OPTION_VARIANTS.get(variant, {}))
-    val = sorted(pipeline.image_groups(ds.splits["val"], VAL_GROUPS))
-    test = sorted(pipeline.image_groups((ds.splits or {}).get("test") or [], VAL_GROUPS))
+    val, test = sequences(ds.splits["val"]), sequences((ds.splits or {}).get("test") or [])
     record = {"arm": arm, "budget_seconds": seconds, "equal": "time", "val_sequences": val,
               "test_sequences": test, "seed": SEED,
               **search_scores(result, ds),

@@ -496,11 +496,12 @@ def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
 
 
 @pytest.mark.slow
-def test_refit_trains_in_the_precision_of_the_trial(searched, tmp_path):
+def test_refit_trains_in_the_precision_of_the_trial(searched, tmp_path, monkeypatch):
     """A trial trained in mixed bfloat16 (its record's `precision`, here set so whatever the
     CPU) is refitted in it too, not in float32, and exported in float32 all the same."""
     import keras
 
+    from autoseg import hypermodel
     from autoseg.export import export
     from autoseg.run_dir import record_path
 
@@ -510,9 +511,20 @@ def test_refit_trains_in_the_precision_of_the_trial(searched, tmp_path):
     path = record_path(rundir, "0")
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "precision": "mixed_bfloat16"}))
+    trained_in = []
+    build_optimizer = hypermodel.build_optimizer
+
+    def spy(model):  # called just before model.fit: what the refit's layers compute in
+        trained_in.extend(layer.compute_dtype for layer in model.layers
+                          if isinstance(layer, keras.layers.Conv2D))
+        build_optimizer(model)
+
+    monkeypatch.setattr(hypermodel, "build_optimizer", spy)
     lines = []
     result = export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
                     log=lines.append, tta="none")
+    # Every convolution but the head's (float32 under any policy) computes in bfloat16.
+    assert trained_in.count("bfloat16") == len(trained_in) - 1 >= 1
     assert result.metadata["refit"]["precision"] == "mixed_bfloat16"
     assert any("in mixed_bfloat16" in line for line in lines)
     model = keras.saving.load_model(result.out / "model.keras", safe_mode=True)

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
                    help=f"comma-separated subset of {FORMAT_NAMES} (default: all four; without "
                         "the export extra, all but onnx)")
     p.add_argument("--refit", action="store_true",
-                   help="retrain the configuration on train+val for its best epoch count first")
+                   help="retrain the configuration on train+val for its best epoch count first, "
+                        "in the precision the trial trained in")
     p.add_argument("--tta", choices=TTA_CHOICES, default="auto",
                    help="flip test-time augmentation inside every format: h (mirror), hv (mirror "
                         "and upside down), none (the single model, bit for bit); auto (default) "
