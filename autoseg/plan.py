@@ -36,8 +36,9 @@ in the budget before it runs, and explores variants of the recipe with the rest.
   (benchmarks/RESULTS.md), and variants compared after a few epochs rank noise (crop IoU is
   near 0 for every configuration before ~5 epochs).
 
-Costs come from `autoseg.speed`: FLOPs and memory of each model configuration, a calibrated
-GFLOP/s, corrected by every trial that runs. `Plan` is saved as `RUNDIR/plan.json` and kept
+Costs come from `autoseg.speed`: FLOPs, activations and memory of each model configuration,
+a FLOP rate and an activation rate calibrated on the recipe's model and a sibling of half its
+width (`calibrate`), corrected by every trial that runs. `Plan` is saved as `RUNDIR/plan.json` and kept
 on resume.
 """
 
@@ -713,6 +714,8 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
         + (f", rarest class {rare[0]} {rare[1] * 100:.1f} % of pixels" if rare else "")
         + f"; {machine['device']} ({machine['cores']} cores), {machine['precision']}, "
         f"a plain U-Net trains at {costs.gflops:.0f} GFLOP/s"
+        + (f" in its convolutions, {costs.gelements:.2f} G activations/s in its other layers"
+           if costs.gelements else "")
     ]
     seconds = plan.epoch_seconds(recipe)
     budget = plan.budget_seconds
@@ -881,13 +884,11 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     """Measures the space's models and this machine, then makes the plan.
 
     Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
-    few training steps of it (`speed.calibrate`); `AUTOSEG_GFLOPS` set to a number skips
-    the timing. `finish_on` becomes `Plan.finish_on`.
+    few training steps of it and of a sibling (`calibrate`); `AUTOSEG_GFLOPS` set to a
+    number skips the timing (that FLOP rate, activations at `speed.FLOPS_PER_ELEMENT`).
+    `finish_on` becomes `Plan.finish_on`.
     """
     import os
-
-    import keras
-    import keras_tuner as kt
 
     from autoseg import cost_cache, devices
 
@@ -907,23 +908,57 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     recipe, batch = choose_recipe(space, models, data, machine, memory_limit)
     machine.precision = hypermodel.precision_of(recipe["model_name"])
     gflops = os.environ.get("AUTOSEG_GFLOPS")
-    if gflops:
-        rate = float(gflops)
-    else:
-        hp = kt.HyperParameters()
-        hp.values = dict(recipe)
-        model = hypermodel.build(hp)
-        cost = next(m for m in models if m.model_name == recipe["model_name"]
-                    and _same(m.options, trial_model_config(recipe)["options"]))
-        # The machine's float32 rate for a plain U-Net: the recipe's measured rate over its
-        # efficiency and its precision's speed-up.
-        rate = speed.calibrate(model, batch) / (
-            speed.EFFICIENCY.get(cost.key, speed.DEFAULT_EFFICIENCY)
-            * devices.training_speedup(cost.model_name, cost.precision))
-        del model
-        keras.backend.clear_session()
-    plan = make_plan(space, models, data, machine, speed.CostModel(gflops=rate),
+    costs = (speed.CostModel(gflops=float(gflops),
+                             gelements=float(gflops) / speed.FLOPS_PER_ELEMENT) if gflops
+             else calibrate(hypermodel, recipe, batch, models, memory_limit))
+    plan = make_plan(space, models, data, machine, costs,
                      budget_seconds, memory_limit, recipe_only=recipe_only,
                      runs_recipe=runs_recipe)
     plan.finish_on = finish_on
     return plan
+
+
+def calibration_sibling(recipe: dict[str, Any], models: list[speed.ModelCost],
+                        memory_limit: int | None) -> speed.ModelCost | None:
+    """The recipe's model at another width, to time beside it (`calibrate`): half its filters
+    where the space measured that, else the nearest other width that fits the memory
+    budget; None when the space has no other width."""
+    config = trial_model_config(recipe)
+    name, options = config["model_name"], config["options"]
+    filters = options.get("filters")
+    if not isinstance(filters, int):
+        return None
+    batch = int(recipe["batch_size"])
+    others = [m for m in models if m.model_name == name
+              and isinstance(m.options.get("filters"), int) and m.options["filters"] != filters
+              and _same({**m.options, "filters": filters}, options)
+              and (not memory_limit or m.memory_bytes(config["input_size"], batch) <= memory_limit)]
+    return min(others, key=lambda m: (abs(math.log2(m.options["filters"] / (filters / 2))),
+                                      m.options["filters"]), default=None)
+
+
+def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed.ModelCost],
+              memory_limit: int | None) -> speed.CostModel:
+    """The cost model of this machine: a few timed training steps of the recipe's model and
+    of its `calibration_sibling`, fitted to a FLOP rate and an activation rate
+    (`speed.fit_rates`; without a sibling, at their usual ratio)."""
+    import keras
+    import keras_tuner as kt
+
+    config = trial_model_config(recipe)
+    timings = []
+    cost = next(m for m in models if m.model_name == config["model_name"]
+                and _same(m.options, config["options"]))
+    sibling = calibration_sibling(recipe, models, memory_limit)
+    for model_cost in [cost] + ([sibling] if sibling else []):
+        hp = kt.HyperParameters()
+        hp.values = dict(recipe)
+        if model_cost is sibling:
+            hp.values[f"{sibling.model_name}/filters"] = sibling.options["filters"]
+        model = hypermodel.build(hp)
+        seconds = speed.step_seconds(model, batch)
+        timings.append(speed.timing(model_cost, config["input_size"], batch, seconds))
+        del model
+        keras.backend.clear_session()
+    gflops, gelements = speed.fit_rates(*timings)
+    return speed.CostModel(gflops=gflops, gelements=gelements)

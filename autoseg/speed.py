@@ -7,15 +7,20 @@ configuration of the space takes. Three measurements give it:
   reference input size: its training and inference FLOPs and its memory, per input pixel.
   Fully convolutional models scale with the number of pixels, so one build serves every
   input size; the measurements are cached on disk (`autoseg.cost_cache`).
-- `calibrate`: a few timed training steps of one model (the recipe's): the GFLOP/s this
-  machine reaches on it.
-- `EFFICIENCY`: how fast each architecture turns FLOPs into time relative to a plain U-Net
-  (dilated and depthwise convolutions run far below the peak on a CPU; RESULTS.md, "Model
-  zoo"). Trials correct it as they run (`CostModel.observe`).
+- `step_seconds` and `fit_rates`: a few timed training steps of the recipe's model and of a
+  sibling of another width (half the filters, where the space has it; `plan.plan_search`):
+  the rates this machine reaches on the two kinds of work of a training step, the FLOPs of
+  its convolutions and the activations its other layers read and write (normalisation,
+  activation functions, concatenation, upsampling: memory-bound on a CPU). With FLOPs alone,
+  a U-Net of 16 filters trained 1.4x (EPYC, float32) to 1.8x (Xeon with AMX, bfloat16)
+  slower than planned from one of 32: halving the width quarters the FLOPs but only halves
+  the activations.
+- `EFFICIENCY`: how fast each architecture's convolutions turn FLOPs into time relative to
+  a plain U-Net's. Trials correct the estimate as they run (`CostModel.observe`).
 
 `CostModel.epoch_seconds` puts them together: one epoch trains on one crop or resized
-image per training photo (forward and backward, 3x the forward FLOPs) and validates on
-every tile of every validation photo (forward only).
+image per training photo (forward and backward, 3x the forward FLOPs and activations) and
+validates on every tile of every validation photo (forward only).
 """
 
 from __future__ import annotations
@@ -31,24 +36,28 @@ from autoseg import devices, model_contract
 #: Training FLOPs per forward FLOP: the backward pass costs about twice the forward.
 TRAIN_FLOPS_PER_FORWARD = 3
 
-#: Relative FLOP efficiency (GFLOP/s reached over a plain U-Net's), by `config_key`, from
-#: the per-CPU-second shares of the matmul peak in RESULTS.md ("Model zoo"): unet 68 %,
-#: unet-resnet50 60 %, segnet 60 %, deeplabv3plus-resnet50 26 %, -vgg16 61 %, light_unet 7 %,
-#: pix2pix 67 %. Depthwise MobileNetV2 encoders are not in that table: light_unet's share.
+#: Relative FLOP efficiency (the GFLOP/s an architecture's convolutions reach over a plain
+#: U-Net's), by `config_key`: the FLOP term of `CostModel.epoch_seconds`, its activations
+#: being timed apart. Measured with `benchmarks/cost_model.py --precision float32` on both
+#: cores of an AMD EPYC (RESULTS.md, "The cost model: FLOPs and activations"): the
+#: efficiency that made each row exact. light_unet's came out above 1 (its depthwise FLOPs
+#: are a few % of its step; its activations are the rest): 1. Not measured: the VGG16
+#: encoders of U-Net and SegNet (DeepLabV3+'s: 1.0) and the MobileNetV2 encoders (depthwise,
+#: as light_unet).
 EFFICIENCY = {
     "unet": 1.0,
-    "unet/resnet50": 0.88,
+    "unet/resnet50": 0.86,
     "unet/vgg16": 0.9,
-    "unet/mobilenetv2": 0.3,
-    "light_unet": 0.1,
-    "segnet": 0.88,
-    "segnet/resnet50": 0.88,
+    "unet/mobilenetv2": 1.0,
+    "light_unet": 1.0,
+    "segnet": 0.82,
+    "segnet/resnet50": 0.74,
     "segnet/vgg16": 0.9,
-    "segnet/mobilenetv2": 0.3,
-    "deeplabv3plus/resnet50": 0.38,
-    "deeplabv3plus/vgg16": 0.9,
-    "deeplabv3plus/mobilenetv2": 0.3,
-    "pix2pix": 0.98,
+    "segnet/mobilenetv2": 1.0,
+    "deeplabv3plus/resnet50": 0.94,
+    "deeplabv3plus/vgg16": 1.0,
+    "deeplabv3plus/mobilenetv2": 1.0,
+    "pix2pix": 0.93,
 }
 DEFAULT_EFFICIENCY = 0.5
 
@@ -136,6 +145,9 @@ class ModelCost:
         family: The architecture's family.
         train_flops_per_pixel: Forward FLOPs of a training step per input pixel.
         infer_flops_per_pixel: Forward FLOPs of inference per input pixel.
+        train_elements_per_pixel: Activation elements a training step's forward pass writes
+            (`budget.activation_elements`), per input pixel.
+        infer_elements_per_pixel: The same of inference.
         static_bytes: Predicted training memory that does not grow with the batch.
         sample_bytes_per_pixel: Predicted training memory per sample and input pixel.
         params: Parameters.
@@ -152,6 +164,8 @@ class ModelCost:
     sample_bytes_per_pixel: float
     params: int
     precision: str = "float32"
+    train_elements_per_pixel: float = 0.0
+    infer_elements_per_pixel: float = 0.0
 
     def memory_bytes(self, input_size: tuple[int, int], batch_size: int) -> int:
         return int(self.static_bytes
@@ -220,15 +234,17 @@ def _measure_model(model_name: str, options: dict[str, Any], num_classes: int, c
         static_bytes=int(estimate.total_bytes - estimate.per_sample_bytes),
         sample_bytes_per_pixel=estimate.per_sample_bytes / pixels,
         params=int(model.count_params()), precision=precision,
+        train_elements_per_pixel=budget.activation_elements(model) / pixels,
+        infer_elements_per_pixel=budget.activation_elements(inference) / pixels,
     )
     del model, inference
     keras.backend.clear_session()
     return cost
 
 
-def calibrate(model, batch_size: int, steps: int = 2) -> float:
-    """GFLOP/s of training `model` (compiled) on this machine: `steps` timed steps after one
-    that traces, on random images and masks."""
+def step_seconds(model, batch_size: int, steps: int = 3) -> float:
+    """Seconds of one training step of `model` (compiled) on this machine: the median of
+    `steps` timed steps after one that traces, on random images and masks."""
     import numpy as np
 
     shape = tuple(int(d) for d in model.input_shape[1:])
@@ -242,16 +258,79 @@ def calibrate(model, batch_size: int, steps: int = 2) -> float:
         start = time.perf_counter()
         model.train_on_batch(images, masks)
         seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def calibrate(model, batch_size: int, steps: int = 3) -> float:
+    """GFLOP/s of training `model` (compiled) on this machine (`step_seconds`)."""
     flops = TRAIN_FLOPS_PER_FORWARD * training_forward_flops(model) * batch_size
-    return flops / statistics.median(seconds) / 1e9
+    return flops / step_seconds(model, batch_size, steps) / 1e9
+
+
+@dataclasses.dataclass
+class Timing:
+    """One timed training step in a plain U-Net's float32 terms: its seconds times its
+    precision's speed-up, its FLOPs over its architecture's efficiency, its activations."""
+
+    seconds: float
+    flops: float  # training FLOPs of the step (forward and backward) over the efficiency
+    elements: float  # activation elements of the step (forward and backward)
+
+
+def timing(cost: ModelCost, input_size: tuple[int, int], batch_size: int,
+           seconds: float) -> Timing:
+    """The `Timing` of a step of `batch_size` images at `input_size` that took `seconds`."""
+    pixels = input_size[0] * input_size[1] * batch_size
+    return Timing(
+        seconds=seconds * devices.training_speedup(cost.model_name, cost.precision),
+        flops=(pixels * TRAIN_FLOPS_PER_FORWARD * cost.train_flops_per_pixel
+               / EFFICIENCY.get(cost.key, DEFAULT_EFFICIENCY)),
+        elements=pixels * TRAIN_FLOPS_PER_FORWARD * cost.train_elements_per_pixel)
+
+
+#: Two timings are told apart only when their ratio of FLOPs to activations differs by at
+#: least this factor (halving a U-Net's filters halves it).
+MIN_INTENSITY_RATIO = 1.4
+
+#: FLOPs a plain U-Net computes in the time its other layers take for one activation
+#: element, where no second timing measures it (`fit_rates`): 123 on both cores of an AMD
+#: EPYC with avx512_bf16 in float32 (214 GFLOP/s, 1.74 G activations/s), 150 there in
+#: mixed bfloat16 (RESULTS.md, "The cost model: FLOPs and activations").
+FLOPS_PER_ELEMENT = 125.0
+
+
+def fit_rates(first: Timing, second: Timing | None = None) -> tuple[float, float]:
+    """`(gflops, gelements)` such that `flops / gflops + elements / gelements` (in G) gives
+    both timings' seconds. From `first` alone, or when the two do not tell the terms apart
+    (too alike, or a term would be negative: timing noise), the two rates keep the ratio
+    `FLOPS_PER_ELEMENT` and give `first` exactly."""
+    gflops = (first.flops + FLOPS_PER_ELEMENT * first.elements) / first.seconds / 1e9
+    prior = (gflops, gflops / FLOPS_PER_ELEMENT)
+    if second is None or min(first.elements, second.elements) <= 0:
+        return prior
+    intensity = (first.flops / first.elements) / (second.flops / second.elements)
+    if max(intensity, 1 / intensity) < MIN_INTENSITY_RATIO:
+        return prior
+    det = first.flops * second.elements - second.flops * first.elements
+    per_flop = (first.seconds * second.elements - second.seconds * first.elements) / det
+    per_element = (first.flops * second.seconds - second.flops * first.seconds) / det
+    if per_flop <= 0 or per_element <= 0:
+        return prior
+    return 1 / per_flop / 1e9, 1 / per_element / 1e9
 
 
 @dataclasses.dataclass
 class CostModel:
     """Seconds per epoch of any configuration, corrected by what trials measure.
 
+    An epoch's seconds are its FLOPs at `gflops` times the architecture's efficiency, plus
+    its activations at `gelements`, over its precision's speed-up, times the correction
+    trials measured for its `config_key`.
+
     Attributes:
         gflops: The GFLOP/s a plain U-Net reaches in training on this machine, in float32.
+        gelements: The G activation elements a second its other layers process, or None:
+            FLOPs alone (`gflops` then covers both; for hand-made cost models).
         fixed_seconds: A trial's cost besides its epochs.
         efficiency: Relative efficiency by `config_key` (`EFFICIENCY` by default).
         observed: Measured over uncorrected predicted epoch time, by `config_key`, one
@@ -260,6 +339,7 @@ class CostModel:
 
     gflops: float
     fixed_seconds: float = DEFAULT_FIXED_SECONDS
+    gelements: float | None = None
     efficiency: dict[str, float] = dataclasses.field(default_factory=lambda: dict(EFFICIENCY))
     observed: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
@@ -275,9 +355,13 @@ class CostModel:
         pixels = input_size[0] * input_size[1]
         flops = pixels * (train_images * TRAIN_FLOPS_PER_FORWARD * cost.train_flops_per_pixel
                           + val_units * cost.infer_flops_per_pixel)
-        rate = (self.gflops * self.efficiency.get(cost.key, DEFAULT_EFFICIENCY)
-                * devices.training_speedup(cost.model_name, cost.precision))
-        seconds = flops / 1e9 / rate
+        seconds = flops / 1e9 / (self.gflops * self.efficiency.get(cost.key, DEFAULT_EFFICIENCY))
+        if self.gelements:
+            elements = pixels * (
+                train_images * TRAIN_FLOPS_PER_FORWARD * cost.train_elements_per_pixel
+                + val_units * cost.infer_elements_per_pixel)
+            seconds += elements / 1e9 / self.gelements
+        seconds /= devices.training_speedup(cost.model_name, cost.precision)
         return seconds * self.correction(cost.key) if corrected else seconds
 
     def observe(self, key: str, predicted: float, measured: float) -> None:
