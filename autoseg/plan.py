@@ -36,10 +36,10 @@ in the budget before it runs, and explores variants of the recipe with the rest.
   (benchmarks/RESULTS.md), and variants compared after a few epochs rank noise (crop IoU is
   near 0 for every configuration before ~5 epochs).
 
-Costs come from `autoseg.speed`: FLOPs, activations and memory of each model configuration,
-a FLOP rate and an activation rate calibrated on the recipe's model and a sibling of half its
-width (`calibrate`), corrected by every trial that runs. `Plan` is saved as `RUNDIR/plan.json` and kept
-on resume.
+Costs come from `autoseg.speed`: FLOPs, activations and memory of each model
+configuration, a FLOP rate and an activation rate calibrated on the recipe's model and a
+narrower sibling (`calibrate`), corrected by every trial that runs. `Plan` is saved as
+`RUNDIR/plan.json` and kept on resume.
 """
 
 from __future__ import annotations
@@ -715,6 +715,8 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
         + f"; {machine['device']} ({machine['cores']} cores), {machine['precision']}, "
         f"a plain U-Net trains at {costs.gflops:.0f} GFLOP/s"
         + (f" in its convolutions, {costs.gelements:.2f} G activations/s in its other layers"
+           + ("" if costs.gelements_measured else
+              f" (assumed: {costs.gflops / costs.gelements:.0f} FLOPs an activation)")
            if costs.gelements else "")
     ]
     seconds = plan.epoch_seconds(recipe)
@@ -884,8 +886,9 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     """Measures the space's models and this machine, then makes the plan.
 
     Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
-    few training steps of it and of a sibling (`calibrate`); `AUTOSEG_GFLOPS` set to a
-    number skips the timing (that FLOP rate, activations at `speed.FLOPS_PER_ELEMENT`).
+    few training steps of it and of a narrower sibling (`calibrate`); `AUTOSEG_GFLOPS` set
+    to a number skips the timing: that FLOP rate, and activations at the recipe precision's
+    `speed.FLOPS_PER_ELEMENT` (a plan then predicts more time than from FLOPs alone).
     `finish_on` becomes `Plan.finish_on`.
     """
     import os
@@ -908,8 +911,8 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     recipe, batch = choose_recipe(space, models, data, machine, memory_limit)
     machine.precision = hypermodel.precision_of(recipe["model_name"])
     gflops = os.environ.get("AUTOSEG_GFLOPS")
-    costs = (speed.CostModel(gflops=float(gflops),
-                             gelements=float(gflops) / speed.FLOPS_PER_ELEMENT) if gflops
+    ratio = speed.flops_per_element(machine.precision)
+    costs = (speed.CostModel(gflops=float(gflops), gelements=float(gflops) / ratio) if gflops
              else calibrate(hypermodel, recipe, batch, models, memory_limit))
     plan = make_plan(space, models, data, machine, costs,
                      budget_seconds, memory_limit, recipe_only=recipe_only,
@@ -920,36 +923,49 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
 
 def calibration_sibling(recipe: dict[str, Any], models: list[speed.ModelCost],
                         memory_limit: int | None) -> speed.ModelCost | None:
-    """The recipe's model at another width, to time beside it (`calibrate`): half its filters
-    where the space measured that, else the nearest other width that fits the memory
-    budget; None when the space has no other width."""
+    """The recipe's model at a narrower width, to time beside it (`calibrate`): the space's
+    width nearest half the recipe's, below it (a narrower model costs the calibration less
+    than the recipe itself); None when the space has none or its model has no `filters`."""
     config = trial_model_config(recipe)
     name, options = config["model_name"], config["options"]
     filters = options.get("filters")
     if not isinstance(filters, int):
         return None
     batch = int(recipe["batch_size"])
-    others = [m for m in models if m.model_name == name
-              and isinstance(m.options.get("filters"), int) and m.options["filters"] != filters
-              and _same({**m.options, "filters": filters}, options)
-              and (not memory_limit or m.memory_bytes(config["input_size"], batch) <= memory_limit)]
-    return min(others, key=lambda m: (abs(math.log2(m.options["filters"] / (filters / 2))),
-                                      m.options["filters"]), default=None)
+    narrower = [m for m in models if m.model_name == name
+                and isinstance(m.options.get("filters"), int) and m.options["filters"] < filters
+                and _same({**m.options, "filters": filters}, options)
+                and (not memory_limit
+                     or m.memory_bytes(config["input_size"], batch) <= memory_limit)]
+    return min(narrower, key=lambda m: abs(math.log2(m.options["filters"] / (filters / 2))),
+               default=None)
 
 
 def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed.ModelCost],
               memory_limit: int | None) -> speed.CostModel:
-    """The cost model of this machine: a few timed training steps of the recipe's model and
-    of its `calibration_sibling`, fitted to a FLOP rate and an activation rate
-    (`speed.fit_rates`; without a sibling, at their usual ratio)."""
+    """The cost model of this machine, from a few timed training steps.
+
+    Times the recipe's model and its `calibration_sibling`, each built as a trial builds
+    it, and fits a FLOP rate and an activation rate to them (`speed.fit_rates`); without a
+    sibling, or when the two timings do not split, the rates keep the usual ratio of the
+    recipe's precision (`speed.FLOPS_PER_ELEMENT`).
+
+    Args:
+        hypermodel: The search's `AutosegHyperModel`.
+        recipe: The recipe's hyperparameter values.
+        batch: Its batch size.
+        models: The space's measured model configurations.
+        memory_limit: The memory budget in bytes, or None.
+    """
     import keras
     import keras_tuner as kt
 
     config = trial_model_config(recipe)
-    timings = []
     cost = next(m for m in models if m.model_name == config["model_name"]
                 and _same(m.options, config["options"]))
     sibling = calibration_sibling(recipe, models, memory_limit)
+    costs = speed.CostModel(gflops=1.0)
+    timings = []
     for model_cost in [cost] + ([sibling] if sibling else []):
         hp = kt.HyperParameters()
         hp.values = dict(recipe)
@@ -957,8 +973,10 @@ def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed
             hp.values[f"{sibling.model_name}/filters"] = sibling.options["filters"]
         model = hypermodel.build(hp)
         seconds = speed.step_seconds(model, batch)
-        timings.append(speed.timing(model_cost, config["input_size"], batch, seconds))
+        timings.append(speed.timing(model_cost, config["input_size"], batch, seconds,
+                                    costs.efficiency))
         del model
         keras.backend.clear_session()
-    gflops, gelements = speed.fit_rates(*timings)
-    return speed.CostModel(gflops=gflops, gelements=gelements)
+    costs.gflops, costs.gelements, costs.gelements_measured = speed.fit_rates(
+        *timings, ratio=speed.flops_per_element(cost.precision))
+    return costs

@@ -8,7 +8,7 @@ configuration of the space takes. Three measurements give it:
   Fully convolutional models scale with the number of pixels, so one build serves every
   input size; the measurements are cached on disk (`autoseg.cost_cache`).
 - `step_seconds` and `fit_rates`: a few timed training steps of the recipe's model and of a
-  sibling of another width (half the filters, where the space has it; `plan.plan_search`):
+  narrower sibling (half the filters where the space has them; `plan.calibrate`):
   the rates this machine reaches on the two kinds of work of a training step, the FLOPs of
   its convolutions and the activations its other layers read and write (normalisation,
   activation functions, concatenation, upsampling: memory-bound on a CPU). With FLOPs alone,
@@ -41,22 +41,23 @@ TRAIN_FLOPS_PER_FORWARD = 3
 #: being timed apart. Measured with `benchmarks/cost_model.py --precision float32` on both
 #: cores of an AMD EPYC (RESULTS.md, "The cost model: FLOPs and activations"): the
 #: efficiency that made each row exact. light_unet's came out above 1 (its depthwise FLOPs
-#: are a few % of its step; its activations are the rest): 1. Not measured: the VGG16
-#: encoders of U-Net and SegNet (DeepLabV3+'s: 1.0) and the MobileNetV2 encoders (depthwise,
-#: as light_unet).
+#: are a few % of its step; its activations are the rest): 1. U-Net's MobileNetV2 encoder:
+#: 0.72, from the check in mixed bfloat16 (in sample there). Not measured: SegNet's and
+#: DeepLabV3+'s MobileNetV2 encoders (U-Net's figure) and the VGG16 encoders of U-Net and
+#: SegNet (0.9; DeepLabV3+'s measured 1.0).
 EFFICIENCY = {
     "unet": 1.0,
     "unet/resnet50": 0.86,
     "unet/vgg16": 0.9,
-    "unet/mobilenetv2": 1.0,
+    "unet/mobilenetv2": 0.72,
     "light_unet": 1.0,
     "segnet": 0.82,
     "segnet/resnet50": 0.74,
     "segnet/vgg16": 0.9,
-    "segnet/mobilenetv2": 1.0,
+    "segnet/mobilenetv2": 0.72,
     "deeplabv3plus/resnet50": 0.94,
     "deeplabv3plus/vgg16": 1.0,
-    "deeplabv3plus/mobilenetv2": 1.0,
+    "deeplabv3plus/mobilenetv2": 0.72,
     "pix2pix": 0.93,
 }
 DEFAULT_EFFICIENCY = 0.5
@@ -261,12 +262,6 @@ def step_seconds(model, batch_size: int, steps: int = 3) -> float:
     return statistics.median(seconds)
 
 
-def calibrate(model, batch_size: int, steps: int = 3) -> float:
-    """GFLOP/s of training `model` (compiled) on this machine (`step_seconds`)."""
-    flops = TRAIN_FLOPS_PER_FORWARD * training_forward_flops(model) * batch_size
-    return flops / step_seconds(model, batch_size, steps) / 1e9
-
-
 @dataclasses.dataclass
 class Timing:
     """One timed training step in a plain U-Net's float32 terms: its seconds times its
@@ -277,14 +272,23 @@ class Timing:
     elements: float  # activation elements of the step (forward and backward)
 
 
-def timing(cost: ModelCost, input_size: tuple[int, int], batch_size: int,
-           seconds: float) -> Timing:
-    """The `Timing` of a step of `batch_size` images at `input_size` that took `seconds`."""
+def timing(cost: ModelCost, input_size: tuple[int, int], batch_size: int, seconds: float,
+           efficiency: dict[str, float] | None = None) -> Timing:
+    """The `Timing` of a step of `batch_size` images at `input_size` that took `seconds`.
+
+    Args:
+        cost: The model's measurement.
+        input_size: (H, W) of the step's images.
+        batch_size: Images in the step.
+        seconds: What the step took.
+        efficiency: The table the cost model will use (default `EFFICIENCY`).
+    """
+    table = EFFICIENCY if efficiency is None else efficiency
     pixels = input_size[0] * input_size[1] * batch_size
     return Timing(
         seconds=seconds * devices.training_speedup(cost.model_name, cost.precision),
         flops=(pixels * TRAIN_FLOPS_PER_FORWARD * cost.train_flops_per_pixel
-               / EFFICIENCY.get(cost.key, DEFAULT_EFFICIENCY)),
+               / table.get(cost.key, DEFAULT_EFFICIENCY)),
         elements=pixels * TRAIN_FLOPS_PER_FORWARD * cost.train_elements_per_pixel)
 
 
@@ -293,20 +297,43 @@ def timing(cost: ModelCost, input_size: tuple[int, int], batch_size: int,
 MIN_INTENSITY_RATIO = 1.4
 
 #: FLOPs a plain U-Net computes in the time its other layers take for one activation
-#: element, where no second timing measures it (`fit_rates`): 123 on both cores of an AMD
-#: EPYC with avx512_bf16 in float32 (214 GFLOP/s, 1.74 G activations/s), 150 there in
-#: mixed bfloat16 (RESULTS.md, "The cost model: FLOPs and activations").
-FLOPS_PER_ELEMENT = 125.0
+#: element, by the recipe's precision, where no second timing measures it (`fit_rates`). On
+#: an AMD EPYC with avx512_bf16 (RESULTS.md, "The cost model: FLOPs and activations"): 123 in
+#: float32 on both cores (214 GFLOP/s, 1.74 G activations/s); in mixed bfloat16 270 and 306
+#: on both cores and 187 on one (bfloat16 speeds the convolutions more than the rest).
+FLOPS_PER_ELEMENT = {"float32": 125.0, "mixed_bfloat16": 250.0, "mixed_float16": 250.0}
+
+#: A fit whose ratio of the two rates is further than this factor from `FLOPS_PER_ELEMENT`
+#: is taken for timing noise (with a 32/16-filter pair, 10 % off the narrow step moves the
+#: activation rate by a third), and the usual ratio is kept.
+MAX_RATIO_FACTOR = 3.0
 
 
-def fit_rates(first: Timing, second: Timing | None = None) -> tuple[float, float]:
-    """`(gflops, gelements)` such that `flops / gflops + elements / gelements` (in G) gives
-    both timings' seconds. From `first` alone, or when the two do not tell the terms apart
-    (too alike, or a term would be negative: timing noise), the two rates keep the ratio
-    `FLOPS_PER_ELEMENT` and give `first` exactly."""
-    gflops = (first.flops + FLOPS_PER_ELEMENT * first.elements) / first.seconds / 1e9
-    prior = (gflops, gflops / FLOPS_PER_ELEMENT)
-    if second is None or min(first.elements, second.elements) <= 0:
+def flops_per_element(precision: str) -> float:
+    """`FLOPS_PER_ELEMENT` of a Keras dtype policy (float32's for one not listed)."""
+    return FLOPS_PER_ELEMENT.get(precision, FLOPS_PER_ELEMENT["float32"])
+
+
+def fit_rates(first: Timing, second: Timing | None = None,
+              ratio: float = FLOPS_PER_ELEMENT["float32"]) -> tuple[float, float, bool]:
+    """The two rates of `CostModel` from timed steps.
+
+    Args:
+        first: The recipe's step.
+        second: A step of a model with another ratio of FLOPs to activations (its
+            sibling), or None.
+        ratio: FLOPs per activation to assume when the timings do not split the terms.
+
+    Returns:
+        `(gflops, gelements, measured)`: rates such that `flops / gflops + elements /
+        gelements` (in G) gives both timings' seconds (`measured` True); from `first` alone,
+        or when the two do not tell the terms apart (too alike in intensity, a negative
+        term, or a ratio of the rates off `ratio` by more than `MAX_RATIO_FACTOR`: timing
+        noise), rates at `ratio` that give `first` exactly (`measured` False).
+    """
+    gflops = (first.flops + ratio * first.elements) / first.seconds / 1e9
+    prior = (gflops, gflops / ratio, False)
+    if second is None or min(first.elements, second.elements, first.flops, second.flops) <= 0:
         return prior
     intensity = (first.flops / first.elements) / (second.flops / second.elements)
     if max(intensity, 1 / intensity) < MIN_INTENSITY_RATIO:
@@ -316,7 +343,10 @@ def fit_rates(first: Timing, second: Timing | None = None) -> tuple[float, float
     per_element = (first.flops * second.seconds - second.flops * first.seconds) / det
     if per_flop <= 0 or per_element <= 0:
         return prior
-    return 1 / per_flop / 1e9, 1 / per_element / 1e9
+    fitted = per_element / per_flop  # FLOPs per activation
+    if not 1 / MAX_RATIO_FACTOR <= fitted / ratio <= MAX_RATIO_FACTOR:
+        return prior
+    return 1 / per_flop / 1e9, 1 / per_element / 1e9, True
 
 
 @dataclasses.dataclass
@@ -327,10 +357,19 @@ class CostModel:
     its activations at `gelements`, over its precision's speed-up, times the correction
     trials measured for its `config_key`.
 
+    The rates are a plain U-Net's in float32 terms: measured in the recipe's precision and
+    divided by its speed-up (`devices.training_speedup`, one figure a family for the whole
+    step). bfloat16 speeds the convolutions more than the other layers, so rates calibrated
+    on a bfloat16 recipe predict a family that trains in float32 less well (1.39x optimistic
+    for pix2pix, 0.77 for light_unet: RESULTS.md); its trials correct it.
+
     Attributes:
-        gflops: The GFLOP/s a plain U-Net reaches in training on this machine, in float32.
+        gflops: The GFLOP/s a plain U-Net's convolutions reach in training on this machine.
         gelements: The G activation elements a second its other layers process, or None:
-            FLOPs alone (`gflops` then covers both; for hand-made cost models).
+            FLOPs alone (`gflops` then covers both; hand-made cost models and plans saved
+            before this term).
+        gelements_measured: Whether `gelements` was measured (two timings that split), not
+            assumed from `FLOPS_PER_ELEMENT`.
         fixed_seconds: A trial's cost besides its epochs.
         efficiency: Relative efficiency by `config_key` (`EFFICIENCY` by default).
         observed: Measured over uncorrected predicted epoch time, by `config_key`, one
@@ -340,6 +379,7 @@ class CostModel:
     gflops: float
     fixed_seconds: float = DEFAULT_FIXED_SECONDS
     gelements: float | None = None
+    gelements_measured: bool = False
     efficiency: dict[str, float] = dataclasses.field(default_factory=lambda: dict(EFFICIENCY))
     observed: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
