@@ -88,11 +88,10 @@ def implied_efficiency(cost, size, batch_size, seconds, before, now) -> dict[str
     """The efficiency that would make each cost model exact on this row: the plain U-Net's
     time for its FLOPs over the time its FLOPs took (under FLOPs + activations, the step's
     time less its activations' time); "-" where its activations alone exceed the step."""
-    from autoseg import devices
+    from autoseg import speed
 
-    flops = size[0] * size[1] * batch_size * 3 * cost.train_flops_per_pixel / 1e9
-    elements = size[0] * size[1] * batch_size * 3 * cost.train_elements_per_pixel / 1e9
-    plain = seconds * devices.training_speedup(cost.model_name, cost.precision)
+    step = speed.timing(cost, size, batch_size, seconds, efficiency={cost.key: 1.0})
+    flops, elements, plain = step.flops / 1e9, step.elements / 1e9, step.seconds
     out = {"before": f"{flops / before.gflops / plain:.2f}"}
     rest = plain - (elements / now.gelements if now.gelements else 0.0)
     out["now"] = f"{flops / now.gflops / rest:.2f}" if rest > 0 else "-"
