@@ -18,8 +18,10 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    (`plan.FORK_FIDELITY`: variants from scratch cannot train long enough in its share) or no
    bracket fits at the costs the recipe measured: trials (`tuner/bracket` `FORK_BRACKET`)
    that continue the recipe's checkpoint for `plan.fork_epochs`, the first unchanged (the
-   control), the others with training choices redrawn (`plan.FORK_GROUPS`), while they end
-   before the finishing share.
+   control), `plan.MIN_VARIANTS` others with training choices redrawn (`plan.FORK_GROUPS`),
+   while they end before the finishing share. When the plan forks, the recipe's learning
+   rate decays over its lineage (`Plan.lineage_epochs`) and the forks train on along it
+   (`plan.SCHEDULE_EPOCHS`); the finish ends it.
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. The cosine
@@ -341,6 +343,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return None
         forks = [hyperparameter_values(t.hyperparameters.values) for t in self.trials.values()
                  if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
+        if len(forks) > search_plan.MIN_VARIANTS:
+            return None  # the control and its forks ran: the rest of the time is the finish's
         start = dict(self.search_plan.recipe)
         if forks:
             start = search_plan.neighbour(start, self.space, self._rng, self.search_plan.admits,
@@ -352,6 +356,11 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         values = {**start, "tuner/trial_id": recipe.trial_id, "tuner/initial_epoch": reached,
                   "tuner/epochs": reached + search_plan.fork_epochs(self.search_plan),
                   "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
+        # The recipe's schedule, when it decays past the recipe (`Plan.lineage_epochs`): the
+        # fork trains on along it. Else the fork decays over its own epochs.
+        horizon = int(record.get("schedule_epochs") or 0)
+        if horizon > values["tuner/epochs"]:
+            values[search_plan.SCHEDULE_EPOCHS] = horizon
         if not self._fits(values):
             return None
         return {"status": "RUNNING", "values": values}
@@ -393,6 +402,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if more < 1:
             return stopped
         values = best.hyperparameters.values.copy()
+        values.pop(search_plan.SCHEDULE_EPOCHS, None)  # a fork's: the finish ends the schedule
         if record.get("epochs"):  # what it trained, which the budget may have cut short
             reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
         else:

@@ -43,7 +43,9 @@ from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
-from autoseg.plan import RECIPE_BRACKET, TRAIN_AND_VAL, TRAIN_ON, recipe_takes_all
+from autoseg.plan import (
+    RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, recipe_takes_all,
+)
 from autoseg.search_space import (
     Range,
     SearchSpace,
@@ -292,15 +294,27 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 callback.target = lambda: time_budget.target
         # The trial's own rate: a restored optimizer (pix2pix's) holds the last fit's decayed one.
         rate = float(self._declare(hp, "learning_rate", self.space.params["learning_rate"]))
-        callbacks += [time_budget,
-                      CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate)]
+        schedule = CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate,
+                                  stretch=self._schedule_stretch(hp))
+        callbacks += [time_budget, schedule]
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
         start = time.time()
         history, peak = self._fit_with_retry(model, setup, epochs=epochs, callbacks=callbacks,
                                              verbose=verbose, **kwargs)
+        self.last_fit["schedule_epochs"] = schedule.horizon()  # where its forks decay to
         self._record_fit(history, peak, time_budget, start)
         return history
+
+    def _schedule_stretch(self, hp) -> float:
+        """How far past its epochs a trial's learning rate decays: the recipe's over its
+        lineage when the plan forks it (`Plan.schedule_stretch`), a fork's to the recipe's
+        end (`SCHEDULE_EPOCHS`); else 1, over its own epochs."""
+        if SCHEDULE_EPOCHS in hp.values:
+            return float(hp.values[SCHEDULE_EPOCHS]) / float(hp.values["tuner/epochs"])
+        if self._allotment(hp) is not None:
+            return self.plan.schedule_stretch()
+        return 1.0
 
     def _reconsider(self, hp) -> Callable[[float], str | None] | None:
         """For the recipe of a plan that explores after it: `plan.recipe_takes_all` at the
@@ -593,26 +607,39 @@ class CosineSchedule(keras.callbacks.Callback):
     `base` is the trial's own learning rate. Without it, the schedule decays whatever rate the
     optimizer holds when training begins, which for a model whose optimizer a checkpoint
     restores (pix2pix builds its own in `compile`) is the previous fit's decayed rate.
+
+    `stretch` (> 1) decays over that many times the trial's epochs: the recipe of a plan that
+    forks it ends its share mid-schedule, and its forks and finish train on along the same
+    curve. Once the `TimeBudget` gives the recipe the whole budget (`plan_change`), the
+    schedule ends with the trial again.
     """
 
     def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05,
-                 budget: TimeBudget | None = None, base: float | None = None):
+                 budget: TimeBudget | None = None, base: float | None = None,
+                 stretch: float = 1.0):
         super().__init__()
         self.epochs = max(1, int(epochs))
         self.floor = floor
         self.budget = budget
         self.base = None if base is None else float(base)
         self._base = self.base
+        self.stretch = max(1.0, float(stretch))
+
+    def horizon(self) -> int:
+        """The epoch (absolute) the learning rate reaches its floor at."""
+        epochs = self.epochs
+        if self.budget is not None and self.budget.target is not None:
+            epochs = max(1, min(epochs, self.budget.target))
+            if self.budget.plan_change is not None:
+                return epochs
+        return max(epochs, round(epochs * self.stretch))
 
     def on_train_begin(self, logs=None):
         if self.base is None:
             self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
-        epochs = self.epochs
-        if self.budget is not None and self.budget.target is not None:
-            epochs = max(1, min(epochs, self.budget.target))
-        progress = min(1.0, epoch / epochs)
+        progress = min(1.0, epoch / self.horizon())
         scale = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
         self.model.optimizer.learning_rate.assign(self._base * scale)
 
@@ -647,6 +674,13 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
     def build(self, hp):
         model_name, _ = self.declare_model(hp)  # the whole space, every family
         return self._delegate(model_name).build(hp)
+
+    def build_values(self, values: dict[str, Any]) -> keras.Model:
+        """The model a trial with these hyperparameter values builds (the plan's
+        calibration times it)."""
+        hp = kt.HyperParameters()
+        hp.values = dict(values)
+        return self.build(hp)
 
     def fit(self, hp, model, *args, **kwargs):
         delegate = self._delegate(hp.get("model_name"))

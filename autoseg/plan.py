@@ -26,9 +26,11 @@ in the budget before it runs, and explores variants of the recipe with the rest.
 - **Shares of the budget**: the recipe `RECIPE_SHARE`, finishing the best trial
   `FINISH_SHARE` (its continuation; train+val and test-time augmentation will use it too),
   exploration the rest. When the exploration share cannot train the recipe and two variants
-  from scratch for a third of `min_epochs` each (`minimal_exploration_seconds`), exploration
+  from scratch for half of `min_epochs` each (`minimal_exploration_seconds`), exploration
   forks the recipe instead (`FORK_FIDELITY`): the control and variants of its training
-  choices, each training its weights on for a fifth of its epochs. When not even those fit
+  choices, each training its weights on for a fifth of its epochs, along the recipe's
+  learning-rate schedule, which then decays over the recipe's whole lineage (the recipe, a
+  fork and the finish: `Plan.lineage_epochs`). When not even those fit
   (`minimal_fork_seconds`), the recipe gets the whole budget: while the recipe is short of
   `ENOUGH_IMAGES` crops, more epochs are worth more than what variants teach. On CWFID at
   30 minutes on a 2-core CPU, the recipe trained for 40 % and continued for 20 % of the
@@ -68,6 +70,9 @@ TRAIN, TRAIN_AND_VAL = "train", "train+val"
 FINISH_ON = (TRAIN, TRAIN_AND_VAL)
 #: The trial value that makes a trial train on `TRAIN_AND_VAL` (set by the oracle's finish).
 TRAIN_ON = "tuner/train_on"
+#: The trial value of a fork: the epoch its learning-rate schedule ends at, the recipe's
+#: (`Plan.lineage_epochs`; the recipe's record holds it as `schedule_epochs`).
+SCHEDULE_EPOCHS = "tuner/schedule_epochs"
 
 #: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
 #: explores variants of the recipe.
@@ -85,14 +90,24 @@ VALIDATION_SHARE = 0.2
 MAX_PASSES = 8
 
 #: Exploration compares the recipe (the control) with at least this many variants, each for
-#: at least `1 / EXPLORE_FIDELITY` of the recipe's epochs (and `MIN_EPOCHS`); else none runs.
+#: at least `1 / EXPLORE_FIDELITY` of the recipe's epochs (and `MIN_EPOCHS`); else it forks
+#: the recipe, or none runs. Variants from scratch for a third of the recipe's epochs never
+#: found anything at 30-60 minutes on a CPU: on CWFID a 5-epoch SegNet scored 0.32 and the
+#: 5-epoch control 0.63 against the recipe's 0.69 at 13 (RESULTS.md, the bfloat16 run at 30
+#: minutes), at 2-3 epochs 0.31-0.64 against 0.68 at 17 (60 minutes).
 MIN_VARIANTS = 2
-EXPLORE_FIDELITY = 3
+EXPLORE_FIDELITY = 2
 
 #: When variants cannot train from scratch long enough to be compared, exploration forks the
 #: recipe instead: each fork trains the recipe's weights on for `1 / FORK_FIDELITY` of its
 #: epochs (at least `MIN_EPOCHS`) with one or two of its training choices (`FORK_GROUPS`)
-#: redrawn, and the control trains them on unchanged. On CWFID, variants trained from
+#: redrawn, and the control trains them on unchanged: the control and `MIN_VARIANTS` forks,
+#: then the finish trains the best on to the end of the budget. The recipe's learning rate
+#: then decays over its whole lineage (`Plan.lineage_epochs`: the recipe, a fork, the
+#: finish) rather than within its share: the forks continue its schedule, the finish ends it,
+#: and the model the search returns has trained on one schedule, as the recipe alone would
+#: (a second schedule on the same weights lost to one long one on CWFID: 0.578 against
+#: 0.673, RESULTS.md, #11 arms at 30 minutes). On CWFID, variants trained from
 #: scratch for 2-3 epochs scored 0.31-0.64 against the recipe's 0.68 at 17 epochs: none
 #: could be told from noise (RESULTS.md, 60 minutes on both cores).
 FORK_FIDELITY = 5
@@ -268,6 +283,23 @@ class Plan:
         recipe = self.share_epochs()
         enough = math.ceil(ENOUGH_IMAGES / max(1, self.epoch_crops))
         return max(1, min(recipe, max(MIN_EPOCHS, enough)))
+
+    def lineage_epochs(self) -> int | None:
+        """When the plan forks: the epochs the recipe's learning rate decays over, those of
+        its lineage at the recipe's estimated epoch time: its own, one fork's and the
+        finish's (the time after the recipe less the control's and `MIN_VARIANTS` forks'
+        and the finish's fixed cost). None when the recipe's schedule ends with its share."""
+        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
+            return None
+        after = (self.budget_seconds * (1 - self.shares["recipe"]) - minimal_fork_seconds(self)
+                 - self.cost_model.fixed_seconds)
+        finish = max(0, int(after // self.epoch_seconds(self.recipe)))
+        return self.recipe_epochs + fork_epochs(self) + finish
+
+    def schedule_stretch(self) -> float:
+        """The recipe's schedule over its epochs: `lineage_epochs / recipe_epochs`, else 1."""
+        lineage = self.lineage_epochs()
+        return lineage / self.recipe_epochs if lineage else 1.0
 
     def winner_seconds(self) -> float | None:
         if self.budget_seconds is None:
@@ -474,15 +506,11 @@ def cheaper_recipe(recipe: dict[str, Any], space: SearchSpace, models: list[spee
     (not below `MIN_RECIPE_SIZE`). Everything else is kept: loss, augmentation, learning
     rate, batch size (a cheaper model needs less memory)."""
     config = trial_model_config(recipe)
-    name, options = config["model_name"], config["options"]
-    filters = options.get("filters")
-    if isinstance(filters, int) and filters // 2 >= MIN_RECIPE_FILTERS:
-        half = {**options, "filters": filters // 2}
-        cost = next((m for m in models if m.model_name == name and _same(m.options, half)), None)
-        batch = int(recipe["batch_size"])
-        if cost is not None and (not memory_limit or cost.memory_bytes(
-                config["input_size"], batch) <= memory_limit):
-            return {**recipe, f"{name}/filters": filters // 2}
+    filters = config["options"].get("filters")
+    half = [m for m in narrower_widths(recipe, models, memory_limit)
+            if m.options["filters"] == filters // 2 >= MIN_RECIPE_FILTERS]
+    if half:
+        return {**recipe, f"{config['model_name']}/filters": filters // 2}
     if recipe["policy"] != "resize":
         return None
     area = config["input_size"][0] * config["input_size"][1]
@@ -767,10 +795,13 @@ def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
     if plan.finish_on == TRAIN_AND_VAL:
         further += " on the training and validation photos"
     if plan.exploration == "forks":
-        return (f"[plan] then {_minutes(explore)} exploring forks of the recipe: its weights "
-                f"trained on for {fork_epochs(plan)} epochs each, unchanged (the control) and "
-                f"with its {', '.join(FORK_GROUPS)} redrawn ({plan.exploration_reason}); and "
-                f"{finish} {further}")
+        forks = minimal_fork_seconds(plan)
+        return (f"[plan] then ~{_minutes(forks)} forking the recipe: its weights trained on "
+                f"for {fork_epochs(plan)} epochs each, unchanged (the control) and "
+                f"{MIN_VARIANTS} ways with its {', '.join(FORK_GROUPS)} redrawn "
+                f"({plan.exploration_reason}); and ~{_minutes(budget * (1 - plan.shares['recipe']) - forks)} "
+                f"{further}. The recipe's learning rate decays over its lineage, "
+                f"{plan.lineage_epochs()} epochs: the recipe, a fork and the finish")
     kept = [k["epoch_seconds"] for k in plan.kept] or [recipe_seconds]
     typical = sorted(kept)[len(kept) // 2]
     return (f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "
@@ -926,19 +957,26 @@ def calibration_sibling(recipe: dict[str, Any], models: list[speed.ModelCost],
     """The recipe's model at a narrower width, to time beside it (`calibrate`): the space's
     width nearest half the recipe's, below it (a narrower model costs the calibration less
     than the recipe itself); None when the space has none or its model has no `filters`."""
+    filters = trial_model_config(recipe)["options"].get("filters")
+    return min(narrower_widths(recipe, models, memory_limit),
+               key=lambda m: abs(math.log2(m.options["filters"] / (filters / 2))), default=None)
+
+
+def narrower_widths(recipe: dict[str, Any], models: list[speed.ModelCost],
+                    memory_limit: int | None) -> list[speed.ModelCost]:
+    """The recipe's model at the space's narrower widths (`filters`, its other options
+    the same) that fit the memory budget at the recipe's input size and batch; none when
+    its model has no `filters`."""
     config = trial_model_config(recipe)
     name, options = config["model_name"], config["options"]
     filters = options.get("filters")
     if not isinstance(filters, int):
-        return None
+        return []
     batch = int(recipe["batch_size"])
-    narrower = [m for m in models if m.model_name == name
-                and isinstance(m.options.get("filters"), int) and m.options["filters"] < filters
-                and _same({**m.options, "filters": filters}, options)
-                and (not memory_limit
-                     or m.memory_bytes(config["input_size"], batch) <= memory_limit)]
-    return min(narrower, key=lambda m: abs(math.log2(m.options["filters"] / (filters / 2))),
-               default=None)
+    return [m for m in models if m.model_name == name
+            and isinstance(m.options.get("filters"), int) and m.options["filters"] < filters
+            and _same({**m.options, "filters": filters}, options)
+            and (not memory_limit or m.memory_bytes(config["input_size"], batch) <= memory_limit)]
 
 
 def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed.ModelCost],
@@ -958,7 +996,6 @@ def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed
         memory_limit: The memory budget in bytes, or None.
     """
     import keras
-    import keras_tuner as kt
 
     config = trial_model_config(recipe)
     cost = next(m for m in models if m.model_name == config["model_name"]
@@ -967,11 +1004,10 @@ def calibrate(hypermodel, recipe: dict[str, Any], batch: int, models: list[speed
     costs = speed.CostModel(gflops=1.0)
     timings = []
     for model_cost in [cost] + ([sibling] if sibling else []):
-        hp = kt.HyperParameters()
-        hp.values = dict(recipe)
+        values = dict(recipe)
         if model_cost is sibling:
-            hp.values[f"{sibling.model_name}/filters"] = sibling.options["filters"]
-        model = hypermodel.build(hp)
+            values[f"{sibling.model_name}/filters"] = sibling.options["filters"]
+        model = hypermodel.build_values(values)
         seconds = speed.step_seconds(model, batch)
         timings.append(speed.timing(model_cost, config["input_size"], batch, seconds,
                                     costs.efficiency))

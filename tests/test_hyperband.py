@@ -222,6 +222,14 @@ class PlannedRun(Run):
             per_epoch *= self.explore_slowdown
         return per_epoch, 1 - abs(math.log10(values["learning_rate"]) + 3) / 3 + values["tuner/epochs"] / 1000
 
+    def step(self):
+        trial = super().step()
+        values = trial.hyperparameters.values if trial.status == "COMPLETED" else {}
+        if values.get("tuner/bracket") == RECIPE_BRACKET:  # as the HyperModel records it
+            self.records[trial.trial_id]["schedule_epochs"] = round(
+                values["tuner/epochs"] * self.plan.schedule_stretch())
+        return trial
+
     def run(self, limit=200):
         trials = []
         for _ in range(limit):
@@ -277,8 +285,8 @@ def test_when_the_recipe_measures_no_room_for_a_bracket_the_recipe_goes_on(tmp_p
     the cheapest bracket no longer fits before the finish, so no control or variant starts
     and the recipe is continued (as on CWFID, RESULTS.md: a 5-epoch copy of the recipe
     was all that started)."""
-    run = PlannedRun(tmp_path, budget=4 * 3600, slowdown=2.0)
-    assert not run.plan.recipe_only
+    run = PlannedRun(tmp_path, budget=5 * 3600, slowdown=2.0)
+    assert not run.plan.recipe_only and run.plan.exploration == "scratch"
     trials = run.run()
     assert trials[0].hyperparameters.values["tuner/bracket"] == RECIPE_BRACKET
     assert run.oracle.plan["explored"] and "no bracket whose first round" in run.oracle.plan["skipped"]
@@ -313,7 +321,8 @@ def test_a_trial_below_the_best_is_continued_only_to_double_its_epochs(tmp_path)
 def test_exploration_that_runs_slower_than_planned_stops_before_the_finish(tmp_path):
     """Variants take 3x their estimate: the measured times correct the estimates, and the
     trial that would run into the finishing share is not started."""
-    run = PlannedRun(tmp_path, explore_slowdown=3.0)
+    run = PlannedRun(tmp_path, budget=10 * 3600.0, explore_slowdown=3.0)
+    assert run.plan.exploration == "scratch"
     trials = run.run()
     explore = [t for t in trials if t.hyperparameters.values["tuner/bracket"] >= 0]
     finish = run.plan.budget_seconds * run.plan.shares["finish"]
@@ -372,11 +381,18 @@ def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
     assert len(forks) >= 1 + search_plan.MIN_VARIANTS and refine
     reached = recipe.hyperparameters.values["tuner/epochs"]
     epochs = search_plan.fork_epochs(run.plan)
+    # The control and MIN_VARIANTS forks, though the explore share holds more: the rest of
+    # the time trains the best on.
+    assert len(forks) == 1 + search_plan.MIN_VARIANTS
+    lineage = run.plan.lineage_epochs()
+    assert lineage > reached + epochs
     for fork in forks:  # each trains the recipe's weights on for the same epochs
         values = fork.hyperparameters.values
         assert values["tuner/trial_id"] == recipe.trial_id
         assert values["tuner/initial_epoch"] == reached
         assert values["tuner/epochs"] == reached + epochs
+        # ... along the recipe's learning-rate schedule, which ends after the finish.
+        assert values[search_plan.SCHEDULE_EPOCHS] == lineage
     # The control first, then variants of the recipe's training only, none twice.
     assert _config(forks[0].hyperparameters.values) == run.plan.recipe
     variants = [_config(t.hyperparameters.values) for t in forks[1:]]
@@ -392,6 +408,8 @@ def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
     assert max(run.ends[t.trial_id] for t in forks) <= run.deadline - finish + 1e-6
     assert refine[0].hyperparameters.values["tuner/trial_id"] == forks[0].trial_id
     assert all(run.ends[t.trial_id] <= run.deadline + 1e-6 for t in trials)
+    # The finish decays over its own epochs: it ends the schedule.
+    assert all(search_plan.SCHEDULE_EPOCHS not in t.hyperparameters.values for t in refine)
 
 
 class BetterForkRun(PlannedRun):
@@ -442,9 +460,9 @@ def reloaded(run, tmp_path):
 
 def test_forks_resume_where_a_killed_search_stopped(tmp_path):
     run = PlannedRun(tmp_path, budget=3600.0)
-    for _ in range(3):  # the recipe, the control and one fork
+    for _ in range(2):  # the recipe and the control
         run.step()
-    killed = run.oracle.create_trial("tuner0")  # a second fork, killed while it trains
+    killed = run.oracle.create_trial("tuner0")  # the first fork, killed while it trains
     assert killed.hyperparameters.values["tuner/bracket"] == FORK_BRACKET
     again = reloaded(run, tmp_path)  # a new process: the oracle and its trials from disk
     retried = again.create_trial("tuner0")  # KerasTuner retries the interrupted trial
@@ -453,11 +471,18 @@ def test_forks_resume_where_a_killed_search_stopped(tmp_path):
     retried.status = "COMPLETED"
     again.update_trial(retried.trial_id, {"score": 0.5}, step=1)
     again.end_trial(retried)
-    following = again.create_trial("tuner0").hyperparameters.values
-    assert following["tuner/bracket"] == FORK_BRACKET
+    following = again.create_trial("tuner0")
+    values = following.hyperparameters.values
+    assert values["tuner/bracket"] == FORK_BRACKET
     done = [_config(t.hyperparameters.values) for t in again.trials.values()
             if bracket(t) == FORK_BRACKET][:-1]
-    assert len(done) == 3 and _config(following) not in done
+    assert len(done) == 2 and _config(values) not in done
+    # The control and MIN_VARIANTS forks: then the finish, though time for more forks is left.
+    assert search_plan.MIN_VARIANTS == 2 and again._fits(values)
+    following.status = "COMPLETED"
+    again.update_trial(following.trial_id, {"score": 0.4}, step=1)
+    again.end_trial(following)
+    assert again.create_trial("tuner0").hyperparameters.values["tuner/bracket"] == REFINE_BRACKET
 
 
 def test_a_search_killed_between_two_trials_does_not_run_the_ended_one_again(tmp_path):

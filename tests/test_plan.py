@@ -870,16 +870,22 @@ def test_an_hour_on_a_cpu_explores_by_forking_the_recipe(cwfid_space):
     seconds = p.epoch_seconds(p.recipe)  # 44 s
     assert not p.recipe_only and p.exploration == "forks"
     assert p.recipe_epochs == int((0.4 * 3600 - FIXED) // seconds) == 32
-    # min_epochs 32 (the recipe's 40 %): the recipe and 2 variants from scratch for 11
-    # epochs each need more than exploration's 24 minutes; the control and 2 forks of the
-    # recipe, 7 epochs each (a fifth of its 32), fit.
+    # min_epochs 32 (the recipe's 40 %): the recipe and 2 variants from scratch for 16
+    # epochs each (half its 32) need more than exploration's 24 minutes; the control and 2
+    # forks of the recipe, 7 epochs each (a fifth of its 32), fit.
     needed, epochs = plan.minimal_exploration_seconds(p)
-    assert epochs == 11 and needed > 0.4 * 3600
+    assert epochs == 16 and needed > 0.4 * 3600
     assert plan.fork_epochs(p) == 7
     assert plan.minimal_fork_seconds(p) == pytest.approx(3 * (FIXED + 7 * seconds))
     assert plan.minimal_fork_seconds(p) <= 0.4 * 3600
+    # The recipe's learning rate decays over its lineage: its 32 epochs, a fork's 7 and
+    # the finish's, the time after the recipe less the 3 forks' and the finish's start-up.
+    after = 0.6 * 3600 - 3 * (FIXED + 7 * seconds) - FIXED
+    assert p.lineage_epochs() == 32 + 7 + int(after // seconds)
+    assert p.schedule_stretch() == pytest.approx(p.lineage_epochs() / 32)
     text = "\n".join(p.lines())
-    assert "exploring forks of the recipe" in text and "7 epochs each" in text
+    assert "forking the recipe" in text and "7 epochs each" in text
+    assert f"decays over its lineage, {p.lineage_epochs()} epochs" in text
     assert "variants from scratch need ~" in text and "exploring variants" not in text
 
 
@@ -901,12 +907,12 @@ def test_a_budget_too_short_for_forks_gives_the_recipe_the_whole_budget(cwfid_sp
 
 def test_a_long_budget_explores_once_the_recipe_has_enough_crops(cwfid_space):
     # Six hours: the recipe's 40 % holds 195 epochs, more than 4000 crops' worth (100):
-    # variants compared at 34 epochs fit.
+    # variants compared at 50 epochs fit.
     p = cwfid_plan(cwfid_space, budget=6 * 3600, runs_recipe=True)
     assert not p.recipe_only and p.recipe_only_reason is None
     assert p.min_epochs == 100
     needed, epochs = plan.minimal_exploration_seconds(p)
-    assert epochs == 34 and needed <= p.budget_seconds * p.shares["explore"]
+    assert epochs == 50 and needed <= p.budget_seconds * p.shares["explore"]
     assert "exploring variants of the recipe" in "\n".join(p.lines())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -378,6 +379,49 @@ def test_a_trial_builds_its_optimizer_before_the_first_step_and_keeps_its_learni
     continued.load_weights(tmp_path / "checkpoint.weights.h5")
     hypermodel.fit(hp, continued, epochs=1, verbose=0, callbacks=[Spy()])
     assert seen == [(True, pytest.approx(rate)), (True, pytest.approx(rate))]
+
+
+def test_a_fork_trains_along_the_recipes_schedule_and_the_recipe_records_its_end(tiny_dataset):
+    """The recipe of a plan that forks it records where its learning rate reaches the floor
+    (`schedule_epochs`, its epochs x `Plan.schedule_stretch`); a fork given that end
+    (`SCHEDULE_EPOCHS`) starts at the recipe's rate there, not at a fresh decay's."""
+    import types
+
+    import keras
+    import keras_tuner as kt
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.plan import RECIPE_BRACKET, SCHEDULE_EPOCHS
+
+    firsts = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                firsts.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    hypermodel = AutosegHyperModel(space="ci", data=TrainingData.from_path(tiny_dataset))
+    hypermodel.plan = types.SimpleNamespace(  # the parts of a forking Plan fit reads
+        recipe_only=False, shares={"recipe": 0.4}, recipe_seconds=lambda: 1e6, passes_per_epoch=1,
+        admits=lambda values: None,
+        schedule_stretch=lambda: 2.5)
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    rate = float(hp.get("learning_rate"))
+    hp.values.update({"tuner/bracket": RECIPE_BRACKET, "tuner/epochs": 2})
+    hypermodel.fit(hp, model, epochs=2, verbose=0, callbacks=[Spy()])
+    assert hypermodel.last_fit["schedule_epochs"] == 5  # 2 epochs x 2.5
+    # Its second epoch is at 1/5 of the cosine, not at its middle.
+    assert firsts[1] == pytest.approx(rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 5))))
+    fork = kt.HyperParameters()
+    hypermodel.build(fork)
+    fork.values.update({"tuner/bracket": -3, "tuner/epochs": 4, "tuner/initial_epoch": 2,
+                        SCHEDULE_EPOCHS: 5})
+    firsts.clear()
+    hypermodel.fit(fork, model, epochs=4, initial_epoch=2, verbose=0, callbacks=[Spy()])
+    expected = [rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * e / 5))) for e in (2, 3)]
+    assert firsts == pytest.approx(expected)
+    assert hypermodel.last_fit["schedule_epochs"] == 5
 
 
 # --- slow lane: resume after SIGKILL, hyperband/grid resume, time budget, memory hygiene --

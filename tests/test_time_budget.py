@@ -133,3 +133,46 @@ def test_a_recipe_whose_plan_still_holds_keeps_its_share(clock):
     ran = run_epochs(budget, clock, [150] + [100] * 40)
     assert asked == [100.0] and budget.plan_change is None
     assert len(ran) == 9 and budget.target == 9  # 150 + 8 x 100 s fit its 1000 s
+
+
+# -- the recipe of a plan that forks it: its learning rate decays over its lineage ----------
+
+def test_a_stretched_schedule_ends_the_recipes_share_mid_decay(clock):
+    """The recipe's share holds 9 epochs (as above); with a stretch of 2 its cosine decays
+    over 18, so it stops at the curve's middle, where its forks train on."""
+    budget = TimeBudget(None, epochs=100, allotment_seconds=1000)
+    schedule = CosineSchedule(100, budget=budget, stretch=2.0)
+    run_epochs(budget, clock, [150] + [100] * 40, schedule)
+    assert budget.target == 9 and schedule.horizon() == 18
+    last = float(schedule.model.optimizer.learning_rate.numpy())  # epoch 8 of 18
+    assert 0.5 < last < 0.7
+
+
+def test_a_fork_trains_on_along_the_recipes_schedule(clock):
+    """A fork from epoch 9 to 12 of a lineage of 18 (stretch 18 / 12): its rates are the
+    recipe's curve at epochs 9-11, not a decay to the floor over its own 3 epochs."""
+    budget = TimeBudget(None, epochs=12)
+    schedule = CosineSchedule(12, initial_epoch=9, budget=budget, stretch=18 / 12)
+    lineage = CosineSchedule(18)
+    model, reference = _model(), _model()
+    schedule.set_model(model)
+    lineage.set_model(reference)
+    for callback in (schedule, lineage):
+        callback.on_train_begin()
+    for epoch in (9, 10, 11):
+        schedule.on_epoch_begin(epoch)
+        lineage.on_epoch_begin(epoch)
+        assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(
+            float(reference.optimizer.learning_rate.numpy()))
+    assert schedule.horizon() == 18
+    assert float(model.optimizer.learning_rate.numpy()) > 0.3
+
+
+def test_a_recipe_given_the_whole_budget_ends_its_schedule_with_itself(clock):
+    """Once exploring no longer fits (`plan_change`), the stretch is dropped: one schedule to
+    the deadline, as without forks."""
+    budget, _ = _reconsidering_budget(clock, "exploring would need ~40 min")
+    schedule = CosineSchedule(30, budget=budget, stretch=2.0)
+    run_epochs(budget, clock, [150] + [100] * 40, schedule)
+    assert budget.target == 25 and schedule.horizon() == 25
+    assert float(schedule.model.optimizer.learning_rate.numpy()) < 0.1
