@@ -24,10 +24,11 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    (`plan.SCHEDULE_EPOCHS`); the finish ends it.
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
-   left allows, at its own measured epoch time, and again while time is left. The cosine
-   schedule restarts over the longer run; these trials may exceed `max_epochs`. With the
-   plan's `finish_on` "train+val", the continuation (`TRAIN_ON`) trains on the validation
-   photos as well, its epochs costed longer by `Plan.finish_epoch_factor`.
+   left allows, at its own measured epoch time, and again while time is left. Its cosine
+   decays to the continuation's end: after the recipe's full schedule it restarts over the
+   longer run; after a fork it ends the lineage's. These trials may exceed `max_epochs`.
+   With the plan's `finish_on` "train+val", the continuation (`TRAIN_ON`) trains on the
+   validation photos as well, its epochs costed longer by `Plan.finish_epoch_factor`.
 
 Every trial's steady epoch time corrects the plan's cost model (`Plan.observe`).
 
@@ -268,7 +269,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             result = self._fork()
             if result is not None:
                 return result
-            self.plan["explored"] = True  # the next fork would eat the finish
+            self.plan["explored"] = True  # the forks ran, or the next would eat the finish
         if not self.plan.get("explored"):
             result = super().populate_space(trial_id)
             if result["status"] == "IDLE":
@@ -333,17 +334,19 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
     def _fork(self):
         """The next fork of the recipe (the control first), or None when the recipe did not
-        complete, no unseen fork is left or the next would run into the finishing share.
-        Forks may run side by side on distributed workers: each needs only the recipe."""
+        complete, the control and `MIN_VARIANTS` forks ran (failed ones do not count), no
+        unseen fork is left or the next would run into the finishing share. Forks may run
+        side by side on distributed workers: each needs only the recipe."""
         recipe = next((t for t in self.trials.values()
                        if t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET), None)
         if recipe is not None and recipe.status == "RUNNING":
             return {"status": "IDLE"}  # another worker trains it
         if recipe is None or recipe.status != "COMPLETED" or recipe.score is None:
             return None
-        forks = [hyperparameter_values(t.hyperparameters.values) for t in self.trials.values()
-                 if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
-        if len(forks) > search_plan.MIN_VARIANTS:
+        trials = [t for t in self.trials.values()
+                  if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
+        forks = [hyperparameter_values(t.hyperparameters.values) for t in trials]
+        if sum(t.status != "FAILED" for t in trials) > search_plan.MIN_VARIANTS:
             return None  # the control and its forks ran: the rest of the time is the finish's
         start = dict(self.search_plan.recipe)
         if forks:

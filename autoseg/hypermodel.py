@@ -294,8 +294,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 callback.target = lambda: time_budget.target
         # The trial's own rate: a restored optimizer (pix2pix's) holds the last fit's decayed one.
         rate = float(self._declare(hp, "learning_rate", self.space.params["learning_rate"]))
+        stretch, extra = self._schedule_extension(hp)
         schedule = CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate,
-                                  stretch=self._schedule_stretch(hp))
+                                  stretch=stretch, extra=extra)
         callbacks += [time_budget, schedule]
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
@@ -306,15 +307,15 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self._record_fit(history, peak, time_budget, start)
         return history
 
-    def _schedule_stretch(self, hp) -> float:
-        """How far past its epochs a trial's learning rate decays: the recipe's over its
-        lineage when the plan forks it (`Plan.schedule_stretch`), a fork's to the recipe's
-        end (`SCHEDULE_EPOCHS`); else 1, over its own epochs."""
+    def _schedule_extension(self, hp) -> tuple[float, int]:
+        """(stretch, extra) of the trial's `CosineSchedule`: the recipe's decays over its
+        lineage when the plan forks it (`Plan.schedule_extension`), a fork's to the recipe's
+        end (`SCHEDULE_EPOCHS`); else (1, 0), over its own epochs."""
         if SCHEDULE_EPOCHS in hp.values:
-            return float(hp.values[SCHEDULE_EPOCHS]) / float(hp.values["tuner/epochs"])
+            return 1.0, max(0, int(hp.values[SCHEDULE_EPOCHS]) - int(hp.values["tuner/epochs"]))
         if self._allotment(hp) is not None:
-            return self.plan.schedule_stretch()
-        return 1.0
+            return self.plan.schedule_extension()
+        return 1.0, 0
 
     def _reconsider(self, hp) -> Callable[[float], str | None] | None:
         """For the recipe of a plan that explores after it: `plan.recipe_takes_all` at the
@@ -608,15 +609,15 @@ class CosineSchedule(keras.callbacks.Callback):
     optimizer holds when training begins, which for a model whose optimizer a checkpoint
     restores (pix2pix builds its own in `compile`) is the previous fit's decayed rate.
 
-    `stretch` (> 1) decays over that many times the trial's epochs: the recipe of a plan that
-    forks it ends its share mid-schedule, and its forks and finish train on along the same
-    curve. Once the `TimeBudget` gives the recipe the whole budget (`plan_change`), the
-    schedule ends with the trial again.
+    `stretch` and `extra` decay over `stretch` x the trial's epochs plus `extra`: the recipe
+    of a plan that forks it ends its share mid-schedule, and its forks and finish train on
+    along the same curve. Once the `TimeBudget` gives the recipe the whole budget
+    (`plan_change`), the schedule ends with the trial again.
     """
 
     def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05,
                  budget: TimeBudget | None = None, base: float | None = None,
-                 stretch: float = 1.0):
+                 stretch: float = 1.0, extra: int = 0):
         super().__init__()
         self.epochs = max(1, int(epochs))
         self.floor = floor
@@ -624,6 +625,7 @@ class CosineSchedule(keras.callbacks.Callback):
         self.base = None if base is None else float(base)
         self._base = self.base
         self.stretch = max(1.0, float(stretch))
+        self.extra = max(0, int(extra))
 
     def horizon(self) -> int:
         """The epoch (absolute) the learning rate reaches its floor at."""
@@ -632,7 +634,7 @@ class CosineSchedule(keras.callbacks.Callback):
             epochs = max(1, min(epochs, self.budget.target))
             if self.budget.plan_change is not None:
                 return epochs
-        return max(epochs, round(epochs * self.stretch))
+        return max(epochs, round(epochs * self.stretch) + self.extra)
 
     def on_train_begin(self, logs=None):
         if self.base is None:

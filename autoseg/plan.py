@@ -288,18 +288,28 @@ class Plan:
         """When the plan forks: the epochs the recipe's learning rate decays over, those of
         its lineage at the recipe's estimated epoch time: its own, one fork's and the
         finish's (the time after the recipe less the control's and `MIN_VARIANTS` forks'
-        and the finish's fixed cost). None when the recipe's schedule ends with its share."""
-        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
+        and the finish's fixed cost; its epochs the longer on train+val). None when the
+        recipe's schedule ends with its share."""
+        extension = self.schedule_extension()
+        if extension == (1.0, 0):
             return None
+        stretch, extra = extension
+        return round(self.recipe_epochs * stretch) + extra
+
+    def schedule_extension(self) -> tuple[float, int]:
+        """(stretch, extra): the recipe's learning rate decays over `stretch` x its epochs
+        plus `extra` (`hypermodel.CosineSchedule`): the finish's epochs grow and shrink with
+        the recipe's (both follow its measured epoch time), a fork's are fixed. (1, 0), over
+        its own epochs, unless the plan forks."""
+        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
+            return 1.0, 0
         after = (self.budget_seconds * (1 - self.shares["recipe"]) - minimal_fork_seconds(self)
                  - self.cost_model.fixed_seconds)
-        finish = max(0, int(after // self.epoch_seconds(self.recipe)))
-        return self.recipe_epochs + fork_epochs(self) + finish
-
-    def schedule_stretch(self) -> float:
-        """The recipe's schedule over its epochs: `lineage_epochs / recipe_epochs`, else 1."""
-        lineage = self.lineage_epochs()
-        return lineage / self.recipe_epochs if lineage else 1.0
+        epoch = self.epoch_seconds(self.recipe)
+        if self.finish_on == TRAIN_AND_VAL:
+            epoch *= self.finish_epoch_factor()
+        finish = max(0, int(after // epoch))
+        return (self.recipe_epochs + finish) / self.recipe_epochs, fork_epochs(self)
 
     def winner_seconds(self) -> float | None:
         if self.budget_seconds is None:
@@ -796,10 +806,11 @@ def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
         further += " on the training and validation photos"
     if plan.exploration == "forks":
         forks = minimal_fork_seconds(plan)
+        rest = budget * (1 - plan.shares["recipe"]) - forks
         return (f"[plan] then ~{_minutes(forks)} forking the recipe: its weights trained on "
                 f"for {fork_epochs(plan)} epochs each, unchanged (the control) and "
                 f"{MIN_VARIANTS} ways with its {', '.join(FORK_GROUPS)} redrawn "
-                f"({plan.exploration_reason}); and ~{_minutes(budget * (1 - plan.shares['recipe']) - forks)} "
+                f"({plan.exploration_reason}); and ~{_minutes(rest)} "
                 f"{further}. The recipe's learning rate decays over its lineage, "
                 f"{plan.lineage_epochs()} epochs: the recipe, a fork and the finish")
     kept = [k["epoch_seconds"] for k in plan.kept] or [recipe_seconds]

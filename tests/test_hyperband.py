@@ -226,8 +226,9 @@ class PlannedRun(Run):
         trial = super().step()
         values = trial.hyperparameters.values if trial.status == "COMPLETED" else {}
         if values.get("tuner/bracket") == RECIPE_BRACKET:  # as the HyperModel records it
+            stretch, extra = self.plan.schedule_extension()
             self.records[trial.trial_id]["schedule_epochs"] = round(
-                values["tuner/epochs"] * self.plan.schedule_stretch())
+                values["tuner/epochs"] * stretch) + extra
         return trial
 
     def run(self, limit=200):
@@ -378,7 +379,7 @@ def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
     refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
     assert [bracket(t) for t in trials] == (
         [RECIPE_BRACKET] + [FORK_BRACKET] * len(forks) + [REFINE_BRACKET] * len(refine))
-    assert len(forks) >= 1 + search_plan.MIN_VARIANTS and refine
+    assert refine
     reached = recipe.hyperparameters.values["tuner/epochs"]
     epochs = search_plan.fork_epochs(run.plan)
     # The control and MIN_VARIANTS forks, though the explore share holds more: the rest of
@@ -413,11 +414,12 @@ def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
 
 
 class BetterForkRun(PlannedRun):
-    """A fork that redraws the loss scores 0.2 above everything else."""
+    """The last fork scores 0.2 above everything else."""
 
     def cost(self, values):
         per_epoch, score = super().cost(values)
-        if values["tuner/bracket"] != RECIPE_BRACKET and values["loss"] != self.plan.recipe["loss"]:
+        forks = [t for t in self.oracle.trials.values() if bracket(t) == FORK_BRACKET]
+        if values["tuner/bracket"] == FORK_BRACKET and len(forks) == 1 + search_plan.MIN_VARIANTS:
             score += 0.2
         return per_epoch, score
 
@@ -428,7 +430,7 @@ def test_the_finish_continues_the_fork_that_scored_best(tmp_path):
     trials = run.run()
     forks = [t for t in trials if bracket(t) == FORK_BRACKET]
     best = max(forks, key=lambda t: t.score)
-    assert best.hyperparameters.values["loss"] != run.plan.recipe["loss"]
+    assert best is forks[-1] and _config(best.hyperparameters.values) != run.plan.recipe
     refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
     assert refine[0].hyperparameters.values["tuner/trial_id"] == best.trial_id
     assert _config(refine[0].hyperparameters.values) == _config(best.hyperparameters.values)
@@ -445,6 +447,23 @@ def test_when_no_bracket_fits_at_the_measured_costs_the_recipe_is_forked(tmp_pat
     assert brackets[0] == RECIPE_BRACKET and not any(b >= 0 for b in brackets)
     assert brackets.count(FORK_BRACKET) >= 1 + search_plan.MIN_VARIANTS
     assert brackets[-1] == REFINE_BRACKET
+
+
+def test_a_failed_fork_does_not_take_a_forks_place(tmp_path):
+    """A fork that diverges (a redrawn learning rate) or runs out of memory (a redrawn batch)
+    fails: another is drawn in its place while time is left."""
+    run = PlannedRun(tmp_path, budget=3600.0)
+    run.step(), run.step()  # the recipe and the control
+    failed = run.oracle.create_trial("tuner0")
+    assert bracket(failed) == FORK_BRACKET
+    failed.status = "FAILED"
+    run.oracle.end_trial(failed)
+    trials = run.run()
+    forks = [t for t in run.oracle.trials.values() if bracket(t) == FORK_BRACKET]
+    assert [t.status for t in forks] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"]
+    assert len({json.dumps(_config(t.hyperparameters.values), sort_keys=True)
+                for t in forks}) == 4  # the failed one is not drawn again
+    assert bracket(trials[-1]) == REFINE_BRACKET
 
 
 def reloaded(run, tmp_path):
@@ -468,6 +487,7 @@ def test_forks_resume_where_a_killed_search_stopped(tmp_path):
     retried = again.create_trial("tuner0")  # KerasTuner retries the interrupted trial
     assert retried.trial_id == killed.trial_id
     assert retried.hyperparameters.values == killed.hyperparameters.values
+    assert retried.hyperparameters.values[search_plan.SCHEDULE_EPOCHS] == run.plan.lineage_epochs()
     retried.status = "COMPLETED"
     again.update_trial(retried.trial_id, {"score": 0.5}, step=1)
     again.end_trial(retried)

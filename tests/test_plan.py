@@ -881,8 +881,11 @@ def test_an_hour_on_a_cpu_explores_by_forking_the_recipe(cwfid_space):
     # The recipe's learning rate decays over its lineage: its 32 epochs, a fork's 7 and
     # the finish's, the time after the recipe less the 3 forks' and the finish's start-up.
     after = 0.6 * 3600 - 3 * (FIXED + 7 * seconds) - FIXED
-    assert p.lineage_epochs() == 32 + 7 + int(after // seconds)
-    assert p.schedule_stretch() == pytest.approx(p.lineage_epochs() / 32)
+    finish = int(after // seconds)
+    assert p.lineage_epochs() == 32 + 7 + finish
+    # The finish's share grows with the recipe's epochs (both follow its epoch time); the
+    # fork's 7 do not.
+    assert p.schedule_extension() == (pytest.approx((32 + finish) / 32), 7)
     text = "\n".join(p.lines())
     assert "forking the recipe" in text and "7 epochs each" in text
     assert f"decays over its lineage, {p.lineage_epochs()} epochs" in text

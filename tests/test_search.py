@@ -383,7 +383,7 @@ def test_a_trial_builds_its_optimizer_before_the_first_step_and_keeps_its_learni
 
 def test_a_fork_trains_along_the_recipes_schedule_and_the_recipe_records_its_end(tiny_dataset):
     """The recipe of a plan that forks it records where its learning rate reaches the floor
-    (`schedule_epochs`, its epochs x `Plan.schedule_stretch`); a fork given that end
+    (`schedule_epochs`: `Plan.schedule_extension` applied to its epochs); a fork given that end
     (`SCHEDULE_EPOCHS`) starts at the recipe's rate there, not at a fresh decay's."""
     import types
 
@@ -404,13 +404,13 @@ def test_a_fork_trains_along_the_recipes_schedule_and_the_recipe_records_its_end
     hypermodel.plan = types.SimpleNamespace(  # the parts of a forking Plan fit reads
         recipe_only=False, shares={"recipe": 0.4}, recipe_seconds=lambda: 1e6, passes_per_epoch=1,
         admits=lambda values: None,
-        schedule_stretch=lambda: 2.5)
+        schedule_extension=lambda: (2.0, 1))
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     rate = float(hp.get("learning_rate"))
     hp.values.update({"tuner/bracket": RECIPE_BRACKET, "tuner/epochs": 2})
     hypermodel.fit(hp, model, epochs=2, verbose=0, callbacks=[Spy()])
-    assert hypermodel.last_fit["schedule_epochs"] == 5  # 2 epochs x 2.5
+    assert hypermodel.last_fit["schedule_epochs"] == 5  # 2 epochs x 2, and 1
     # Its second epoch is at 1/5 of the cosine, not at its middle.
     assert firsts[1] == pytest.approx(rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 5))))
     fork = kt.HyperParameters()

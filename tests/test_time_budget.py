@@ -148,11 +148,21 @@ def test_a_stretched_schedule_ends_the_recipes_share_mid_decay(clock):
     assert 0.5 < last < 0.7
 
 
+def test_a_recipe_measured_slower_keeps_its_forks_epochs_in_its_schedule(clock):
+    """The share holds 9 epochs where 10 were planned: the finish's part of the lineage
+    shrinks with the recipe's (stretch), a fork's 3 epochs do not (extra)."""
+    budget = TimeBudget(None, epochs=10, allotment_seconds=1000)
+    schedule = CosineSchedule(10, budget=budget, stretch=1.5, extra=3)
+    assert schedule.horizon() == 18  # as planned: 10 x 1.5 + 3
+    run_epochs(budget, clock, [150] + [100] * 40, schedule)
+    assert budget.target == 9 and schedule.horizon() == 17  # round(13.5) + 3, not 18 x 0.9
+
+
 def test_a_fork_trains_on_along_the_recipes_schedule(clock):
-    """A fork from epoch 9 to 12 of a lineage of 18 (stretch 18 / 12): its rates are the
-    recipe's curve at epochs 9-11, not a decay to the floor over its own 3 epochs."""
+    """A fork from epoch 9 to 12 of a lineage of 18 (6 epochs past its own): its rates are
+    the recipe's curve at epochs 9-11, not a decay to the floor over its own 3 epochs."""
     budget = TimeBudget(None, epochs=12)
-    schedule = CosineSchedule(12, initial_epoch=9, budget=budget, stretch=18 / 12)
+    schedule = CosineSchedule(12, initial_epoch=9, budget=budget, extra=6)
     lineage = CosineSchedule(18)
     model, reference = _model(), _model()
     schedule.set_model(model)
