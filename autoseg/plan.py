@@ -122,7 +122,8 @@ TARGET_SHORT_SIDE = 600
 FAMILY_PREFERENCE = ("unet", "segnet", "deeplabv3plus", "light_unet", "pix2pix")
 
 #: The recipe should train at least this many passes over the training photos (or
-#: `ENOUGH_IMAGES` crops, whichever is fewer) in its time; below that, the plan steps down to
+#: `ENOUGH_IMAGES` crops, whichever is fewer) in its time (its lineage's, when the plan forks
+#: it: `Plan.recipe_passes`); below that, the plan steps down to
 #: a cheaper recipe (`cheaper_recipe`), at most to `MIN_RECIPE_FILTERS` filters and
 #: `MIN_RECIPE_SIZE` px. Measured on one AVX2 core (RESULTS.md, one seed each): CWFID at 20
 #: minutes, the U-Net of 32 filters trained 12 passes (0.643 full-res mIoU), of 16 filters
@@ -267,8 +268,10 @@ class Plan:
         return max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
 
     def recipe_passes(self) -> int:
-        """Passes over the training photos the recipe trains (`recipe_epochs` epochs)."""
-        return self.recipe_epochs * self.passes_per_epoch
+        """Passes over the training photos the recipe's weights train: `recipe_epochs`
+        epochs, or its lineage's when the plan forks it (`lineage_epochs`: the forks and the
+        finish train them on along its one schedule)."""
+        return (self.lineage_epochs() or self.recipe_epochs) * self.passes_per_epoch
 
     def recipe_trains_enough(self) -> bool:
         """The recipe trains `MIN_RECIPE_PASSES` passes, or `ENOUGH_IMAGES` crops."""

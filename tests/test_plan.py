@@ -530,6 +530,29 @@ def test_a_budget_too_short_for_the_preferred_recipe_runs_a_cheaper_one():
         step_plan(budget_for(0.5, {**cheaper, "input_size": 128}))
 
 
+def test_a_forked_recipe_counts_the_passes_of_its_lineage():
+    """When the plan forks, the recipe's weights train on through a fork and the finish
+    along its one schedule: the passes that decide a step down are the lineage's, not those
+    of its 40 % alone (which would step CamVid's 16-filter recipe down from 256 to 128 px)."""
+    spec = {**STEP_SPACE, "models": {"unet": {"filters": [16, 32]}}, "input_size": 256}
+    space = make_space(spec, median=STEP_MEDIAN)
+    data = plan.DataSummary(train_images=133, val_sizes=[STEP_MEDIAN] * 51,
+                            median_size=STEP_MEDIAN, class_fraction=dict(CWFID_FRACTIONS))
+
+    def planned(epochs):  # a budget in which the recipe alone trains that many epochs
+        budget = budget_for(epochs, step_plan(None, spec).recipe, spec)
+        return plan.make_plan(space, models_of(space), data, CPU, cost_model(), budget, None)
+
+    p = planned(45)
+    assert p.exploration == "forks" and p.passes_per_epoch == 1
+    assert recipe_of(p) == (32, 256) and p.recipe_steps == []
+    assert p.recipe_epochs < plan.MIN_RECIPE_PASSES <= p.lineage_epochs() == p.recipe_passes()
+    # A lineage short of them steps down: 22 passes in 30 epochs' time.
+    p = planned(30)
+    assert recipe_of(p) == (16, 256)
+    assert p.recipe_steps == ["unet filters=32, resized to 256: 22 passes"]
+
+
 def test_the_filters_never_go_below_the_floor():
     spec = {**STEP_SPACE, "models": {"unet": {"filters": [8, 16]}}, "input_size": 256}
     p = step_plan(budget_for(2.5, {**step_plan(None, spec).recipe}, spec=spec), spec=spec)
