@@ -433,14 +433,30 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         return pick(done, key=lambda t: t.score) if done else None
 
     def _is_best(self, trial) -> bool:
-        return trial.score == self._best_of(self.trials.values()).score
+        superseded = self._superseded()
+        return trial.score == self._best_of(
+            t for t in self.trials.values() if t.trial_id not in superseded).score
+
+    def _superseded(self) -> set[str]:
+        """The recipe, once a fork of it completed: the control is the recipe trained on
+        along the same schedule, so the recipe's score mid-schedule is an earlier, noisier
+        reading of the same run, not a candidate to train on (on CWFID, seed 1, the recipe
+        at epoch 13 read 0.712 and its control at 16 0.695: continuing the recipe threw the
+        forks' epochs away)."""
+        trials = self.trials.values()
+        if not any(t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET
+                   and t.status == "COMPLETED" for t in trials):
+            return set()
+        return {t.trial_id for t in trials
+                if t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET}
 
     def _best_completed(self):
         """The best completed trial that no earlier continuation has started from.
 
         A continuation that scores below its start would otherwise start the same one again.
+        Nor is a `_superseded` recipe a candidate.
         """
-        continued = {
+        continued = self._superseded() | {
             t.hyperparameters.values.get("tuner/trial_id") for t in self.trials.values()
             if t.hyperparameters.values.get("tuner/bracket") == REFINE_BRACKET
         }

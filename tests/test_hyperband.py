@@ -436,6 +436,31 @@ def test_the_finish_continues_the_fork_that_scored_best(tmp_path):
     assert _config(refine[0].hyperparameters.values) == _config(best.hyperparameters.values)
 
 
+class HighRecipeRun(PlannedRun):
+    """The recipe reads 0.3 above every fork (a lucky epoch mid-schedule)."""
+
+    def cost(self, values):
+        per_epoch, score = super().cost(values)
+        return per_epoch, score + (0.3 if values["tuner/bracket"] == RECIPE_BRACKET else 0.0)
+
+
+def test_once_a_fork_completed_the_finish_trains_a_fork_not_the_recipe(tmp_path):
+    """The control is the recipe trained on along the same schedule: the recipe's own score
+    mid-schedule does not make it the one to train on, and the best fork is trained on to
+    the end though the recipe read higher."""
+    run = HighRecipeRun(tmp_path, budget=3600.0)
+    assert run.plan.exploration == "forks"
+    trials = run.run()
+    recipe = trials[0]
+    forks = [t for t in trials if bracket(t) == FORK_BRACKET]
+    refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
+    assert all(recipe.score > f.score for f in forks)
+    best = max(forks, key=lambda t: t.score)
+    assert refine and refine[0].hyperparameters.values["tuner/trial_id"] == best.trial_id
+    assert run.deadline - run.now < run.oracle._trial_seconds(
+        {**refine[-1].hyperparameters.values, "tuner/initial_epoch": 0, "tuner/epochs": 1})
+
+
 def test_when_no_bracket_fits_at_the_measured_costs_the_recipe_is_forked(tmp_path):
     """The plan explored from scratch, but the recipe ran 1.5x slower than estimated: no
     bracket fits before the finish any more, forks still do."""
