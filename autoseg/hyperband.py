@@ -438,13 +438,15 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             t for t in self.trials.values() if t.trial_id not in superseded).score
 
     def _superseded(self) -> set[str]:
-        """The recipe, once a fork of it completed: the control is the recipe trained on
-        along the same schedule, so the recipe's score mid-schedule is an earlier, noisier
-        reading of the same run, not a candidate to train on (on CWFID, seed 1, the recipe
-        at epoch 13 read 0.712 and its control at 16 0.695: continuing the recipe threw the
-        forks' epochs away)."""
+        """The recipe, once a fork that trains on along its schedule (`SCHEDULE_EPOCHS`)
+        completed: the control is the recipe trained on along the same curve, so the
+        recipe's score mid-schedule is an earlier, noisier reading of the same run, not a
+        candidate to train on (on CWFID, seed 1, the recipe at epoch 13 read 0.712 and its
+        control at 16 0.695: continuing the recipe threw the forks' epochs away). A recipe
+        that ended its own schedule (forks chosen at run time) stays a candidate."""
         trials = self.trials.values()
         if not any(t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET
+                   and search_plan.SCHEDULE_EPOCHS in t.hyperparameters.values
                    and t.status == "COMPLETED" for t in trials):
             return set()
         return {t.trial_id for t in trials

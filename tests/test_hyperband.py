@@ -472,6 +472,10 @@ def test_when_no_bracket_fits_at_the_measured_costs_the_recipe_is_forked(tmp_pat
     assert brackets[0] == RECIPE_BRACKET and not any(b >= 0 for b in brackets)
     assert brackets.count(FORK_BRACKET) >= 1 + search_plan.MIN_VARIANTS
     assert brackets[-1] == REFINE_BRACKET
+    # The recipe ended its own schedule: its forks decay over their own epochs, and the
+    # recipe stays a candidate for the finish.
+    assert not any(search_plan.SCHEDULE_EPOCHS in t.hyperparameters.values for t in trials)
+    assert run.oracle._superseded() == set()
 
 
 def test_a_failed_fork_does_not_take_a_forks_place(tmp_path):
