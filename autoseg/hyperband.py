@@ -21,7 +21,8 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    control), `plan.MIN_VARIANTS` others with training choices redrawn (`plan.FORK_GROUPS`),
    while they end before the finishing share. When the plan forks, the recipe's learning
    rate decays over its lineage (`Plan.lineage_epochs`) and the forks train on along it
-   (`plan.SCHEDULE_EPOCHS`); the finish ends it.
+   (`plan.SCHEDULE_EPOCHS`); the finish ends it. A continued trial restores its past trial's
+   Adam moments, unless a fork changed the loss (`plan.restores_optimizer`).
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. Its cosine
@@ -364,6 +365,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         horizon = int(record.get("schedule_epochs") or 0)
         if horizon > values["tuner/epochs"]:
             values[search_plan.SCHEDULE_EPOCHS] = horizon
+        if start.get("loss") != self.search_plan.recipe.get("loss"):
+            values[search_plan.FRESH_OPTIMIZER] = True  # the recipe's moments are another loss's
         if not self._fits(values):
             return None
         return {"status": "RUNNING", "values": values}
@@ -406,6 +409,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return stopped
         values = best.hyperparameters.values.copy()
         values.pop(search_plan.SCHEDULE_EPOCHS, None)  # a fork's: the finish ends the schedule
+        values.pop(search_plan.FRESH_OPTIMIZER, None)  # the finish has its past trial's loss
         if record.get("epochs"):  # what it trained, which the budget may have cut short
             reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
         else:

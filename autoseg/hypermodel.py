@@ -45,6 +45,7 @@ from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
 from autoseg.plan import (
     RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, recipe_takes_all,
+    restores_optimizer,
 )
 from autoseg.search_space import (
     Range,
@@ -264,6 +265,10 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                                                      ignore_index=dataset.ignore_index),
                 jit_compile=False,  # 2-4x slower and 2x the memory on CPU; see README
             )
+        if restores_optimizer(hp.values):
+            # Built before the past trial's checkpoint is loaded (by `trial_process`, or by
+            # KerasTuner's Hyperband in process), so that the load restores Adam's moments.
+            build_optimizer(model)
         return model
 
     def fit(self, hp, model, *args, **kwargs):
@@ -460,11 +465,11 @@ def build_optimizer(model) -> None:
     Left to the first step, Adam creates its moments inside the trace, and `tf.function` then
     traces the training step twice (once to create the variables, once to run): a 16-filter
     U-Net's trial at 256 px had 11.0 s of fixed cost before and 8.2 s after (RESULTS.md, "A
-    trial's first step traced once"). Called after any checkpoint is loaded (`trial_process`): a
-    continued trial keeps starting with a fresh optimizer at its own learning rate, as Keras
-    skips the optimizer's saved variables while it is unbuilt. (pix2pix builds its optimizer
-    in `compile`, before the load, so its continued trials restore the saved moments; their
-    learning rate is the trial's own all the same, as `CosineSchedule` is given it.)
+    trial's first step traced once"). Called by `build` for a continued trial that restores its
+    past trial's optimizer (`plan.restores_optimizer`): Keras skips the saved optimizer
+    variables of an unbuilt optimizer, and restores them into a built one. Its learning rate
+    is the trial's own all the same, as `CosineSchedule` is given it. (pix2pix builds its
+    optimizer in `compile`, so its continued trials always restore the saved moments.)
     """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:

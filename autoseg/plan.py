@@ -73,6 +73,22 @@ TRAIN_ON = "tuner/train_on"
 #: The trial value of a fork: the epoch its learning-rate schedule ends at, the recipe's
 #: (`Plan.lineage_epochs`; the recipe's record holds it as `schedule_epochs`).
 SCHEDULE_EPOCHS = "tuner/schedule_epochs"
+#: The trial value of a fork whose loss differs from the recipe's: it starts with fresh Adam
+#: moments. Every other continued trial restores its past trial's (`restores_optimizer`).
+FRESH_OPTIMIZER = "tuner/fresh_optimizer"
+
+
+def restores_optimizer(values: dict) -> bool:
+    """Whether a trial continues a past trial's optimizer state along with its weights.
+
+    A fresh Adam's first steps move every weight by about the learning rate, whatever its
+    gradient's noise: on CamVid, a fork that continued the recipe at epoch 20 with the same
+    configuration read 0.267 val mIoU after its first epoch against the recipe's 0.320, and
+    took its 4 epochs to come back (RESULTS.md, "Adam's moments across a lineage"). Restored
+    moments do not apply when the loss changes: Adam scales each step by its gradients' past
+    magnitude, which another loss changes, and forgets it over ~1000 steps (`beta_2` 0.999).
+    """
+    return bool(values.get("tuner/trial_id")) and not values.get(FRESH_OPTIMIZER)
 
 #: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
 #: explores variants of the recipe.

@@ -436,6 +436,37 @@ def test_the_finish_continues_the_fork_that_scored_best(tmp_path):
     assert _config(refine[0].hyperparameters.values) == _config(best.hyperparameters.values)
 
 
+class FocalForkRun(PlannedRun):
+    """A fork that changes the loss to focal scores 0.2 above everything else."""
+
+    def cost(self, values):
+        per_epoch, score = super().cost(values)
+        if values["tuner/bracket"] == FORK_BRACKET and values["loss"] == "focal":
+            score += 0.2
+        return per_epoch, score
+
+
+def test_only_a_fork_that_changes_the_loss_starts_with_fresh_adam_moments(tmp_path):
+    """Continued trials restore their past trial's optimizer (`plan.restores_optimizer`),
+    except a fork whose loss is not the recipe's; the finish of that fork has the fork's
+    loss, so it restores the fork's moments."""
+    run = FocalForkRun(tmp_path, budget=3600.0)
+    trials = run.run()
+    recipe_loss = run.plan.recipe["loss"]
+    forks = [t for t in trials if bracket(t) == FORK_BRACKET]
+    assert recipe_loss != "focal" and any(t.hyperparameters.values["loss"] == "focal" for t in forks)
+    for fork in forks:
+        values = fork.hyperparameters.values
+        changed = values["loss"] != recipe_loss
+        assert (search_plan.FRESH_OPTIMIZER in values) == changed
+        assert search_plan.restores_optimizer(values) == (not changed)
+    refine = [t for t in trials if bracket(t) == REFINE_BRACKET]
+    past = run.oracle.trials[refine[0].hyperparameters.values["tuner/trial_id"]]
+    assert past.hyperparameters.values["loss"] == "focal"
+    assert all(search_plan.restores_optimizer(t.hyperparameters.values) for t in refine)
+    assert not search_plan.restores_optimizer(trials[0].hyperparameters.values)  # the recipe
+
+
 class HighRecipeRun(PlannedRun):
     """The recipe reads 0.3 above every fork (a lucky epoch mid-schedule)."""
 

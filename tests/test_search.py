@@ -381,6 +381,42 @@ def test_a_trial_builds_its_optimizer_before_the_first_step_and_keeps_its_learni
     assert seen == [(True, pytest.approx(rate)), (True, pytest.approx(rate))]
 
 
+def test_a_continued_trial_restores_its_past_trials_adam_moments_unless_its_loss_changed(
+        tiny_dataset, tmp_path):
+    """A continued trial's `build` builds the optimizer, so loading the past trial's
+    checkpoint restores Adam's step count and moments (a fresh Adam's first steps set the
+    weights back); a fork marked `FRESH_OPTIMIZER` (another loss) starts with fresh ones."""
+    import keras
+    import keras_tuner as kt
+    import numpy as np
+
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.plan import FRESH_OPTIMIZER
+
+    hypermodel = AutosegHyperModel(space="ci", data=TrainingData.from_path(tiny_dataset))
+    hp = kt.HyperParameters()
+    past = hypermodel.build(hp)
+    hypermodel.fit(hp, past, epochs=1, verbose=0)
+    steps = int(keras.ops.convert_to_numpy(past.optimizer.iterations))
+    assert steps > 0
+    past.save_weights(tmp_path / "checkpoint.weights.h5")
+    moments = [keras.ops.convert_to_numpy(v) for v in past.optimizer.variables[2:]]
+
+    def continued(**extra):
+        values = kt.HyperParameters()
+        values.values.update({**hp.values, "tuner/trial_id": "0000", **extra})
+        model = hypermodel.build(values)
+        model.load_weights(tmp_path / "checkpoint.weights.h5")
+        return model
+
+    restored = continued()
+    assert int(keras.ops.convert_to_numpy(restored.optimizer.iterations)) == steps
+    for saved, now in zip(moments, restored.optimizer.variables[2:]):
+        np.testing.assert_array_equal(saved, keras.ops.convert_to_numpy(now))
+    fresh = continued(**{FRESH_OPTIMIZER: True})
+    assert not fresh.optimizer.built  # built empty by `fit`, not from the checkpoint
+
+
 def test_a_fork_trains_along_the_recipes_schedule_and_the_recipe_records_its_end(tiny_dataset):
     """The recipe of a plan that forks it records where its learning rate reaches the floor
     (`schedule_epochs`: `Plan.schedule_extension` applied to its epochs); a fork given that end
