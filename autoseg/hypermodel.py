@@ -293,7 +293,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
         callbacks = list(kwargs.pop("callbacks", []))
         if setup.weight_ema > 0:  # first: the tuner's checkpoint must see the average
-            callbacks.insert(0, WeightAverage(setup.weight_ema))
+            # A continued trial's checkpoint is its past trial's average: it goes on.
+            callbacks.insert(0, WeightAverage(setup.weight_ema,
+                                              continued=bool(hp.values.get("tuner/trial_id"))))
         for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
             if isinstance(callback, progress.EpochProgress):
                 callback.target = lambda: time_budget.target
@@ -319,7 +321,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         if SCHEDULE_EPOCHS in hp.values:
             return 1.0, max(0, int(hp.values[SCHEDULE_EPOCHS]) - int(hp.values["tuner/epochs"]))
         if self._allotment(hp) is not None:
-            return self.plan.schedule_extension()
+            return self.plan.schedule_extension() or (1.0, 0)
         return 1.0, 0
 
     def _reconsider(self, hp) -> Callable[[float], str | None] | None:

@@ -306,29 +306,34 @@ class Plan:
     def lineage_epochs(self) -> int | None:
         """When the plan forks: the epochs the recipe's learning rate decays over, those of
         its lineage at the recipe's estimated epoch time: its own, one fork's and the
-        finish's (the time after the recipe less the control's and `MIN_VARIANTS` forks'
-        and the finish's fixed cost; its epochs the longer on train+val). None when the
-        recipe's schedule ends with its share."""
+        finish's (`after_forks_seconds` less the finish's fixed cost; its epochs the longer
+        on train+val). None when the recipe's schedule ends with its share."""
         extension = self.schedule_extension()
-        if extension == (1.0, 0):
+        if extension is None:
             return None
         stretch, extra = extension
         return round(self.recipe_epochs * stretch) + extra
 
-    def schedule_extension(self) -> tuple[float, int]:
+    def schedule_extension(self) -> tuple[float, int] | None:
         """(stretch, extra): the recipe's learning rate decays over `stretch` x its epochs
         plus `extra` (`hypermodel.CosineSchedule`): the finish's epochs grow and shrink with
-        the recipe's (both follow its measured epoch time), a fork's are fixed. (1, 0), over
+        the recipe's (both follow its measured epoch time), a fork's are fixed. None, over
         its own epochs, unless the plan forks."""
-        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
-            return 1.0, 0
-        after = (self.budget_seconds * (1 - self.shares["recipe"]) - minimal_fork_seconds(self)
-                 - self.cost_model.fixed_seconds)
+        after = self.after_forks_seconds()
+        if after is None:
+            return None
         epoch = self.epoch_seconds(self.recipe)
         if self.finish_on == TRAIN_AND_VAL:
             epoch *= self.finish_epoch_factor()
-        finish = max(0, int(after // epoch))
+        finish = max(0, int((after - self.cost_model.fixed_seconds) // epoch))
         return (self.recipe_epochs + finish) / self.recipe_epochs, fork_epochs(self)
+
+    def after_forks_seconds(self) -> float | None:
+        """When the plan forks: the seconds the finish has, those after the recipe's share
+        less the control's and `MIN_VARIANTS` forks'. None when it does not fork."""
+        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
+            return None
+        return self.budget_seconds * (1 - self.shares["recipe"]) - minimal_fork_seconds(self)
 
     def winner_seconds(self) -> float | None:
         if self.budget_seconds is None:
@@ -825,7 +830,7 @@ def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
         further += " on the training and validation photos"
     if plan.exploration == "forks":
         forks = minimal_fork_seconds(plan)
-        rest = budget * (1 - plan.shares["recipe"]) - forks
+        rest = plan.after_forks_seconds()
         return (f"[plan] then ~{_minutes(forks)} forking the recipe: its weights trained on "
                 f"for {fork_epochs(plan)} epochs each, unchanged (the control) and "
                 f"{MIN_VARIANTS} ways with its {', '.join(FORK_GROUPS)} redrawn "

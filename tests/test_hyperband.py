@@ -226,7 +226,7 @@ class PlannedRun(Run):
         trial = super().step()
         values = trial.hyperparameters.values if trial.status == "COMPLETED" else {}
         if values.get("tuner/bracket") == RECIPE_BRACKET:  # as the HyperModel records it
-            stretch, extra = self.plan.schedule_extension()
+            stretch, extra = self.plan.schedule_extension() or (1.0, 0)
             self.records[trial.trial_id]["schedule_epochs"] = round(
                 values["tuner/epochs"] * stretch) + extra
         return trial

@@ -909,6 +909,7 @@ def test_an_hour_on_a_cpu_explores_by_forking_the_recipe(cwfid_space):
     # The finish's share grows with the recipe's epochs (both follow its epoch time); the
     # fork's 7 do not.
     assert p.schedule_extension() == (pytest.approx((32 + finish) / 32), 7)
+    assert p.after_forks_seconds() == pytest.approx(0.6 * 3600 - 3 * (FIXED + 7 * seconds))
     text = "\n".join(p.lines())
     assert "forking the recipe" in text and "7 epochs each" in text
     assert f"decays over its lineage, {p.lineage_epochs()} epochs" in text
@@ -920,6 +921,7 @@ def test_a_budget_too_short_for_forks_gives_the_recipe_the_whole_budget(cwfid_sp
     seconds = p.epoch_seconds(p.recipe)
     assert p.recipe_only and p.shares == plan.RECIPE_ONLY and p.exploration == "scratch"
     assert p.recipe_epochs == int((900 - FIXED) // seconds)
+    assert p.schedule_extension() is None and p.lineage_epochs() is None  # its own schedule
     # The recipe's 40 % holds 7 epochs: the control and 2 forks of 3 epochs (MIN_EPOCHS)
     # need more than exploration's 6 minutes.
     shares = cwfid_plan(cwfid_space, budget=900, runs_recipe=False)

@@ -98,3 +98,23 @@ def test_momentum_warms_up_to_the_horizon():
     assert averager.momentum(10_000, 1) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         WeightAverage(0)
+
+
+def test_a_continued_average_goes_on_at_the_horizons_momentum():
+    """A continued trial starts from its past trial's average: its first steps do not push
+    the starting point out of the average as a warm-up would."""
+    continued = WeightAverage(horizon_epochs=2, continued=True)
+    assert continued.momentum(0, 16) == pytest.approx(1 - 1 / 32)
+    model = _model()
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(16, 4)), rng.normal(size=(16, 2))
+    first = model.get_weights()
+    watch = _Watch()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[continued, watch],
+              shuffle=False)
+    expected = _expected_average(continued, watch.raw_after_batch, first, 4)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Four steps at momentum 7/8 keep 0.59 of the starting point (a warm-up keeps 0.002).
+    kept = np.prod([continued.momentum(n, 4) for n in range(4)])
+    assert kept == pytest.approx((7 / 8) ** 4)
