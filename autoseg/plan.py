@@ -82,11 +82,12 @@ def restores_optimizer(values: dict) -> bool:
     """Whether a trial continues a past trial's optimizer state along with its weights.
 
     A fresh Adam's first steps move every weight by about the learning rate, whatever its
-    gradient's noise: on CamVid, a fork that continued the recipe at epoch 20 with the same
-    configuration read 0.267 val mIoU after its first epoch against the recipe's 0.320, and
-    took its 4 epochs to come back (RESULTS.md, "Adam's moments across a lineage"). Restored
-    moments do not apply when the loss changes: Adam scales each step by its gradients' past
-    magnitude, which another loss changes, and forgets it over ~1000 steps (`beta_2` 0.999).
+    gradient's noise: the recipe's checkpoint trained on for one epoch read 0.264 val mIoU
+    with a fresh Adam against 0.295 restored on CamVid (the checkpoint: 0.293), 0.546 against
+    0.691 on CWFID (RESULTS.md, "Adam's moments and the weight average across a lineage").
+    Restored moments do not apply when the loss changes: Adam scales each step by its
+    gradients' past magnitude, which another loss changes, and forgets it over ~1000 steps
+    (`beta_2` 0.999).
     """
     return bool(values.get("tuner/trial_id")) and not values.get(FRESH_OPTIMIZER)
 

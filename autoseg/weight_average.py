@@ -20,7 +20,7 @@ trial (`continued=True`) starts from its past trial's checkpoint, which is that 
 average: its average goes on at the horizon's momentum from the first step. Warming up
 again, the first epoch's average would hold little more than that epoch's last steps: on
 CamVid a fork that continued the recipe read 0.272 val mIoU after its first epoch against
-the recipe's 0.293 (RESULTS.md, "Adam's moments across a lineage").
+the recipe's 0.293 (RESULTS.md, "Adam's moments and the weight average across a lineage").
 """
 
 from __future__ import annotations

@@ -496,6 +496,38 @@ def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_refit_of_a_continued_trial_trains_from_scratch(searched, tmp_path, monkeypatch):
+    """A fork or finish that won is refitted from scratch: its trial values of a past
+    checkpoint, a restored optimizer and a lineage's schedule do not reach `fit`, so its
+    learning rate decays over the refit's own epochs."""
+    from autoseg import hypermodel
+    from autoseg.export import export
+    from autoseg.plan import SCHEDULE_EPOCHS
+    from autoseg.run_dir import trial_path
+
+    _, searched_run = searched
+    rundir = tmp_path / "run"
+    shutil.copytree(searched_run, rundir)
+    trial_json = trial_path(rundir, "0")
+    trial = json.loads(trial_json.read_text())
+    trial["hyperparameters"]["values"].update({
+        "tuner/trial_id": "1", "tuner/initial_epoch": 1, "tuner/epochs": 2, "tuner/bracket": -3,
+        SCHEDULE_EPOCHS: 40})
+    trial_json.write_text(json.dumps(trial))
+    seen = []
+    fit = hypermodel.AutosegHyperModel.fit
+
+    def spy(self, hp, model, *args, **kwargs):
+        seen.append(dict(hp.values))
+        return fit(self, hp, model, *args, **kwargs)
+
+    monkeypatch.setattr(hypermodel.AutosegHyperModel, "fit", spy)
+    export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
+           log=lambda _: None, tta="none")
+    assert len(seen) == 1 and seen[0] and not any(k.startswith("tuner/") for k in seen[0])
+
+
+@pytest.mark.slow
 def test_refit_trains_in_the_precision_of_the_trial(searched, tmp_path, monkeypatch):
     """A trial trained in mixed bfloat16 (its record's `precision`, here set so whatever the
     CPU) is refitted in it too, not in float32, and exported in float32 all the same."""
