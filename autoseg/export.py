@@ -375,7 +375,7 @@ def refit_trial_model(rundir: Path, run: dict[str, Any], trial_id: str, epochs: 
     hp = kt.HyperParameters.from_config(trial["hyperparameters"])
     # From scratch: none of a continued trial's values applies (its past checkpoint and Adam
     # moments, a fork's longer schedule, the finish's training photos).
-    hp.values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+    hp.values = trial_values(trial)
     keras.utils.set_random_seed(int(run.get("seed", 0)))
     log(f"[export] refitting trial {trial_id} on {len(stems)} images (train + val) for {epochs} "
         f"epochs in {precision}")

@@ -255,8 +255,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
     # -- the planned search: recipe, variants, the best trained on ---------------------------
     def _populate_planned(self, trial_id):
-        if not any(t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET
-                   for t in self.trials.values()):
+        if not self._in_bracket(RECIPE_BRACKET):
             return {"status": "RUNNING", "values": {
                 **self.search_plan.recipe, "tuner/epochs": self.search_plan.recipe_epochs,
                 "tuner/initial_epoch": 0, "tuner/bracket": RECIPE_BRACKET, "tuner/round": 0}}
@@ -338,14 +337,12 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         complete, the control and `MIN_VARIANTS` forks ran (failed ones do not count), no
         unseen fork is left or the next would run into the finishing share. Forks may run
         side by side on distributed workers: each needs only the recipe."""
-        recipe = next((t for t in self.trials.values()
-                       if t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET), None)
+        recipe = next(iter(self._in_bracket(RECIPE_BRACKET)), None)
         if recipe is not None and recipe.status == "RUNNING":
             return {"status": "IDLE"}  # another worker trains it
         if recipe is None or recipe.status != "COMPLETED" or recipe.score is None:
             return None
-        trials = [t for t in self.trials.values()
-                  if t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET]
+        trials = self._in_bracket(FORK_BRACKET)
         forks = [hyperparameter_values(t.hyperparameters.values) for t in trials]
         if sum(t.status != "FAILED" for t in trials) > search_plan.MIN_VARIANTS:
             return None  # the control and its forks ran: the rest of the time is the finish's
@@ -356,7 +353,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             if start is None:
                 return None
         record = self.read_record(recipe.trial_id)
-        reached = int(record.get("epochs") or recipe.hyperparameters.values["tuner/epochs"])
+        reached = epochs_reached(recipe.hyperparameters.values, record)
         values = {**start, "tuner/trial_id": recipe.trial_id, "tuner/initial_epoch": reached,
                   "tuner/epochs": reached + search_plan.fork_epochs(self.search_plan),
                   "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
@@ -408,12 +405,9 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         if more < 1:
             return stopped
         values = best.hyperparameters.values.copy()
-        values.pop(search_plan.SCHEDULE_EPOCHS, None)  # a fork's: the finish ends the schedule
-        values.pop(search_plan.FRESH_OPTIMIZER, None)  # the finish has its past trial's loss
-        if record.get("epochs"):  # what it trained, which the budget may have cut short
-            reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
-        else:
-            reached = int(values.get("tuner/epochs", 0))
+        for key in search_plan.FORK_VALUES:  # the finish ends the schedule, with the fork's loss
+            values.pop(key, None)
+        reached = epochs_reached(values, record)
         if more < reached and not self._is_best(best):
             # A trial below the best (the runner-up, once the best's continuation fell below
             # its start) is continued only when it can at least double its epochs: a few
@@ -448,13 +442,15 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         candidate to train on (on CWFID, seed 1, the recipe at epoch 13 read 0.712 and its
         control at 16 0.695: continuing the recipe threw the forks' epochs away). A recipe
         that ended its own schedule (forks chosen at run time) stays a candidate."""
-        trials = self.trials.values()
-        if not any(t.hyperparameters.values.get("tuner/bracket") == FORK_BRACKET
-                   and search_plan.SCHEDULE_EPOCHS in t.hyperparameters.values
-                   and t.status == "COMPLETED" for t in trials):
+        if not any(search_plan.SCHEDULE_EPOCHS in t.hyperparameters.values
+                   and t.status == "COMPLETED" for t in self._in_bracket(FORK_BRACKET)):
             return set()
-        return {t.trial_id for t in trials
-                if t.hyperparameters.values.get("tuner/bracket") == RECIPE_BRACKET}
+        return {t.trial_id for t in self._in_bracket(RECIPE_BRACKET)}
+
+    def _in_bracket(self, bracket: int) -> list:
+        """The trials whose `tuner/bracket` is `bracket`, in the order they were created."""
+        return [t for t in self.trials.values()
+                if t.hyperparameters.values.get("tuner/bracket") == bracket]
 
     def _best_completed(self):
         """The best completed trial that no earlier continuation has started from.
@@ -463,8 +459,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         Nor is a `_superseded` recipe a candidate.
         """
         continued = self._superseded() | {
-            t.hyperparameters.values.get("tuner/trial_id") for t in self.trials.values()
-            if t.hyperparameters.values.get("tuner/bracket") == REFINE_BRACKET
+            t.hyperparameters.values.get("tuner/trial_id") for t in self._in_bracket(REFINE_BRACKET)
         }
         return self._best_of(t for t in self.trials.values() if t.trial_id not in continued)
 
@@ -487,6 +482,14 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self.configured_max_epochs = saved.get("configured_max_epochs", self.max_epochs)
         self.explore_share = saved.get("explore_share", self.explore_share)
         self._observed = saved.get("observed")
+
+
+def epochs_reached(values: dict, record: dict) -> int:
+    """The epoch a trial's training ended at (absolute): its start plus the epochs its record
+    says it trained, which the budget may have cut short; its planned end without a record."""
+    if record.get("epochs"):
+        return int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
+    return int(values.get("tuner/epochs", 0))
 
 
 def trial_role(values: dict) -> str:

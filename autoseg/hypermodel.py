@@ -44,8 +44,8 @@ from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
 from autoseg.plan import (
-    RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, recipe_takes_all,
-    restores_optimizer,
+    RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, continues_a_trial,
+    recipe_takes_all, restores_optimizer,
 )
 from autoseg.search_space import (
     Range,
@@ -295,7 +295,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         if setup.weight_ema > 0:  # first: the tuner's checkpoint must see the average
             # A continued trial's checkpoint is its past trial's average: it goes on.
             callbacks.insert(0, WeightAverage(setup.weight_ema,
-                                              continued=bool(hp.values.get("tuner/trial_id"))))
+                                              continued=continues_a_trial(hp.values)))
         for callback in callbacks:  # the progress line shows the epochs TimeBudget aims at
             if isinstance(callback, progress.EpochProgress):
                 callback.target = lambda: time_budget.target

@@ -76,6 +76,13 @@ SCHEDULE_EPOCHS = "tuner/schedule_epochs"
 #: The trial value of a fork whose loss differs from the recipe's: it starts with fresh Adam
 #: moments. Every other continued trial restores its past trial's (`restores_optimizer`).
 FRESH_OPTIMIZER = "tuner/fresh_optimizer"
+#: The trial values only a fork has; the finish that trains a fork on drops them.
+FORK_VALUES = (SCHEDULE_EPOCHS, FRESH_OPTIMIZER)
+
+
+def continues_a_trial(values: dict) -> bool:
+    """Whether a trial starts from a past trial's checkpoint (Hyperband's `tuner/trial_id`)."""
+    return bool(values.get("tuner/trial_id"))
 
 
 def restores_optimizer(values: dict) -> bool:
@@ -89,7 +96,7 @@ def restores_optimizer(values: dict) -> bool:
     gradients' past magnitude, which another loss changes, and forgets it over ~1000 steps
     (`beta_2` 0.999).
     """
-    return bool(values.get("tuner/trial_id")) and not values.get(FRESH_OPTIMIZER)
+    return continues_a_trial(values) and not values.get(FRESH_OPTIMIZER)
 
 #: Shares of the time budget: the recipe (trial 0) and finishing the best trial; the rest
 #: explores variants of the recipe.

@@ -36,14 +36,19 @@ def main(argv=None) -> int:
     import keras
     import keras_tuner as kt
 
+    from autoseg import run_dir
     from autoseg.data.dataset import load_dataset
+    from autoseg.export import read_trial
+    from autoseg.hyperband import FORK_BRACKET
     from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.plan import SCHEDULE_EPOCHS
     from autoseg.search_space import load_space
 
     run = json.loads((args.run / "run.json").read_text())
-    trial_dir = args.run / "trials" / f"trial_{args.trial}"
-    values = json.loads((trial_dir / "trial.json").read_text())["hyperparameters"]["values"]
-    record = json.loads((trial_dir / "autoseg.json").read_text())
+    values = read_trial(args.run, args.trial)["hyperparameters"]["values"]
+    record = run_dir.read_record(args.run, args.trial)
+    # `hyperband.epochs_reached`'s rule, written out: the script runs against checkouts older
+    # than that function (the "before" of RESULTS.md).
     reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
     keras.utils.set_random_seed(args.seed)
     dataset = load_dataset(run["dataset"])
@@ -51,12 +56,12 @@ def main(argv=None) -> int:
     hypermodel = AutosegHyperModel(load_space(args.run / "space.yaml"), data, precision="auto")
     hp = kt.HyperParameters()
     hp.values = {**values, "tuner/trial_id": args.trial, "tuner/initial_epoch": reached,
-                 "tuner/epochs": reached + args.epochs, "tuner/bracket": -3, "tuner/round": 1}
+                 "tuner/epochs": reached + args.epochs, "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
     horizon = int(record.get("schedule_epochs") or 0)
     if horizon > reached + args.epochs:
-        hp.values["tuner/schedule_epochs"] = horizon
+        hp.values[SCHEDULE_EPOCHS] = horizon
     model = hypermodel.build(hp)
-    model.load_weights(trial_dir / "checkpoint.weights.h5")
+    model.load_weights(run_dir.checkpoint_path(args.run, args.trial))
     history = hypermodel.fit(hp, model, epochs=reached + args.epochs, initial_epoch=reached,
                              verbose=0)
     import autoseg
