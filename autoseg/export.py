@@ -925,7 +925,8 @@ def _read_chosen_trial(rundir: Path, run_config: dict[str, Any], row: dict[str, 
 
 def _trained_model(chosen: _ChosenTrial, refit: bool, log: Callable[[str], None]):
     """`(model, refit record)`: the trial's checkpoint (record None), or with `refit` the
-    configuration retrained for its best epoch count (`refit_trial_model`).
+    configuration retrained for its best epoch count, the epochs its lineage trained before
+    it included (`refit_trial_model`).
 
     Raises:
         ConfigError: the checkpoint does not load, or `refit` and no best epoch is recorded.
@@ -934,7 +935,11 @@ def _trained_model(chosen: _ChosenTrial, refit: bool, log: Callable[[str], None]
     if not refit:
         return load_trial_model(rundir, chosen.run, trial_id, chosen.channels), None
     best_step = chosen.record.get("best_step")
-    epochs = int(best_step) + 1 if isinstance(best_step, int) else _int_or_none(chosen.row.get("epochs"))
+    # A continued trial's best step counts from its own start: the refit, from scratch,
+    # trains the epochs of its whole lineage up to its checkpoint (`checkpoint_epoch`).
+    start = int(chosen.record["hyperparameters"]["values"].get("tuner/initial_epoch") or 0)
+    epochs = (start + int(best_step) + 1 if isinstance(best_step, int)
+              else _int_or_none(chosen.row.get("epochs")))
     if not epochs:
         raise ConfigError(
             f"--refit: trial {trial_id} of run {rundir} records no best epoch "

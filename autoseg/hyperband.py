@@ -25,7 +25,9 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    Adam moments, unless a fork changed the loss (`plan.restores_optimizer`).
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
-   left allows, at its own measured epoch time, and again while time is left. Its cosine
+   left allows, at its own measured epoch time, and again while time is left. The
+   checkpoint is the trial's best epoch, and every continued trial (fork, finish, Hyperband
+   round) starts at that epoch (`checkpoint_epoch`), not where its past trial stopped. Its cosine
    decays to the continuation's end: after the recipe's full schedule it restarts over the
    longer run; after a fork it ends the lineage's. These trials may exceed `max_epochs`.
    With the plan's `finish_on` "train+val", the continuation (`TRAIN_ON`) trains on the
@@ -244,7 +246,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             return super().populate_space(trial_id)
         if self.plan is None:
             self._make_plan()
-        result = super().populate_space(trial_id)
+        result = self._from_checkpoint(super().populate_space(trial_id))
         if self.plan is None:
             return result
         if result["status"] == "STOPPED":
@@ -271,7 +273,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
                 return result
             self.plan["explored"] = True  # the forks ran, or the next would eat the finish
         if not self.plan.get("explored"):
-            result = super().populate_space(trial_id)
+            result = self._from_checkpoint(super().populate_space(trial_id))
             if result["status"] == "IDLE":
                 return result
             if result["status"] == "RUNNING" and self._fits(result["values"]):
@@ -279,6 +281,17 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
                 return result
             self.plan["explored"] = True  # the rest of the bracket would eat the finish
         return self._continue_best(trial_id)
+
+    def _from_checkpoint(self, result: dict) -> dict:
+        """KerasTuner's continuation of a trial (its next Hyperband round) starts at the epoch
+        the past trial's checkpoint holds (`checkpoint_epoch`), not at the past round's end,
+        and trains to the round's epochs from there."""
+        values = result.get("values") or {}
+        past = values.get("tuner/trial_id")
+        if result["status"] == "RUNNING" and past is not None:
+            values["tuner/initial_epoch"] = checkpoint_epoch(self.trials[past],
+                                                             self.read_record(past))
+        return result
 
     def _fixed_seconds(self) -> float:
         costs = self.costs()
@@ -353,7 +366,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             if start is None:
                 return None
         record = self.read_record(recipe.trial_id)
-        reached = epochs_reached(recipe.hyperparameters.values, record)
+        reached = checkpoint_epoch(recipe, record)
         values = {**start, "tuner/trial_id": recipe.trial_id, "tuner/initial_epoch": reached,
                   "tuner/epochs": reached + search_plan.fork_epochs(self.search_plan),
                   "tuner/bracket": FORK_BRACKET, "tuner/round": 1}
@@ -407,7 +420,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         values = best.hyperparameters.values.copy()
         for key in search_plan.FORK_VALUES:  # the finish ends the schedule, with the fork's loss
             values.pop(key, None)
-        reached = epochs_reached(values, record)
+        reached = checkpoint_epoch(best, record)
         if more < reached and not self._is_best(best):
             # A trial below the best (the runner-up, once the best's continuation fell below
             # its start) is continued only when it can at least double its epochs: a few
@@ -484,12 +497,20 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         self._observed = saved.get("observed")
 
 
-def epochs_reached(values: dict, record: dict) -> int:
-    """The epoch a trial's training ended at (absolute): its start plus the epochs its record
-    says it trained, which the budget may have cut short; its planned end without a record."""
-    if record.get("epochs"):
-        return int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
-    return int(values.get("tuner/epochs", 0))
+def checkpoint_epoch(trial: kt.engine.trial.Trial, record: dict) -> int:
+    """The epoch (absolute, counted from the trial's lineage's start) at whose end `trial`'s
+    checkpoint was taken, where a trial that continues it starts: the checkpoint holds the
+    trial's best epoch (KerasTuner's `SaveBestEpoch`; `trial.best_step` counts epochs from
+    the start of its fit), which is not always its last, and the learning-rate schedule,
+    Adam's moments and the weight average must go on from the weights they belong to. At
+    most the epochs its record says it trained (the budget may have cut them short); its
+    planned end without a record."""
+    values = trial.hyperparameters.values
+    trained = int(record.get("epochs") or 0)
+    if not trained:
+        return int(values.get("tuner/epochs", 0))
+    best = min(int(trial.best_step or 0) + 1, trained)
+    return int(values.get("tuner/initial_epoch", 0)) + best
 
 
 def trial_role(values: dict) -> str:

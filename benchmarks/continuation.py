@@ -45,11 +45,13 @@ def main(argv=None) -> int:
     from autoseg.search_space import load_space
 
     run = json.loads((args.run / "run.json").read_text())
-    values = read_trial(args.run, args.trial)["hyperparameters"]["values"]
+    trial = read_trial(args.run, args.trial)
+    values = trial["hyperparameters"]["values"]
     record = run_dir.read_record(args.run, args.trial)
-    # `hyperband.epochs_reached`'s rule, written out: the script runs against checkouts older
-    # than that function (the "before" of RESULTS.md).
-    reached = int(values.get("tuner/initial_epoch", 0)) + int(record["epochs"])
+    # `hyperband.checkpoint_epoch`'s rule, written out: the script runs against checkouts
+    # older than that function (the "before" of RESULTS.md). The checkpoint is the best epoch.
+    reached = int(values.get("tuner/initial_epoch", 0)) + min(int(trial.get("best_step") or 0) + 1,
+                                                               int(record["epochs"]))
     keras.utils.set_random_seed(args.seed)
     dataset = load_dataset(run["dataset"])
     data = TrainingData(dataset, run["split"]["train"], run["split"]["val"], seed=args.seed)

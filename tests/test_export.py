@@ -499,7 +499,8 @@ def test_refit_epochs_are_as_long_as_the_trials(searched, tmp_path):
 def test_the_refit_of_a_continued_trial_trains_from_scratch(searched, tmp_path, monkeypatch):
     """A fork or finish that won is refitted from scratch: its trial values of a past
     checkpoint, a restored optimizer and a lineage's schedule do not reach `fit`, so its
-    learning rate decays over the refit's own epochs."""
+    learning rate decays over the refit's own epochs, which are its lineage's up to its best
+    epoch: the epochs before its own start and its best step."""
     from autoseg import hypermodel
     from autoseg.export import export
     from autoseg.plan import SCHEDULE_EPOCHS
@@ -514,17 +515,19 @@ def test_the_refit_of_a_continued_trial_trains_from_scratch(searched, tmp_path, 
         "tuner/trial_id": "1", "tuner/initial_epoch": 1, "tuner/epochs": 2, "tuner/bracket": -3,
         SCHEDULE_EPOCHS: 40})
     trial_json.write_text(json.dumps(trial))
-    seen = []
+    seen, epochs = [], []
     fit = hypermodel.AutosegHyperModel.fit
 
     def spy(self, hp, model, *args, **kwargs):
         seen.append(dict(hp.values))
+        epochs.append(kwargs["epochs"])
         return fit(self, hp, model, *args, **kwargs)
 
     monkeypatch.setattr(hypermodel.AutosegHyperModel, "fit", spy)
     export("0", run=rundir, out=tmp_path / "refit", formats="keras", refit=True,
            log=lambda _: None, tta="none")
     assert len(seen) == 1 and seen[0] and not any(k.startswith("tuner/") for k in seen[0])
+    assert epochs == [1 + trial["best_step"] + 1]
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ class Run:
     def __init__(self, oracle, tmp_path, overhead=25.0, per_epoch=10.0, first_epoch_extra=5.0,
                  refine=None):
         self.refine = refine  # (seconds per epoch, score) of continuations beyond the plan
+        self.best_back = 0  # a trial's best epoch is this many before its last
         self.oracle = oracle
         self.now = 1000.0
         self.overhead, self.per_epoch, self.first_extra = overhead, per_epoch, first_epoch_extra
@@ -51,7 +52,10 @@ class Run:
         self.now += self.overhead + sum(seconds)
         self.ends[trial.trial_id] = self.now
         self.records[trial.trial_id] = {"epoch_seconds": seconds, "epochs": epochs}
-        self.oracle.update_trial(trial.trial_id, {"score": score}, step=values["tuner/epochs"] - 1)
+        # Its best epoch, `best_back` epochs before its last (KerasTuner counts the step from
+        # the start of the fit): the one its checkpoint holds.
+        best = max(0, epochs - 1 - self.best_back)
+        self.oracle.update_trial(trial.trial_id, {"score": score}, step=best)
         trial.status = "COMPLETED"
         self.oracle.end_trial(trial)
         return trial
@@ -367,6 +371,32 @@ def test_measured_epochs_correct_the_plan_and_survive_a_reload(tmp_path):
 
 def bracket(trial) -> int:
     return trial.hyperparameters.values["tuner/bracket"]
+
+
+def test_a_continued_trial_starts_at_the_epoch_its_past_trials_checkpoint_holds(tmp_path):
+    # A trial's checkpoint is its best epoch, here 3 before its last. Forks, the finish and
+    # Hyperband's own next rounds go on from it (its schedule, Adam's moments and weight
+    # average belong to it), not from the epoch where the past trial stopped.
+    kinds = set()
+    planned = PlannedRun(tmp_path / "planned", budget=3600.0)  # forks, then the finish
+    probed = Run(make_oracle(max_epochs=40), tmp_path / "probed")  # Hyperband's rounds
+    probed.oracle.set_budget(probed.now + 3600, probed.oracle.read_record)
+    for run in (planned, probed):
+        run.best_back = 3
+        trials = []
+        while (trial := run.step()).status == "COMPLETED":
+            trials.append(trial)
+        by_id = {t.trial_id: t.hyperparameters.values for t in trials}
+        for trial in trials:
+            values = trial.hyperparameters.values
+            if "tuner/trial_id" not in values:
+                continue
+            past = by_id[values["tuner/trial_id"]]
+            trained = past["tuner/epochs"] - past["tuner/initial_epoch"]
+            assert values["tuner/initial_epoch"] == past["tuner/initial_epoch"] + max(1, trained - 3)
+            assert values["tuner/epochs"] > values["tuner/initial_epoch"]
+            kinds.add("round" if values["tuner/bracket"] >= 0 else values["tuner/bracket"])
+    assert kinds == {FORK_BRACKET, REFINE_BRACKET, "round"}
 
 
 def test_an_hour_forks_the_recipe_then_trains_the_best_fork_further(tmp_path):
