@@ -23,6 +23,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+from autoseg.batch_norm import BatchNormalization
 from autoseg.errors import ConfigError
 from autoseg.model_contract import PREPROCESSING_SUFFIX
 from autoseg.registry import BACKBONES, is_test_backbone, register_backbone
@@ -384,17 +385,17 @@ def _resnet_block(x, filters, *, strides, dilation, conv_shortcut, name):
     """A bottleneck block of ResNet v1 with the stride on the first 1x1 convolution."""
     if conv_shortcut:
         shortcut = layers.Conv2D(4 * filters, 1, strides=strides, name=f"{name}_0_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_0_bn")(shortcut)
+        shortcut = BatchNormalization(epsilon=1.001e-5, name=f"{name}_0_bn")(shortcut)
     else:
         shortcut = x
     x = layers.Conv2D(filters, 1, strides=strides, name=f"{name}_1_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
+    x = BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = conv2d(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
+    x = BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_3_bn")(x)
+    x = BatchNormalization(epsilon=1.001e-5, name=f"{name}_3_bn")(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -414,7 +415,7 @@ def resnet50(inputs, output_stride=32):
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     schedule.downsample()
-    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     taps = {schedule.stride: x}
     x = layers.ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)
@@ -482,7 +483,7 @@ def _inverted_res_block(x, *, filters, expansion, downsample, schedule, taps, bl
         x = layers.Conv2D(
             expansion * in_channels, 1, padding="same", use_bias=False, name=f"{prefix}expand"
         )(x)
-        x = layers.BatchNormalization(
+        x = BatchNormalization(
             epsilon=1e-3, momentum=0.999, name=f"{prefix}expand_BN"
         )(x)
         x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
@@ -505,10 +506,10 @@ def _inverted_res_block(x, *, filters, expansion, downsample, schedule, taps, bl
         padding="valid" if strides == 2 else "same",
         name=f"{prefix}depthwise",
     )(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}depthwise_BN")(x)
+    x = BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}depthwise_BN")(x)
     x = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{prefix}project")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}project_BN")(x)
+    x = BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}project_BN")(x)
     if in_channels == filters and strides == 1:
         x = layers.Add(name=f"{prefix}add")([inputs, x])
     return x
@@ -541,7 +542,7 @@ def mobilenetv2(inputs, output_stride=32):
     x = ImageNetPreprocessing("tf", name="mobilenetv2" + PREPROCESSING_SUFFIX)(inputs)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)
     schedule.downsample()
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     for block_id, (filters, expansion, downsample) in enumerate(_MOBILENETV2_BLOCKS):
         x = _inverted_res_block(
@@ -554,7 +555,7 @@ def mobilenetv2(inputs, output_stride=32):
             block_id=block_id,
         )
     x = layers.Conv2D(1280, 1, use_bias=False, name="Conv_1")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="Conv_1_bn")(x)
+    x = BatchNormalization(epsilon=1e-3, momentum=0.999, name="Conv_1_bn")(x)
     x = layers.ReLU(6.0, name="out_relu")(x)
     taps[schedule.stride] = x
     return taps
@@ -587,7 +588,7 @@ def tiny(inputs, output_stride=32, width=8):
             use_bias=False,
             name=f"tiny{level}_conv",
         )(x)
-        x = layers.BatchNormalization(name=f"tiny{level}_bn")(x)
+        x = BatchNormalization(name=f"tiny{level}_bn")(x)
         x = layers.Activation("relu", name=f"tiny{level}_relu")(x)
         taps[schedule.stride] = x
     return taps

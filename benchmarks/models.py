@@ -55,7 +55,9 @@ float32, or mixed_bfloat16 with the model built under it; a row key gains `@poli
   column divides the row's "% of peak per CPU-second" by the conv-kernel share: roughly how
   fast the conv kernels themselves run.
 
-`--ablations` also adds `deeplabv3plus/keras_conv`: DeepLabV3+ with each dilated
+`--ablations` also adds rows ending in `/keras_bn`: the model with Keras' own (unfused)
+batch norm in place of `autoseg.batch_norm.BatchNormalization`, same weights; and
+`deeplabv3plus/keras_conv`: DeepLabV3+ with each dilated
 `autoseg.backbones.Conv2D` turned back into the `keras.layers.Conv2D` autoseg built before
 issue #13 (every tap, run by TensorFlow as space-to-batch), same weights and outputs: that
 issue's before/after in one run. With several `--precision` values, a "Precision" table
@@ -117,8 +119,19 @@ ABLATION_ROWS = [
     # Dilated convolutions as TensorFlow runs a plain Conv2D: space-to-batch, every tap.
     ("deeplabv3plus/keras_conv", "deeplabv3plus", {}),
 ]
+#: Rows with Keras' own batch norm (the unfused form autoseg trained with before
+#: `autoseg.batch_norm`): compare each with the row of the same key without `/keras_bn`.
+KERAS_BN_ROWS = [
+    ("unet/f32/keras_bn", "unet", {"filters": 32}),
+    ("unet/f16/keras_bn", "unet", {"filters": 16}),
+    ("light_unet/keras_bn", "light_unet", {}),
+    ("segnet/keras_bn", "segnet", {}),
+    ("unet/resnet50/keras_bn", "unet", {"backbone": "resnet50"}),
+]
+ABLATION_ROWS += KERAS_BN_ROWS
 #: Row keys whose model is rebuilt by a function after `models.build` (benchmark-only paths).
-REBUILT_ROWS = {"deeplabv3plus/keras_conv": "as_keras_convolutions"}
+REBUILT_ROWS = {"deeplabv3plus/keras_conv": "as_keras_convolutions",
+                **{key: "as_keras_batch_norm" for key, _, _ in KERAS_BN_ROWS}}
 #: `--precision` values: Keras dtype policies a row can be built under.
 PRECISIONS = ("float32", "mixed_bfloat16")
 #: pix2pix predicts with its generator (`Pix2Pix.call`), by default the `unet` row's network.
@@ -340,6 +353,32 @@ def as_keras_convolutions(model):
         rebuilt = keras.models.clone_model(model, clone_function=clone)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
+
+
+def as_keras_batch_norm(model):
+    """`model` with `autoseg.batch_norm.BatchNormalization` (trained with the fused kernel)
+    as Keras' own layer of the same configuration and weights (autoseg before it)."""
+    import keras
+
+    from autoseg.batch_norm import BatchNormalization
+
+    def clone(layer):
+        if type(layer) is BatchNormalization:
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return type(layer).from_config(layer.get_config())
+
+    with _policy_of(model):
+        rebuilt = keras.models.clone_model(model, clone_function=clone)
+    rebuilt.set_weights(model.get_weights())
+    assert not any(type(layer) is BatchNormalization for layer in _all_layers(rebuilt))
+    return rebuilt
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _policy_of(model):

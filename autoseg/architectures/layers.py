@@ -10,6 +10,7 @@ from __future__ import annotations
 from keras import layers
 
 from autoseg.backbones import conv2d, depthwise_conv2d
+from autoseg.batch_norm import BatchNormalization
 
 UPSAMPLING_METHODS = ("bilinear", "nearest", "transpose")
 
@@ -51,7 +52,7 @@ def conv_bn_relu(
         name=name,
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = BatchNormalization(name=f"{name}_bn")(x)
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
@@ -97,11 +98,11 @@ def separable_conv_bn_relu(
         name=f"{name}_depthwise",
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+        x = BatchNormalization(name=f"{name}_depthwise_bn")(x)
     x = layers.Activation(activation, name=f"{name}_depthwise_{activation}")(x)
     x = layers.Conv2D(filters, 1, use_bias=not batch_norm, name=f"{name}_pointwise")(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_pointwise_bn")(x)
+        x = BatchNormalization(name=f"{name}_pointwise_bn")(x)
     return layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
