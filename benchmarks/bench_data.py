@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -11,6 +12,14 @@ CWFID = REPO.parent / "shared" / "datasets" / "cwfid_carrot_weed"
 CAMVID = REPO.parent / "shared" / "datasets" / "camvid11_train"
 #: CWFID's colour masks (its SOURCE.md): black soil, green crop, red weed.
 CWFID_PALETTE = {"soil": [0, 0, 0], "crop": [0, 255, 0], "weed": [255, 0, 0]}
+
+
+def set_threads(threads: int) -> None:
+    """Before TensorFlow's import: its thread pools at `threads` each (0: its default), and
+    albumentations' update check off."""
+    if threads:
+        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def canonical_dataset(source: Path, tmp: Path, **prepare_options):

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import set_threads  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,10 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads:
-        os.environ.update(TF_NUM_INTRAOP_THREADS=str(args.threads),
-                          TF_NUM_INTEROP_THREADS=str(args.threads))
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    set_threads(args.threads)
     import keras
     import keras_tuner as kt
 

@@ -10,8 +10,9 @@ BatchNormalization momentum `hypermodel.BATCHNORM_MOMENTUM`, Adam with
 
 `--model` picks the family, each built like one the default search space offers (`MODELS`)
 at the `--filters` width: the plain U-Net (depth 4), SegNet (its own encoder, depth 5),
-DeepLabV3+ on ResNet-50 at output stride 16 (no width option), and pix2pix around that
-U-Net (the default space's pix2pix has the U-Net's own 64 filters).
+DeepLabV3+ on ResNet-50 at output stride 16 (no width option), pix2pix around that
+U-Net (the default space's pix2pix has the U-Net's own 64 filters), and the light U-Net
+(depth 4).
 
 Per precision it reports val mIoU at the input resolution (the search's objective) at the
 last epoch and the best over epochs, the per-class IoU of the last epoch, and the last
@@ -59,6 +60,7 @@ MODELS = {
     "unet": lambda f: ("unet", {"depth": 4, "filters": f, "backbone": "none"}),
     "segnet": lambda f: ("segnet", {"depth": 5, "filters": f, "backbone": "none"}),
     "deeplabv3plus": lambda f: ("deeplabv3plus", {"backbone": "resnet50", "output_stride": 16}),
+    "light_unet": lambda f: ("light_unet", {"depth": 4, "filters": f}),
     "pix2pix": lambda f: ("pix2pix", {"generator": "unet",
                                       "generator_options": {"depth": 4, "filters": f,
                                                             "backbone": "none"}}),

@@ -192,10 +192,10 @@ def test_mixed_estimate_halves_activations_and_keeps_float32_parameters(policy):
 #: on the mean over seeds. Written out here so that changing
 #: `devices.BFLOAT16_MODELS` without the measurements (and this table) fails.
 AUTO_ON_A_BFLOAT16_CPU = {
-    "unet": BF16,  # 1.33x at 32 filters, equal val mIoU over 3 seeds (RESULTS.md)
-    "light_unet": "float32",  # 1.03x (0.80x with AMX): not worth it
-    "segnet": BF16,  # 1.20x (2.05x with AMX), val mIoU -0.007 over 5 seeds
-    "deeplabv3plus": BF16,  # 1.39x (1.54x with AMX), val mIoU -0.008 over 3 seeds (ResNet-50)
+    "unet": BF16,  # 1.62x at 32 filters, equal val mIoU over 3 seeds (RESULTS.md)
+    "light_unet": "float32",  # 1.31x since batch norm is fused (0.80x with AMX before): LIGHT_UNET
+    "segnet": BF16,  # 1.64x (2.05x with AMX), val mIoU -0.007 over 5 seeds
+    "deeplabv3plus": BF16,  # 1.64x (1.54x with AMX), val mIoU -0.008 over 3 seeds (ResNet-50)
     "pix2pix": "float32",  # faster (1.70x, 2.14x with AMX), 2 seeds +0.077 / -0.032: unsettled
 }
 #: /proc/cpuinfo flags: this AMD EPYC's (AVX-512 with BF16), a Sapphire Rapids' (AMX), and
