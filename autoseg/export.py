@@ -934,12 +934,12 @@ def _trained_model(chosen: _ChosenTrial, refit: bool, log: Callable[[str], None]
     rundir, trial_id = chosen.rundir, chosen.trial_id
     if not refit:
         return load_trial_model(rundir, chosen.run, trial_id, chosen.channels), None
+    from autoseg.plan import checkpoint_epoch
+
     best_step = chosen.record.get("best_step")
-    # A continued trial's best step counts from its own start: the refit, from scratch,
-    # trains the epochs of its whole lineage up to its checkpoint (`checkpoint_epoch`).
-    start = int(chosen.record["hyperparameters"]["values"].get("tuner/initial_epoch") or 0)
-    epochs = (start + int(best_step) + 1 if isinstance(best_step, int)
-              else _int_or_none(chosen.row.get("epochs")))
+    # From scratch, the epochs of the trial's whole lineage up to its checkpoint.
+    epochs = (checkpoint_epoch(chosen.record["hyperparameters"]["values"], best_step)
+              if isinstance(best_step, int) else _int_or_none(chosen.row.get("epochs")))
     if not epochs:
         raise ConfigError(
             f"--refit: trial {trial_id} of run {rundir} records no best epoch "

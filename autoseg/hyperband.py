@@ -498,19 +498,12 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
 
 
 def checkpoint_epoch(trial: kt.engine.trial.Trial, record: dict) -> int:
-    """The epoch (absolute, counted from the trial's lineage's start) at whose end `trial`'s
-    checkpoint was taken, where a trial that continues it starts: the checkpoint holds the
-    trial's best epoch (KerasTuner's `SaveBestEpoch`; `trial.best_step` counts epochs from
-    the start of its fit), which is not always its last, and the learning-rate schedule,
-    Adam's moments and the weight average must go on from the weights they belong to. At
-    most the epochs its record says it trained (the budget may have cut them short); its
-    planned end without a record."""
+    """`plan.checkpoint_epoch` of an oracle's trial and its record: where a trial that
+    continues it starts; its planned end while no record says what it trained."""
     values = trial.hyperparameters.values
-    trained = int(record.get("epochs") or 0)
-    if not trained:
+    if not record.get("epochs"):
         return int(values.get("tuner/epochs", 0))
-    best = min(int(trial.best_step or 0) + 1, trained)
-    return int(values.get("tuner/initial_epoch", 0)) + best
+    return search_plan.checkpoint_epoch(values, trial.best_step, record["epochs"])
 
 
 def trial_role(values: dict) -> str:

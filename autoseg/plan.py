@@ -85,6 +85,20 @@ def continues_a_trial(values: dict) -> bool:
     return bool(values.get("tuner/trial_id"))
 
 
+def checkpoint_epoch(values: dict, best_step: int, trained: int | None = None) -> int:
+    """The epoch (absolute, counted from the start of the trial's lineage) at whose end the
+    checkpoint of a trial with these `values` was taken: its best epoch (KerasTuner's
+    `SaveBestEpoch`; `best_step` counts epochs from the start of its fit), at most the
+    `trained` epochs its record says it trained (the budget may cut them short). A trial
+    that continues it starts there, for the learning-rate schedule, Adam's moments and the
+    weight average go on from the weights they belong to; a refit from scratch trains that
+    many epochs."""
+    best = int(best_step or 0) + 1
+    if trained:
+        best = min(best, int(trained))
+    return int(values.get("tuner/initial_epoch", 0)) + best
+
+
 def restores_optimizer(values: dict) -> bool:
     """Whether a trial continues a past trial's optimizer state along with its weights.
 

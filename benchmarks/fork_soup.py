@@ -64,8 +64,8 @@ def main(argv=None) -> int:
         print("fewer than two forks: nothing to average")
         return 0
     config = trial_model_config(trial_values(trials[forks[0]]))
-    groups = [forks] + [[a, b] for n, a in enumerate(forks) for b in forks[n + 1:]]
-    for group in groups if len(forks) > 2 else groups[:1]:
+    pairs = [[a, b] for n, a in enumerate(forks) for b in forks[n + 1:]] if len(forks) > 2 else []
+    for group in [forks, *pairs]:
         soup = load_trial_model(args.run, run, group[0])
         soup.set_weights([np.mean([weights[i][k] for i in group], axis=0)
                           for k in range(len(weights[group[0]]))])

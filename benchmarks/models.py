@@ -343,16 +343,8 @@ def as_keras_convolutions(model):
 
     from autoseg import backbones
 
-    plain = {backbones.Conv2D: keras.layers.Conv2D,
-             backbones.DepthwiseConv2D: keras.layers.DepthwiseConv2D}
-
-    def clone(layer):
-        return plain.get(type(layer), type(layer)).from_config(layer.get_config())
-
-    with _policy_of(model):
-        rebuilt = keras.models.clone_model(model, clone_function=clone)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    return _with_classes(model, {backbones.Conv2D: keras.layers.Conv2D,
+                                 backbones.DepthwiseConv2D: keras.layers.DepthwiseConv2D})
 
 
 def as_keras_batch_norm(model):
@@ -362,23 +354,21 @@ def as_keras_batch_norm(model):
 
     from autoseg.batch_norm import BatchNormalization
 
+    return _with_classes(model, {BatchNormalization: keras.layers.BatchNormalization})
+
+
+def _with_classes(model, classes: dict):
+    """`model` rebuilt with each layer of a class in `classes` as the class it maps to, from
+    the same configuration, and the same weights."""
+    import keras
+
     def clone(layer):
-        if type(layer) is BatchNormalization:
-            return keras.layers.BatchNormalization.from_config(layer.get_config())
-        return type(layer).from_config(layer.get_config())
+        return classes.get(type(layer), type(layer)).from_config(layer.get_config())
 
     with _policy_of(model):
         rebuilt = keras.models.clone_model(model, clone_function=clone)
     rebuilt.set_weights(model.get_weights())
-    assert not any(type(layer) is BatchNormalization for layer in _all_layers(rebuilt))
     return rebuilt
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def _policy_of(model):

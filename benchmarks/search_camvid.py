@@ -84,7 +84,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import CAMVID, canonical_dataset  # noqa: E402
+from bench_data import CAMVID, canonical_dataset, set_threads  # noqa: E402
 from search_cwfid import (  # noqa: E402
     OPTION_VARIANTS, default_space, launch_parallel, report, search_scores,
 )
@@ -284,8 +284,7 @@ def print_split(ds) -> None:
 
 def run_arm(arm: str, out: Path, budget: str, threads: int = 0) -> int:
     """One arm, in its own process: the search, its best trial scored, `out/<arm>.json`."""
-    if threads:  # read by TensorFlow here and in each trial's own process
-        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    set_threads(threads)  # read by TensorFlow here and in each trial's own process
     import autoseg
     from autoseg import atomic
     from autoseg.data import pipeline

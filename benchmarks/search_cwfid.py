@@ -70,7 +70,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import CWFID, canonical_dataset  # noqa: E402
+from bench_data import CWFID, canonical_dataset, set_threads  # noqa: E402
 
 ARMS = ("recipe", "planned", "hyperband", "random", "baseline")
 #: The training seed of every arm (and of CWFID's split); `SEARCH_SEED=1` for another run.
@@ -240,9 +240,7 @@ def scored_stems(ds, run: dict) -> list[str]:
 
 
 def run_arm(arm: str, out: Path, budget: str, threads: int) -> int:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if threads:  # read by TensorFlow here and in each trial's own process
-        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    set_threads(threads)  # read by TensorFlow here and in each trial's own process
     from autoseg.data.dataset import load_dataset
     from autoseg.durations import parse_duration
 
