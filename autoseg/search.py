@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from autoseg import atomic
+from autoseg import atomic, warm_process
 from autoseg.callable_module import make_callable
 from autoseg.durations import parse_duration
 from autoseg.errors import ConfigError, RunError
@@ -415,12 +415,15 @@ def _tune(run: _Run) -> SearchResult:
     }
     if options.tuner != "hyperband":
         fit_kwargs["epochs"] = run.space.max_epochs
-    if cluster:
-        cluster.search(kt_tuner, **fit_kwargs)
-        if cluster.is_worker:
-            return _result(run.rundir, options.objective, worker_id=cluster.tuner_id)
-    else:
-        kt_tuner.search(**fit_kwargs)
+    try:
+        if cluster:
+            cluster.search(kt_tuner, **fit_kwargs)
+            if cluster.is_worker:
+                return _result(run.rundir, options.objective, worker_id=cluster.tuner_id)
+        else:
+            kt_tuner.search(**fit_kwargs)
+    finally:
+        warm_process.close()  # the next trial's process, started for a trial that never came
     kt_tuner.write_leaderboard()
     return _result(run.rundir, options.objective)
 

@@ -18,7 +18,8 @@ Its output (TensorFlow's native log: absl and C++ lines, see `autoseg.native_log
 without a result; with the HyperModel's `verbose` (`search --verbose`) it goes to the search's
 own stdout and stderr instead.
 
-Costs ~4 s per trial on 2 CPU cores (a fresh interpreter imports TensorFlow and Keras).
+A fresh interpreter spends ~4.5 s importing TensorFlow and Keras: with two CPUs or more, the
+next trial's process is started beside this one's and imports then (`autoseg.warm_process`).
 Trials run in the search's own process when `AUTOSEG_TRIAL_PROCESS=0`, when the tuner has a
 `tf.distribute` strategy (it cannot cross a process boundary), or from plain KerasTuner code.
 Architectures, losses or metrics registered at run time (not by importing autoseg) exist
@@ -27,7 +28,8 @@ only in the search's process: use `AUTOSEG_TRIAL_PROCESS=0` with those.
 Unlike KerasTuner's own `run_trial`, the optimizer, loss and metrics given to the tuner's
 constructor (`_override_compile_args`) are not applied: autoseg's HyperModels compile.
 
-Run as `python -m autoseg.trial_process SPEC RESULT PARENT_PID` (pickles from `run_trial`).
+Run as `python -m autoseg.trial_process SPEC RESULT PARENT_PID` (pickles from `run_trial`), or
+as a spare with `--spare OUTPUT PARENT_PID` (`autoseg.warm_process`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import time
 import traceback
 from pathlib import Path
 
-from autoseg import native_log, progress
+from autoseg import native_log, progress, warm_process
 
 ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
 SCRATCH_PREFIX = ".process-"
@@ -75,7 +77,7 @@ def run_trial(tuner, trial, *args, **kwargs):
     relay = None if verbose else progress.attach(tuner, trial, trial_dir, spec["kwargs"]["callbacks"])
     # A resumed search runs the trial again: its error quotes this run's lines only.
     log_start = _start_log(log_path, trial.trial_id) if log_path is not None else 0
-    code, result = _run_child(spec, trial_dir, log_path, relay)
+    code, result = _run_child(tuner, spec, trial_dir, log_path, relay)
     if result is None:
         raise _death_error(tuner, code, log_path, log_start)
     return [_trial_history(tuner, trial, result, log_path)]
@@ -124,15 +126,17 @@ def _clean_trial_dir(tuner, trial_id: str) -> Path:
     return trial_dir
 
 
-def _run_child(spec: dict, trial_dir: Path, log_path: Path | None,
+def _run_child(tuner, spec: dict, trial_dir: Path, log_path: Path | None,
                relay: progress.Relay | None) -> tuple[int, dict | None]:
     """Runs the trial's process on `spec`; returns its exit code and its result (None when
     it wrote none)."""
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=trial_dir) as scratch:
         spec_path, result_path = Path(scratch) / "spec.pkl", Path(scratch) / "result.pkl"
         spec_path.write_bytes(pickle.dumps(spec))
-        code = _call([sys.executable, "-m", "autoseg.trial_process", str(spec_path),
-                      str(result_path), str(os.getpid())], log_path, relay)
+        process = _start(str(spec_path), str(result_path), log_path)
+        if log_path is not None and warm_process.worth_starting(tuner):
+            warm_process.start()  # imports beside this trial's start-up, for the next trial
+        code = _wait(process, relay)
         result = pickle.loads(result_path.read_bytes()) if result_path.is_file() else None
     return code, result
 
@@ -187,22 +191,35 @@ def _start_log(log_path: Path, trial_id: str) -> int:
         return log.tell()
 
 
-def _call(command: list[str], log_path: Path | None, relay: progress.Relay | None = None) -> int:
-    """Runs the trial's process; its stdout and stderr go to `log_path` (None: ours), and
-    `relay` shows its progress meanwhile."""
+def _start(spec_path: str, result_path: str, log_path: Path | None) -> subprocess.Popen:
+    """The trial's process: the waiting spare (`autoseg.warm_process`) given this trial, or a
+    fresh one. Its stdout and stderr go to `log_path` (None: ours)."""
+    command = [sys.executable, "-m", "autoseg.trial_process", spec_path, result_path,
+               str(os.getpid())]
     if log_path is None:
-        return subprocess.call(command)
+        return subprocess.Popen(command)
+    spare = warm_process.take()
+    if spare is not None:
+        try:
+            return spare.hand(spec_path, result_path, str(log_path))
+        except OSError:  # it died since `take` looked: a fresh process, as without one
+            spare.close()
     # Unbuffered, so that Python's lines and TensorFlow's native ones keep their order and
     # nothing is lost in a buffer when the process is killed.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            return progress.wait(process, relay)
-        except BaseException:  # as subprocess.call: an interrupted search ends its trial
-            process.kill()
-            process.wait()
-            raise
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(process: subprocess.Popen, relay: progress.Relay | None) -> int:
+    """Waits for the trial's process, `relay` showing its progress meanwhile; returns its
+    exit status."""
+    try:
+        return progress.wait(process, relay)
+    except BaseException:  # as subprocess.call: an interrupted search ends its trial
+        process.kill()
+        process.wait()
+        raise
 
 
 def _death(code: int) -> str:
@@ -227,12 +244,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(spec_path: str, result_path: str, parent: int) -> int:
-    _die_with_parent(parent)
+def _preload() -> None:
+    """The imports of a trial's process: most of its start-up."""
     import autoseg  # noqa: F401 - sets TF's log level and albumentations' switch first
+    import autoseg.hypermodel  # noqa: F401 - the spec's HyperModel
     import autoseg.losses  # noqa: F401 - the registries the search's process has filled
     import autoseg.metrics  # noqa: F401
     import autoseg.models  # noqa: F401
+    import keras_tuner  # noqa: F401
+    from tensorboard.plugins.hparams import api  # noqa: F401 - the search's TensorBoard
+
+
+def _work(spec_path: str, result_path: str) -> int:
+    """Builds and fits the trial of `spec_path`; writes its result to `result_path`."""
     import keras_tuner as kt
     from keras_tuner.src import utils as kt_utils
 
@@ -268,5 +292,22 @@ def _child(spec_path: str, result_path: str, parent: int) -> int:
     return 0
 
 
+def _child(spec_path: str, result_path: str, parent: int) -> int:
+    _die_with_parent(parent)
+    _preload()
+    return _work(spec_path, result_path)
+
+
+def _spare(output: str, parent: int) -> int:
+    """A trial's process started ahead (`autoseg.warm_process`): imports, then waits for its
+    trial; exits 0 without one."""
+    _die_with_parent(parent)
+    _preload()
+    job = warm_process.job(output)
+    return 0 if job is None else _work(*job)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == warm_process.FLAG:
+        sys.exit(_spare(sys.argv[2], int(sys.argv[3])))
     sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -1,22 +1,24 @@
 """Where a trial's fixed cost goes, for a U-Net at 256 px on CWFID (issue #13 §3).
 
-One search of one trial (`tuner="random"`, `max_trials=1`, a space of one configuration: the
-recipe's U-Net of 16 filters on 256x256 crops of the half-size photo; an epoch is one pass
-over the 32 training photos, as in any search without a plan) per run, each in a fresh
-subprocess with the autoseg of a checkout given on the command line, so that two versions
-run back to back, alternating (A B A B ...), on the same machine. The
-trial's wall time, from the search's `[trial 0] started` line to its `ended` line, is split
-with the timestamps the trial writes (`progress.jsonl`, `autoseg.json`):
+One search of `--trials` trials (`tuner="grid"` over a space of one configuration but for
+its learning rate: the recipe's U-Net of 16 filters on 256x256 crops of the half-size photo;
+an epoch is one pass over the 32 training photos, as in any search without a plan) per run,
+each search in a fresh subprocess with the autoseg of a checkout given on the command line,
+so that two versions run back to back, alternating (A B A B ...), on the same machine. The
+first trial of a search differs from the others: only a later trial can find its process
+started ahead (`autoseg.warm_process`), so the table has a row for each. Each trial's wall
+time, from the search's `[trial N] started` line to its `ended` line, is split with the
+timestamps the trial writes (`progress.jsonl`, `autoseg.json`):
 
 - `start-up`: from `started` to the first epoch's start: a fresh Python importing TensorFlow
-  and Keras, the model's build, the datasets;
+  and Keras (unless a spare did), the model's build, the datasets;
 - `first epoch extra`: the first epoch's seconds less the median of the others: tracing the
   train and validation steps, filling the example cache;
 - `end`: from the last epoch's end to `ended`: the end of `model.fit` (deleting its
   iterators), the trial's records and checkpoint, the process's exit;
 - `fixed`: the three together; `epoch`: the median steady epoch (training and validation).
 
-    python benchmarks/trial_phases.py [--runs 3] [--epochs 3] [--before /tmp/old_checkout]
+    python benchmarks/trial_phases.py [--runs 3] [--trials 3] [--epochs 3] [--before CHECKOUT]
 
 Without `--before` only this checkout runs.
 """
@@ -38,35 +40,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SPACE = {
     "models": {"unet": {"depth": 4, "filters": 16, "backbone": "none"}},
     "input_size": [256], "policy": "crop", "crop_scale": 0.5, "loss": "ce_dice",
-    "aug_strength": 0.5, "learning_rate": 1e-3, "batch_size": 4,
+    "aug_strength": 0.5, "batch_size": 4,
 }
+#: The one hyperparameter the trials differ in (a grid search runs each value once).
+LEARNING_RATES = [1e-3, 9e-4, 8e-4, 7e-4, 6e-4, 5e-4]
 
 SCRIPT = """
-import json, sys, time
+import json, re, sys, time
 from autoseg import search
 marks = {}
 def log(line):
-    for key in ("started", "ended"):
-        if line.startswith("[trial ") and f"] {key}" in line:
-            marks[key] = time.time()
-search.search(sys.argv[1], space=json.loads(sys.argv[2]), out=sys.argv[3], tuner="random",
-              max_trials=1, max_epochs=int(sys.argv[4]), seed=0, log=log)
+    found = re.match(r"\\[trial (\\d+)\\] (started|ended)", line)
+    if found:
+        marks.setdefault(found[1], {})[found[2]] = time.time()
+search.search(sys.argv[1], space=json.loads(sys.argv[2]), out=sys.argv[3], tuner="grid",
+              max_trials=int(sys.argv[5]), max_epochs=int(sys.argv[4]), seed=0, log=log)
 print("MARKS", json.dumps(marks))
 """
 
 
-def run(checkout: Path, dataset: Path, out: Path, epochs: int, threads: int) -> dict:
-    """One search in a fresh process with `checkout`'s autoseg; the trial's phases."""
+def run(checkout: Path, dataset: Path, out: Path, epochs: int, trials: int,
+        threads: int) -> list[dict]:
+    """One search in a fresh process with `checkout`'s autoseg; each trial's phases."""
     env = dict(os.environ, PYTHONPATH=str(checkout), NO_ALBUMENTATIONS_UPDATE="1")
     if threads:
         env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(dataset), json.dumps(SPACE),
-                           str(out), str(epochs)], env=env, capture_output=True, text=True,
-                          cwd=tempfile.gettempdir())
+    space = dict(SPACE, learning_rate=LEARNING_RATES[:trials])
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(dataset), json.dumps(space),
+                           str(out), str(epochs), str(trials)], env=env, capture_output=True,
+                          text=True, cwd=tempfile.gettempdir())
     if done.returncode:
         raise SystemExit(f"{checkout}: the search failed:\n{done.stderr[-3000:]}")
     marks = json.loads(done.stdout.split("MARKS", 1)[1])
-    trial = next((out / "trials").glob("trial_*"))
+    return [_phases(out / "trials" / f"trial_{int(number)}", marks[number])
+            for number in sorted(marks, key=int)]
+
+
+def _phases(trial: Path, marks: dict) -> dict:
     events = [json.loads(line) for line in (trial / "progress.jsonl").read_text().splitlines()]
     ends = [e for e in events if e["kind"] == "epoch"]
     seconds = [e["seconds"] for e in ends]
@@ -88,6 +98,8 @@ COLUMNS = ("start-up", "first epoch extra", "end", "fixed", "epoch", "trial")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per checkout (default: 3)")
+    parser.add_argument("--trials", type=int, default=3, choices=range(1, len(LEARNING_RATES) + 1),
+                        metavar="N", help="trials per search (default: 3)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
     parser.add_argument("--before", type=Path, help="another checkout, run alternately first")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (default: all)")
@@ -99,27 +111,31 @@ def main() -> int:
         raise SystemExit(f"CWFID is not at {CWFID}")
     dataset, _ = canonical_dataset(CWFID, args.out / "data")
     checkouts = ([("before", args.before.resolve())] if args.before else []) + [("this", REPO)]
-    rows = []
+    rows = []  # (checkout, run, trial, phases)
     load = [os.getloadavg()[0]]
     for index in range(args.runs):
         for name, checkout in checkouts:
             out = args.out / f"{name}{index}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            rows.append((name, run(checkout, dataset.root, out, args.epochs, args.threads)))
-            print(name, {k: round(v, 1) for k, v in rows[-1][1].items()}, flush=True)
+            for number, phases in enumerate(run(checkout, dataset.root, out, args.epochs,
+                                                args.trials, args.threads)):
+                rows.append((name, index, number, phases))
+                print(name, index, number, {k: round(v, 1) for k, v in phases.items()}, flush=True)
     load.append(os.getloadavg()[0])
-    print(f"\n{args.runs} runs per checkout, {args.epochs} epochs per trial, "
-          f"load average {load[0]:.2f} at the start, {load[1]:.2f} at the end\n")
-    print("| checkout | run | " + " | ".join(f"{c} s" for c in COLUMNS) + " | fit tail s |")
-    print("|---|---:|" + "---:|" * (len(COLUMNS) + 1))
+    print(f"\n{args.runs} runs per checkout, {args.trials} trials per search, {args.epochs} "
+          f"epochs per trial, load average {load[0]:.2f} at the start, {load[1]:.2f} at the end\n")
+    print("| checkout | trial | run | " + " | ".join(f"{c} s" for c in COLUMNS) + " | fit tail s |")
+    print("|---|---|---:|" + "---:|" * (len(COLUMNS) + 1))
     for name, _ in checkouts:
-        mine = [r for n, r in rows if n == name]
-        for index, r in enumerate(mine):
-            print(f"| {name} | {index} | " + " | ".join(f"{r[c]:.1f}" for c in COLUMNS)
-                  + f" | {r['fit tail']:.1f} |")
-        print(f"| {name} | mean | " + " | ".join(
-            f"{statistics.fmean(r[c] for r in mine):.1f}" for c in COLUMNS)
-            + f" | {statistics.fmean(r['fit tail'] for r in mine):.1f} |")
+        for which, first in (("first", True), ("later", False)):
+            mine = [(i, n, r) for c, i, n, r in rows if c == name and (n == 0) == first]
+            for index, number, r in mine:
+                print(f"| {name} | {number} | {index} | "
+                      + " | ".join(f"{r[c]:.1f}" for c in COLUMNS) + f" | {r['fit tail']:.1f} |")
+            if mine:
+                print(f"| {name} | {which}: mean | | " + " | ".join(
+                    f"{statistics.fmean(r[c] for _, _, r in mine):.1f}" for c in COLUMNS)
+                    + f" | {statistics.fmean(r['fit tail'] for _, _, r in mine):.1f} |")
     return 0
 
 
