@@ -134,6 +134,14 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity where the OS has one (Linux), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=8)
 def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (empty where there is no such file).

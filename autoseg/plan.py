@@ -995,7 +995,7 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
     if log and cache.hits:
         log(f"[plan] {cache.hits} of {len(combos)} model measurements from {cache.path}")
     machine = Machine(device="gpu" if devices.gpu_count() else "cpu", precision="float32",
-                      cores=len(os.sched_getaffinity(0)))
+                      cores=devices.usable_cpus())
     recipe, batch = choose_recipe(space, models, data, machine, memory_limit)
     machine.precision = hypermodel.precision_of(recipe["model_name"])
     gflops = os.environ.get("AUTOSEG_GFLOPS")

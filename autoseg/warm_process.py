@@ -33,6 +33,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+
+from autoseg import devices
 
 #: The trial process's first argument when it starts as a spare.
 FLAG = "--spare"
@@ -40,6 +43,7 @@ FLAG = "--spare"
 ENV_SWITCH = "AUTOSEG_SPARE_PROCESS"
 
 _spare: Spare | None = None
+_lock = threading.Lock()
 
 
 class Spare:
@@ -87,7 +91,8 @@ def _key() -> tuple:
 def take() -> Spare | None:
     """The waiting spare if it is usable (it is then the caller's), else None."""
     global _spare
-    spare, _spare = _spare, None
+    with _lock:  # searches in two threads of one process share the spare
+        spare, _spare = _spare, None
     if spare is not None and not spare.usable():
         spare.close()
         spare = None
@@ -97,14 +102,16 @@ def take() -> Spare | None:
 def start() -> None:
     """Starts a spare for the next trial, unless one waits already."""
     global _spare
-    if _spare is None:
-        _spare = Spare()
+    with _lock:
+        if _spare is None:
+            _spare = Spare()
 
 
 def close() -> None:
     """Ends the waiting spare, if any (the end of a search)."""
     global _spare
-    spare, _spare = _spare, None
+    with _lock:
+        spare, _spare = _spare, None
     if spare is not None:
         spare.close()
 
@@ -118,7 +125,7 @@ def worth_starting(tuner) -> bool:
     of its trials, budget left)."""
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if len(os.sched_getaffinity(0)) < 2:
+    if devices.usable_cpus() < 2:
         return False
     if getattr(tuner, "budget_spent", lambda: False)():
         return False
