@@ -29,7 +29,7 @@ Unlike KerasTuner's own `run_trial`, the optimizer, loss and metrics given to th
 constructor (`_override_compile_args`) are not applied: autoseg's HyperModels compile.
 
 Run as `python -m autoseg.trial_process SPEC RESULT PARENT_PID` (pickles from `run_trial`), or
-as a spare with `--spare OUTPUT PARENT_PID` (`autoseg.warm_process`).
+as a spare with `--spare PARENT_PID` (`autoseg.warm_process`).
 """
 
 from __future__ import annotations
@@ -298,16 +298,16 @@ def _child(spec_path: str, result_path: str, parent: int) -> int:
     return _work(spec_path, result_path)
 
 
-def _spare(output: str, parent: int) -> int:
+def _spare(parent: int) -> int:
     """A trial's process started ahead (`autoseg.warm_process`): imports, then waits for its
     trial; exits 0 without one."""
     _die_with_parent(parent)
     _preload()
-    job = warm_process.job(output)
+    job = warm_process.job()
     return 0 if job is None else _work(*job)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == warm_process.FLAG:
-        sys.exit(_spare(sys.argv[2], int(sys.argv[3])))
+        sys.exit(_spare(int(sys.argv[2])))
     sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))

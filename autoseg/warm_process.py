@@ -21,8 +21,9 @@ when it has died or when the environment, the working directory or the interpret
 longer the ones it started with. The search closes its spare when it ends (`close`), and a
 spare dies with the search's process (PR_SET_PDEATHSIG) like a trial's.
 
-Its output until it takes a job (TensorFlow's native lines at import) waits in a scratch file,
-copied into the trial's log when it does, where a fresh process would have written it.
+Its output until it takes a job (TensorFlow's native lines at import) waits in a scratch file
+without a name (unlinked as soon as the spare has it open), copied into the trial's log when it
+does, where a fresh process would have written it.
 """
 
 from __future__ import annotations
@@ -51,15 +52,18 @@ class Spare:
 
     def __init__(self) -> None:
         self.key = _key()
-        fd, self.output = tempfile.mkstemp(prefix="autoseg-spare-", suffix=".log")
+        # The spare's output until its job: a file open for reading and writing whose name is
+        # gone once the spare has it, so that nothing is left behind however the spare ends.
+        fd, path = tempfile.mkstemp(prefix="autoseg-spare-", suffix=".log")
         try:
             # Unbuffered, as a fresh trial's process (`trial_process._start`).
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "autoseg.trial_process", FLAG, self.output,
-                 str(os.getpid())], stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "autoseg.trial_process", FLAG, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         finally:
             os.close(fd)
+            os.unlink(path)
 
     def usable(self) -> bool:
         """Alive, and started where a fresh process would start now."""
@@ -68,7 +72,7 @@ class Spare:
     def hand(self, spec_path: str, result_path: str, log_path: str) -> subprocess.Popen:
         """Gives this spare its trial; returns its process, which runs the trial and exits."""
         self.process.stdin.write((json.dumps([spec_path, result_path, log_path]) + "\n").encode())
-        self.process.stdin.close()  # the spare copies its output into the log and removes it
+        self.process.stdin.close()  # the spare copies its output into the log
         return self.process
 
     def close(self) -> None:
@@ -77,10 +81,6 @@ class Spare:
             self.process.kill()
         self.process.wait()
         self.process.stdin.close()
-        try:
-            os.unlink(self.output)
-        except FileNotFoundError:
-            pass
 
 
 def _key() -> tuple:
@@ -134,7 +134,7 @@ def worth_starting(tuner) -> bool:
     return not (max_trials and trials is not None and len(trials) >= max_trials)
 
 
-def job(output: str) -> tuple[str, str] | None:
+def job() -> tuple[str, str] | None:
     """The spare's side, once its imports are done: waits for its job on stdin and sends its
     output on to the job's log. Returns the trial's spec and result paths, or None at the
     end of input (the search closed it)."""
@@ -142,17 +142,18 @@ def job(output: str) -> tuple[str, str] | None:
     if not line:
         return None
     spec_path, result_path, log_path = json.loads(line)
-    _redirect(output, log_path)
+    _redirect(log_path)
     return spec_path, result_path
 
 
-def _redirect(output: str, log_path: str) -> None:
-    """This process's stdout and stderr to the trial's log, after what it wrote so far."""
+def _redirect(log_path: str) -> None:
+    """This process's stdout and stderr (one nameless scratch file, see `Spare`) to the trial's
+    log, after what it wrote there so far."""
     sys.stdout.flush()
     sys.stderr.flush()
-    with open(output, "rb") as written, open(log_path, "ab") as log:
-        log.write(written.read())
+    head = os.pread(1, os.fstat(1).st_size, 0)
+    with open(log_path, "ab") as log:
+        log.write(head)
         log.flush()
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-    os.unlink(output)
