@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from typing import Any, Callable, Mapping
 
+from autoseg.env_flags import env_flag
 from autoseg.errors import ConfigError
 
 
@@ -144,8 +144,7 @@ def is_test_backbone(name: str) -> bool:
 
 def test_backbones_allowed() -> bool:
     """Whether `AUTOSEG_TEST_BACKBONES` lets test-only backbones into user choices."""
-    value = os.environ.get(TEST_BACKBONES_ENV, "").strip().lower()
-    return value in ("1", "true", "yes", "on")
+    return env_flag(TEST_BACKBONES_ENV, default=False)
 
 
 def register_architecture(

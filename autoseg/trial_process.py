@@ -46,6 +46,7 @@ import traceback
 from pathlib import Path
 
 from autoseg import native_log, progress, warm_process
+from autoseg.env_flags import env_flag
 
 ENV_SWITCH = "AUTOSEG_TRIAL_PROCESS"
 SCRATCH_PREFIX = ".process-"
@@ -55,7 +56,7 @@ LOG_FILE = "trial.log"
 
 def enabled() -> bool:
     """Whether trials run in their own process (`AUTOSEG_TRIAL_PROCESS`, default 1)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(ENV_SWITCH, default=True)
 
 
 def run_trial(tuner, trial, *args, **kwargs):

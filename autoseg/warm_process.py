@@ -37,6 +37,7 @@ import tempfile
 import threading
 
 from autoseg import devices
+from autoseg.env_flags import env_flag
 
 #: The trial process's first argument when it starts as a spare.
 FLAG = "--spare"
@@ -123,9 +124,7 @@ def worth_starting(tuner) -> bool:
     """Whether a spare can save the next trial's imports: not switched off (`ENV_SWITCH`),
     two usable CPUs or more, and a trial likely to follow the one starting (the oracle short
     of its trials, budget left)."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if devices.usable_cpus() < 2:
+    if not env_flag(ENV_SWITCH, default=True) or devices.usable_cpus() < 2:
         return False
     if getattr(tuner, "budget_spent", lambda: False)():
         return False

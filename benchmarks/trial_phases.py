@@ -59,12 +59,9 @@ print("MARKS", json.dumps(marks))
 """
 
 
-def run(checkout: Path, dataset: Path, out: Path, epochs: int, trials: int,
-        threads: int) -> list[dict]:
+def run(checkout: Path, dataset: Path, out: Path, epochs: int, trials: int) -> list[dict]:
     """One search in a fresh process with `checkout`'s autoseg; each trial's phases."""
-    env = dict(os.environ, PYTHONPATH=str(checkout), NO_ALBUMENTATIONS_UPDATE="1")
-    if threads:
-        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    env = dict(os.environ, PYTHONPATH=str(checkout))  # with `set_threads`' variables
     space = dict(SPACE, learning_rate=LEARNING_RATES[:trials])
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(dataset), json.dumps(space),
                            str(out), str(epochs), str(trials)], env=env, capture_output=True,
@@ -105,7 +102,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (default: all)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "trial_phases")
     args = parser.parse_args()
-    from bench_data import CWFID, canonical_dataset
+    from bench_data import CWFID, canonical_dataset, set_threads
+
+    set_threads(args.threads)  # for every search's process and its trials'
 
     if not CWFID.is_dir():
         raise SystemExit(f"CWFID is not at {CWFID}")
@@ -118,7 +117,7 @@ def main() -> int:
             out = args.out / f"{name}{index}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
             for number, phases in enumerate(run(checkout, dataset.root, out, args.epochs,
-                                                args.trials, args.threads)):
+                                                args.trials)):
                 rows.append((name, index, number, phases))
                 print(name, index, number, {k: round(v, 1) for k, v in phases.items()}, flush=True)
     load.append(os.getloadavg()[0])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from autoseg import devices
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -148,7 +150,7 @@ def test_the_trial_process_dies_with_the_search(tiny_dataset, tmp_path):
     )
     try:
         # The first trial's process and, on two CPUs or more, the spare beside it.
-        wanted = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+        wanted = 2 if devices.usable_cpus() >= 2 else 1
 
         def started():
             found = trial_processes(search.pid, spares=True)

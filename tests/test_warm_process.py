@@ -115,26 +115,16 @@ def test_the_next_trial_runs_in_the_spare_started_beside_the_trial_before(
 
 
 @pytest.mark.slow
-def test_a_search_on_one_cpu_starts_no_spare(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpus, verbose", [({0}, False), ({0, 1}, True)],
+                         ids=["one cpu", "verbose"])
+def test_a_search_on_one_cpu_or_verbose_starts_no_spare(tiny_dataset, tmp_path, monkeypatch,
+                                                        cpus, verbose):
     from autoseg import search
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus)
     started = []
     monkeypatch.setattr(warm_process, "start", lambda: started.append(1))
     result = search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random",
-                           max_trials=2, max_epochs=1, log=lambda line: None)
-    assert [r["status"] for r in result.rows] == ["COMPLETED"] * 2
-    assert not started
-
-
-@pytest.mark.slow
-def test_a_verbose_search_starts_no_spare(tiny_dataset, tmp_path, monkeypatch):
-    from autoseg import search
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    started = []
-    monkeypatch.setattr(warm_process, "start", lambda: started.append(1))
-    result = search.search(tiny_dataset, space="ci", out=tmp_path / "run", tuner="random",
-                           max_trials=2, max_epochs=1, verbose=True, log=lambda line: None)
+                           max_trials=2, max_epochs=1, verbose=verbose, log=lambda line: None)
     assert [r["status"] for r in result.rows] == ["COMPLETED"] * 2
     assert not started
