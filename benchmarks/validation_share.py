@@ -28,16 +28,18 @@ from pathlib import Path
 
 
 def epoch_splits(progress: Path) -> list[tuple[float, float]]:
-    """`(train s, validate s)` of each steady epoch of one trial."""
+    """`(train s, validate s)` of each steady epoch of one trial whose last training step has
+    its line (`progress.EpochProgress` writes a step's line at most every 2 s: where it skipped
+    the last one, the split cannot be read and the epoch is left out)."""
     events = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    splits, start, last_step = [], None, None
+    splits, start, last = [], None, None
     for event in events:
         if event["kind"] == "batch":
-            last_step = event["t"]
+            last = event
         elif event["kind"] == "epoch":
-            if start is not None and last_step is not None and last_step > start:
-                splits.append((last_step - start, event["t"] - last_step))
-            start, last_step = event["t"], None
+            if start is not None and last is not None and last["step"] == last["steps"]:
+                splits.append((last["t"] - start, event["t"] - last["t"]))
+            start, last = event["t"], None
     return splits
 
 
