@@ -26,6 +26,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from autoseg.run_dir import PLAN_FILE, TRIALS_DIR
+
 
 def epoch_splits(progress: Path) -> list[tuple[float, float]]:
     """`(train s, validate s)` of each steady epoch of one trial whose last training step has
@@ -44,7 +46,7 @@ def epoch_splits(progress: Path) -> list[tuple[float, float]]:
 
 
 def passes(run: Path) -> int:
-    plan = run / "plan.json"
+    plan = run / PLAN_FILE
     return int(json.loads(plan.read_text()).get("passes_per_epoch") or 1) if plan.is_file() else 1
 
 
@@ -57,7 +59,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
         count = passes(run)
-        for progress in sorted((run / "trials").glob("trial_*/progress.jsonl")):
+        for progress in sorted((run / TRIALS_DIR).glob("trial_*/progress.jsonl")):
             splits = epoch_splits(progress)
             if not splits:
                 continue
