@@ -79,7 +79,7 @@ class TrainingData:
     seed: int = 0
     memory_budget_bytes: int | None = None
     deadline: float | None = None
-    _class_weights: Any = None
+    _class_weights: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_path(cls, path, val_fraction: float = 0.2, seed: int = 0, **kwargs) -> "TrainingData":
@@ -87,11 +87,12 @@ class TrainingData:
         train, val = pipeline.split_stems(dataset, val_fraction=val_fraction, seed=seed)
         return cls(dataset=dataset, train_stems=list(train), val_stems=list(val), seed=seed, **kwargs)
 
-    @property
-    def class_weights(self) -> np.ndarray:
-        if self._class_weights is None:  # from the training split only
-            self._class_weights = pipeline.class_weights(self.dataset, stems=self.train_stems)
-        return self._class_weights
+    def class_weights(self, method: str = "median_frequency") -> np.ndarray:
+        """`pipeline.class_weights` of the training split only, kept per method."""
+        if method not in self._class_weights:
+            self._class_weights[method] = pipeline.class_weights(self.dataset, method,
+                                                                 stems=self.train_stems)
+        return self._class_weights[method]
 
 
 def build_trial_model(values: dict[str, Any], num_classes: int, space: dict | None = None,
@@ -256,7 +257,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             model = models.build(model_name, dataset.num_classes,
                                  (*input_size, dataset.channels), **options)
             set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
-            weights = self.data.class_weights if loss_name == "weighted_ce" else None
+            weighting = losses.CLASS_WEIGHTING.get(loss_name)
+            weights = self.data.class_weights(weighting) if weighting else None
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                 loss=losses.get_loss(loss_name, dataset.num_classes, class_weights=weights,

@@ -20,9 +20,14 @@ Two kinds of loss:
   present classes keeps a correct prediction at 0 whatever classes a batch lacks. A batch with
   no valid pixel gives 0.
 
-`ce_dice` is `ce + dice`. Losses are registered by name in `autoseg.registry.LOSSES` as
-factories `factory(num_classes, class_weights=None, ignore_index=255)`; only `weighted_ce`
-uses `class_weights`, so `ce` against `weighted_ce` is the search's choice of weighting.
+`ce_dice` is `ce + dice`; `weighted_ce_dice` is `weighted_ce + dice`. Losses are registered
+by name in `autoseg.registry.LOSSES` as factories `factory(num_classes, class_weights=None,
+ignore_index=255)`; only the losses of `CLASS_WEIGHTING` use `class_weights`, so `ce` against
+`weighted_ce` is the search's choice of weighting. `CLASS_WEIGHTING` also names the weights
+each wants (`autoseg.data.pipeline.class_weights`' method): SegNet's median frequency for
+`weighted_ce`, its square root for `weighted_ce_dice`, whose dice term already balances the
+classes (on CamVid, median-frequency weights made pole and sign appear but took building from
+0.44 to 0.14 IoU: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from autoseg.errors import ConfigError
 from autoseg.registry import LOSSES, register_loss
 
 EPSILON = 1e-7
+
+#: The losses that take class weights, and the `pipeline.class_weights` method of each.
+CLASS_WEIGHTING = {"weighted_ce": "median_frequency", "weighted_ce_dice": "sqrt_median_frequency"}
 """Probabilities are clipped to [EPSILON, 1] before a logarithm."""
 
 
@@ -336,18 +344,21 @@ class TverskyLoss(RegionLoss):
 
 @keras.saving.register_keras_serializable(package="autoseg")
 class CrossEntropyDiceLoss(SegmentationLoss):
-    """`CrossEntropyLoss + DiceLoss`, unweighted sum.
+    """`CrossEntropyLoss + DiceLoss`, unweighted sum; the cross-entropy optionally class-weighted.
 
     Args:
         num_classes: Number of classes C.
         smooth: Dice smoothing. Defaults to 1.
         ignore_index: Label value that counts nowhere. Defaults to 255.
         name: Name of the loss. Defaults to "ce_dice".
+        class_weights: One non-negative weight per class for the cross-entropy term, or None.
+            Defaults to None.
     """
 
-    def __init__(self, num_classes, smooth=1.0, ignore_index=255, name="ce_dice"):
+    def __init__(self, num_classes, smooth=1.0, ignore_index=255, name="ce_dice",
+                 class_weights=None):
         super().__init__(num_classes, ignore_index, name)
-        self.ce = CrossEntropyLoss(num_classes, ignore_index=ignore_index)
+        self.ce = CrossEntropyLoss(num_classes, class_weights, ignore_index=ignore_index)
         self.dice = DiceLoss(num_classes, smooth=smooth, ignore_index=ignore_index)
 
     def compute(self, one_hot, probabilities, pixel_weight, num_valid):
@@ -356,7 +367,8 @@ class CrossEntropyDiceLoss(SegmentationLoss):
         )
 
     def get_config(self):
-        return {**super().get_config(), "smooth": self.dice.smooth}
+        return {**super().get_config(), "smooth": self.dice.smooth,
+                "class_weights": self.ce.class_weights}
 
 
 @register_loss("ce")
@@ -365,14 +377,18 @@ def _ce(num_classes, class_weights=None, ignore_index=255):
     return CrossEntropyLoss(num_classes, ignore_index=ignore_index, name="ce")
 
 
-@register_loss("weighted_ce")
-def _weighted_ce(num_classes, class_weights=None, ignore_index=255):
+def _needs_weights(name: str, class_weights, unweighted: str) -> None:
     if class_weights is None:
         raise ConfigError(
-            "The loss 'weighted_ce' needs class_weights (one per class, e.g. from median "
+            f"The loss {name!r} needs class_weights (one per class, e.g. from median "
             "frequency balancing of the training masks). Received: class_weights=None. "
-            "Pass class_weights or choose the loss 'ce'."
+            f"Pass class_weights or choose the loss {unweighted!r}."
         )
+
+
+@register_loss("weighted_ce")
+def _weighted_ce(num_classes, class_weights=None, ignore_index=255):
+    _needs_weights("weighted_ce", class_weights, "ce")
     return CrossEntropyLoss(num_classes, class_weights, ignore_index, name="weighted_ce")
 
 
@@ -389,6 +405,13 @@ def _dice(num_classes, class_weights=None, ignore_index=255):
 @register_loss("ce_dice")
 def _ce_dice(num_classes, class_weights=None, ignore_index=255):
     return CrossEntropyDiceLoss(num_classes, ignore_index=ignore_index)
+
+
+@register_loss("weighted_ce_dice")
+def _weighted_ce_dice(num_classes, class_weights=None, ignore_index=255):
+    _needs_weights("weighted_ce_dice", class_weights, "ce_dice")
+    return CrossEntropyDiceLoss(num_classes, ignore_index=ignore_index, name="weighted_ce_dice",
+                                class_weights=class_weights)
 
 
 @register_loss("jaccard")
@@ -411,10 +434,10 @@ def get_loss(
 
     Args:
         name: A key of `autoseg.registry.LOSSES` ("ce", "weighted_ce", "focal", "dice",
-            "ce_dice", "jaccard", "tversky"); case-insensitive.
+            "ce_dice", "weighted_ce_dice", "jaccard", "tversky"); case-insensitive.
         num_classes: Number of classes C.
-        class_weights: One weight per class. Only `weighted_ce` uses them (and requires
-            them); the other losses ignore them. Defaults to None.
+        class_weights: One weight per class. Only the losses of `CLASS_WEIGHTING` use them
+            (and require them); the other losses ignore them. Defaults to None.
         ignore_index: Label value that counts nowhere. Defaults to 255.
 
     Returns:

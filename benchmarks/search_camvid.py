@@ -17,7 +17,9 @@ TensorFlow, memory and threads):
   `recipe+f32` keeps the U-Net of 32 filters whatever the budget (the plan cannot step down
   from the space's only model), `recipe+f16at256` and `recipe+f16at128` the U-Net of 16
   filters at 256x256 or 128x128; `recipe+wce` trains the recipe with cross-entropy weighted
-  by median frequency (`weighted_ce`, SegNet's weighting) instead of `ce_dice`.
+  by median frequency (`weighted_ce`, SegNet's weighting) instead of `ce_dice`, and
+  `recipe+wcd` with `weighted_ce_dice` (dice plus a cross-entropy weighted by the square
+  root of median frequency).
   `SEARCH_SEED=N` (default 0) seeds the training.
 - `planned+tv` (issue #12 §4): `planned` with `finish_on="train+val"`, the best trained
   further on the validation frames too; compare it with `planned` on `--test-sequence`.
@@ -109,6 +111,9 @@ VARIANTS = {
     # The thin classes' loss: pole and sign stay at IoU 0 even on the training frames under
     # ce_dice; SegNet weights its cross-entropy by median frequency.
     "wce": {"loss": ["weighted_ce"]},
+    # A milder weighting: the cross-entropy weighted by the square root of median frequency,
+    # plus dice (`weighted_ce_dice`).
+    "wcd": {"loss": ["weighted_ce_dice"]},
 }
 #: The training seed of every arm (and of CWFID's split); `SEARCH_SEED=1` for another run.
 SEED = int(os.environ.get("SEARCH_SEED", "0"))

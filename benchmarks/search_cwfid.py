@@ -16,7 +16,8 @@ threads):
   plan cannot step down from it); `f16s1`, `f16b2`, `f16aug1`, `f16c384`, `f16s375`,
   `f16ema` and `f16noema` change the 16-filter recipe's crop scale to 1, its batch to 2, its
   augmentation to 1, its crops to 384, its scale to 0.375, its weight averaging to 2 epochs
-  or none.
+  or none; `wcd` trains with `weighted_ce_dice` (dice plus a cross-entropy weighted by the
+  square root of median frequency) instead of `ce_dice`.
 
 `SEARCH_SEED=N` (default 0) seeds the training and the split (8 other photos held out).
 - `planned+tv`: `planned` with `finish_on="train+val"`: the best trial trained further at the
@@ -119,6 +120,8 @@ VARIANTS = {
     # that measurement is `f16noema`.
     "f16ema": {**_F16, "weight_ema": [2]},
     "f16noema": {**_F16, "weight_ema": [0]},
+    # The loss with the cross-entropy weighted by the square root of median frequency.
+    "wcd": {"loss": ["weighted_ce_dice"]},
 }
 
 #: Arm variants that change the search's options rather than its space.

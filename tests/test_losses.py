@@ -11,7 +11,7 @@ from autoseg import losses
 from autoseg.errors import ConfigError
 from autoseg.registry import LOSSES
 
-NAMES = ("ce", "weighted_ce", "focal", "dice", "ce_dice", "jaccard", "tversky")
+NAMES = ("ce", "weighted_ce", "focal", "dice", "ce_dice", "weighted_ce_dice", "jaccard", "tversky")
 WEIGHTS = [0.5, 2.0, 1.0]
 
 
@@ -62,13 +62,15 @@ def reference(name, y, p):
         return ref_pixel(y, p, gamma=2.0)
     if name == "ce_dice":
         return ref_pixel(y, p) + ref_region(y, p, "dice")
+    if name == "weighted_ce_dice":
+        return ref_pixel(y, p, weights=WEIGHTS[: p.shape[-1]]) + ref_region(y, p, "dice")
     return ref_region(y, p, name)
 
 
 def make(name, num_classes=3):
     weights = WEIGHTS[:num_classes] + [1.0] * (num_classes - len(WEIGHTS))
     return losses.get_loss(
-        name, num_classes, class_weights=weights if name == "weighted_ce" else None
+        name, num_classes, class_weights=weights if name in losses.CLASS_WEIGHTING else None
     )
 
 
@@ -136,7 +138,7 @@ def test_all_wrong_matches_reference_and_is_large(name, case):
     p = one_hot((np.where(y == 255, 0, y) + 1) % 3, 3)
     got = value(make(name), y, p)
     assert got == pytest.approx(reference(name, y, p), rel=1e-5)
-    if name in ("ce", "weighted_ce", "focal", "ce_dice"):
+    if name in ("ce", "weighted_ce", "focal", "ce_dice", "weighted_ce_dice"):
         assert got > 10  # -log(1e-7) = 16.1 per pixel for ce and focal
     else:
         assert got > 0.9  # 1 - smooth / (~18 pixels per class + smooth)
@@ -209,6 +211,8 @@ def test_sample_weight_zero_drops_an_image_from_the_numerator(case):
 def test_weighted_ce_needs_matching_class_weights():
     with pytest.raises(ConfigError, match="needs class_weights"):
         losses.get_loss("weighted_ce", 3)
+    with pytest.raises(ConfigError, match="'weighted_ce_dice' needs class_weights.*the loss 'ce_dice'"):
+        losses.get_loss("weighted_ce_dice", 3)
     with pytest.raises(ConfigError, match="2 entries but there are 3 classes"):
         losses.get_loss("weighted_ce", 3, class_weights=[1.0, 2.0])
     with pytest.raises(ConfigError, match="non-negative"):

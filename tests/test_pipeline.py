@@ -480,6 +480,8 @@ def test_class_weights_from_counted_pixels(tmp_path):
     ds = write_dataset(tmp_path / "d", [mask])
     np.testing.assert_allclose(class_pixel_fraction(ds), [8 / 14, 4 / 14, 2 / 14])
     np.testing.assert_allclose(class_weights(ds), [0.5, 1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(class_weights(ds, "sqrt_median_frequency"),
+                               [0.5 ** 0.5, 1.0, 2.0 ** 0.5], rtol=1e-6)
     np.testing.assert_allclose(
         class_weights(ds, "inverse_frequency"), [14 / 24, 14 / 12, 14 / 6], rtol=1e-6
     )

@@ -142,3 +142,24 @@ def test_per_model_hyperparameters_are_namespaced_and_conditional(tiny_dataset):
     assert "depth" not in names
     hp.values["model_name"] = "light_unet"
     assert not hp.is_active("unet/depth") and hp.is_active("light_unet/depth")
+
+
+@pytest.mark.parametrize("loss, method", [("weighted_ce", "median_frequency"),
+                                          ("weighted_ce_dice", "sqrt_median_frequency"),
+                                          ("ce_dice", None)])
+def test_a_weighted_loss_gets_its_weights_from_the_training_split(tiny_dataset, loss, method):
+    import numpy as np
+
+    from autoseg.data.pipeline import class_weights
+    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+
+    data = TrainingData.from_path(tiny_dataset)
+    hypermodel = AutosegHyperModel(space_with(input_size=32, loss=[loss]), data)
+    config = hypermodel.build(kt.HyperParameters()).loss.get_config()
+    if method is None:
+        assert config.get("class_weights") is None
+        return
+    expected = class_weights(data.dataset, method, stems=data.train_stems)
+    everywhere = class_weights(data.dataset, method)
+    assert not np.allclose(expected, everywhere)  # the split's own, not the whole dataset's
+    np.testing.assert_allclose(config["class_weights"], expected, rtol=1e-6)

@@ -60,7 +60,7 @@ from autoseg.errors import ConfigError, DatasetError
 logger = logging.getLogger(__name__)
 
 POLICIES = ("resize", "crop")
-CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_frequency", "uniform")
+CLASS_WEIGHT_METHODS = ("median_frequency", "sqrt_median_frequency", "inverse_frequency", "uniform")
 # Upper bound of the in-memory cache when `cache_max_bytes` is not given; the default is
 # also held below a quarter of the memory available when the pipeline is built.
 DEFAULT_CACHE_MAX_BYTES = 4 * 1024**3
@@ -599,11 +599,12 @@ def _fingerprint_fraction(dataset: Dataset) -> np.ndarray | None:
 def class_weights(
     dataset: Dataset, method: str = "median_frequency", *, stems: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Per-class loss weights for the `weighted_ce` loss.
+    """Per-class loss weights for the class-weighted losses (`losses.CLASS_WEIGHTING`).
 
     Methods, with `f_c` the fraction of labelled pixels in class c (`class_pixel_fraction`):
 
     - `median_frequency` (Eigen & Fergus 2015, over the whole dataset): `median(f) / f_c`.
+    - `sqrt_median_frequency`: `sqrt(median(f) / f_c)`, a milder balance.
     - `inverse_frequency`: `1 / (K f_c)` with K present classes, so the mean weight per
       labelled pixel is 1.
     - `uniform`: all ones.
@@ -639,8 +640,10 @@ def class_weights(
     fraction = class_pixel_fraction(dataset, stems)
     present = fraction > 0
     weights = np.zeros_like(fraction)
-    if method == "median_frequency":
+    if method in ("median_frequency", "sqrt_median_frequency"):
         weights[present] = np.median(fraction[present]) / fraction[present]
+        if method == "sqrt_median_frequency":
+            weights = np.sqrt(weights)
     else:
         weights[present] = 1.0 / (present.sum() * fraction[present])
     return weights.astype(np.float32)
