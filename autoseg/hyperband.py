@@ -19,7 +19,9 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    bracket fits at the costs the recipe measured: trials (`tuner/bracket` `FORK_BRACKET`)
    that continue the recipe's checkpoint for `plan.fork_epochs`, the first unchanged (the
    control), `plan.MIN_VARIANTS` others with training choices redrawn (`plan.FORK_GROUPS`),
-   while they end before the finishing share. When the plan forks, the recipe's learning
+   while they end before the finishing share. When the recipe misses classes (its
+   per-class IoUs at its checkpoint, `plan.missed_classes`), the first of those others
+   weighs classes up instead (`plan.diagnosed_fork`) and its start line says why. When the plan forks, the recipe's learning
    rate decays over its lineage (`Plan.lineage_epochs`) and the forks train on along it
    (`plan.SCHEDULE_EPOCHS`); the finish ends it. A continued trial restores its past trial's
    Adam moments, unless a fork changed the loss (`plan.restores_optimizer`).
@@ -359,10 +361,17 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         forks = [hyperparameter_values(t.hyperparameters.values) for t in trials]
         if sum(t.status != "FAILED" for t in trials) > search_plan.MIN_VARIANTS:
             return None  # the control and its forks ran: the rest of the time is the finish's
-        start = dict(self.search_plan.recipe)
+        start, reason = dict(self.search_plan.recipe), None
         if forks:
-            start = search_plan.neighbour(start, self.space, self._rng, self.search_plan.admits,
-                                          lambda v: v in forks, only=search_plan.FORK_GROUPS)
+            # One fork from the recipe's scores (the first after the control); the rest random.
+            diagnosed = None if any(search_plan.FORK_REASON in t.hyperparameters.values
+                                    for t in trials) else search_plan.diagnosed_fork(
+                start, self.space, _missed(recipe), self.search_plan.admits, lambda v: v in forks)
+            if diagnosed is not None:
+                start, reason = diagnosed
+            else:
+                start = search_plan.neighbour(start, self.space, self._rng, self.search_plan.admits,
+                                              lambda v: v in forks, only=search_plan.FORK_GROUPS)
             if start is None:
                 return None
         record = self.read_record(recipe.trial_id)
@@ -377,6 +386,8 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
             values[search_plan.SCHEDULE_EPOCHS] = horizon
         if start.get("loss") != self.search_plan.recipe.get("loss"):
             values[search_plan.FRESH_OPTIMIZER] = True  # the recipe's moments are another loss's
+        if reason:
+            values[search_plan.FORK_REASON] = reason
         if not self._fits(values):
             return None
         return {"status": "RUNNING", "values": values}
@@ -513,11 +524,25 @@ def trial_role(values: dict) -> str:
     if bracket == RECIPE_BRACKET:
         return "the recipe"
     if bracket == FORK_BRACKET and past is not None:
-        return f"a fork of trial {past} at epoch {values.get('tuner/initial_epoch')}"
+        reason = values.get(search_plan.FORK_REASON)
+        return (f"a fork of trial {past} at epoch {values.get('tuner/initial_epoch')}"
+                + (f", {reason}" if reason else ""))
     if past is not None:
         on = " on the training and validation photos" if values.get(TRAIN_ON) == TRAIN_AND_VAL else ""
         return f"a continuation of trial {past} from epoch {values.get('tuner/initial_epoch')}{on}"
     return ""
+
+
+def _missed(trial: kt.engine.trial.Trial) -> list[str]:
+    """`plan.missed_classes` of a trial's metrics at its best epoch (KerasTuner keeps each
+    metric's observation there)."""
+    metrics = {}
+    for name in trial.metrics.metrics:
+        history = trial.metrics.get_history(name)
+        at = [o for o in history if o.step == trial.best_step] or history[-1:]
+        if at:
+            metrics[name] = float(statistics.fmean(at[0].value))
+    return search_plan.missed_classes(metrics)
 
 
 def _epoch_seconds(record: dict) -> tuple[float, int] | None:

@@ -76,8 +76,10 @@ SCHEDULE_EPOCHS = "tuner/schedule_epochs"
 #: The trial value of a fork whose loss differs from the recipe's: it starts with fresh Adam
 #: moments. Every other continued trial restores its past trial's (`restores_optimizer`).
 FRESH_OPTIMIZER = "tuner/fresh_optimizer"
+#: The trial value of a fork drawn from the recipe's scores (`diagnosed_fork`): why.
+FORK_REASON = "tuner/fork_reason"
 #: The trial values only a fork has; the finish that trains a fork on drops them.
-FORK_VALUES = (SCHEDULE_EPOCHS, FRESH_OPTIMIZER)
+FORK_VALUES = (SCHEDULE_EPOCHS, FRESH_OPTIMIZER, FORK_REASON)
 
 
 def continues_a_trial(values: dict) -> bool:
@@ -149,6 +151,16 @@ EXPLORE_FIDELITY = 2
 #: scratch for 2-3 epochs scored 0.31-0.64 against the recipe's 0.68 at 17 epochs: none
 #: could be told from noise (RESULTS.md, 60 minutes on both cores).
 FORK_FIDELITY = 5
+#: A class the recipe misses (`missed_classes`) scores under this IoU on its training crops
+#: and on the validation photos.
+MISSED_IOU = 0.05
+#: The losses that weigh rare classes up, in the order a fork for missed classes takes them
+#: (`diagnosed_fork`). On CamVid the recipe's ce_dice never predicted pole or sign, even on
+#: its training frames (IoU 0.000 after 63 epochs); `weighted_ce_dice` as the recipe scored
+#: 0.369 against 0.343 (pole 0.12, sign 0.17); `weighted_ce` 0.304 (building 0.44 -> 0.14).
+#: On CWFID, where the recipe misses no class, `weighted_ce_dice` lost 0.024 (crop 0.47 ->
+#: 0.43): the loss is a choice the data's scores make, not its class shares (RESULTS.md).
+CLASS_BALANCING_LOSSES = ("weighted_ce_dice", "weighted_ce", "focal")
 FORK_GROUPS = ("loss", "aug_strength", "learning_rate", "batch_size", "crop_scale", "rare_crops",
                "weight_ema")
 
@@ -894,6 +906,44 @@ def neighbour(start: dict[str, Any], space: SearchSpace, rng: random.Random,
         if values == start or seen(values) or admits(values) is not None:
             continue
         return values
+    return None
+
+
+def missed_classes(metrics: dict[str, float]) -> list[str]:
+    """The classes a trial does not learn, from its metrics at its checkpoint: IoU under
+    `MISSED_IOU` both on its training crops (`iou_<class>`) and on the validation photos
+    (`val_iou_<class>`). A class absent from one side (NaN there) is not judged. A class the
+    model does not predict even on the photos it trains on is the loss's to fix, not
+    generalisation's."""
+    missed = []
+    for key, value in metrics.items():
+        if not key.startswith("val_iou_"):
+            continue
+        name = key.removeprefix("val_iou_")
+        train = metrics.get(f"iou_{name}")
+        if train is None or not (math.isfinite(value) and math.isfinite(train)):
+            continue
+        if value < MISSED_IOU and train < MISSED_IOU:
+            missed.append(name)
+    return missed
+
+
+def diagnosed_fork(start: dict[str, Any], space: SearchSpace, missed: list[str],
+                   admits: Callable[[dict], str | None],
+                   seen: Callable[[dict], bool]) -> tuple[dict[str, Any], str] | None:
+    """The fork one would try first after reading the recipe's per-class scores, and why: with
+    classes `missed`, `start` with the first of `CLASS_BALANCING_LOSSES` the space offers
+    (other than its own loss). None without missed classes, or when no such fork is
+    admissible and unseen (the next forks are drawn at random, `neighbour`)."""
+    if not missed:
+        return None
+    offered = as_values(space.params["loss"])
+    for loss in CLASS_BALANCING_LOSSES:
+        values = {**start, "loss": loss}
+        if loss in offered and loss != start.get("loss") and not seen(values) \
+                and admits(values) is None:
+            return values, (f"{loss} for the classes the recipe misses ({', '.join(missed)}: "
+                            f"IoU under {MISSED_IOU:g} on its training crops and validation photos)")
     return None
 
 

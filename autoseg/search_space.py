@@ -443,8 +443,8 @@ def resolve_auto(space: SearchSpace, fingerprint: dict | None) -> SearchSpace:
       median image's short side (several, from coarse to fine).
     - policy: `crop` when the median photo's short side exceeds 2x the largest input size
       (thin plants vanish when a large photo is shrunk that much), else `resize`.
-    - loss: `ce` and `ce_dice`, plus `weighted_ce` and `focal` when the rarest class
-      covers under 5% of the pixels.
+    - loss: `ce` and `ce_dice`, plus `weighted_ce_dice`, `weighted_ce` and `focal` when the
+      rarest class covers under 5% of the pixels.
     """
     from autoseg import registry
 
@@ -468,7 +468,8 @@ def resolve_auto(space: SearchSpace, fingerprint: dict | None) -> SearchSpace:
     if params["loss"] == "auto":
         fractions = [v for v in (fp.get("class_pixel_fraction") or {}).values() if v is not None]
         imbalanced = bool(fractions) and min(fractions) < 0.05
-        params["loss"] = ["ce", "ce_dice", "weighted_ce", "focal"] if imbalanced else ["ce", "ce_dice"]
+        params["loss"] = (["ce", "ce_dice", "weighted_ce_dice", "weighted_ce", "focal"] if imbalanced
+                          else ["ce", "ce_dice"])
     resolved = dataclasses.replace(space, params=params)
     check_input_sizes(resolved)
     return resolved

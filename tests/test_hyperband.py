@@ -40,6 +40,10 @@ class Run:
             return self.refine
         return self.per_epoch, 1 - abs(values["x"] - 0.3) + values["tuner/epochs"] / 1000
 
+    def metrics(self, values) -> dict[str, float]:
+        """A trial's metrics besides its score (per-class IoUs), at its best epoch."""
+        return {}
+
     def step(self):
         """Runs one trial; returns it (status STOPPED when the oracle gives none)."""
         trial = self.oracle.create_trial("tuner0")
@@ -55,7 +59,8 @@ class Run:
         # Its best epoch, `best_back` epochs before its last (KerasTuner counts the step from
         # the start of the fit): the one its checkpoint holds.
         best = max(0, epochs - 1 - self.best_back)
-        self.oracle.update_trial(trial.trial_id, {"score": score}, step=best)
+        self.oracle.update_trial(trial.trial_id, {"score": score, **self.metrics(values)},
+                                 step=best)
         trial.status = "COMPLETED"
         self.oracle.end_trial(trial)
         return trial
@@ -475,6 +480,41 @@ class FocalForkRun(PlannedRun):
         if values["tuner/bracket"] == FORK_BRACKET and values["loss"] == "focal":
             score += 0.2
         return per_epoch, score
+
+
+class MissedClassRun(PlannedRun):
+    """Every trial learns soil and weed; the recipe's `crop` IoU is `crop_iou` on its training
+    crops and its validation photos."""
+
+    crop_iou = 0.01
+
+    def metrics(self, values):
+        crop = self.crop_iou if values["tuner/bracket"] == RECIPE_BRACKET else 0.3
+        return {"iou_soil": 0.98, "val_iou_soil": 0.97, "iou_weed": 0.7, "val_iou_weed": 0.6,
+                "iou_crop": crop, "val_iou_crop": crop}
+
+
+@pytest.mark.parametrize("crop_iou", [0.01, 0.2])
+def test_a_class_the_recipe_misses_makes_its_first_fork_weigh_classes(tmp_path, crop_iou):
+    """The recipe misses crop (IoU 0.01 on training and validation): the first fork after the
+    control trains it with the first class-balancing loss the space offers, and says so in
+    its start line; the next fork is drawn at random. At crop IoU 0.2 nothing is diagnosed."""
+    run = MissedClassRun(tmp_path, budget=3600.0)
+    run.crop_iou = crop_iou
+    trials = run.run()
+    assert run.plan.exploration == "forks"
+    forks = [t.hyperparameters.values for t in trials if bracket(t) == FORK_BRACKET]
+    assert len(forks) == 1 + search_plan.MIN_VARIANTS
+    reasons = [v.get(search_plan.FORK_REASON) for v in forks]
+    if crop_iou > search_plan.MISSED_IOU:
+        assert reasons == [None] * len(forks)
+        return
+    assert run.plan.recipe["loss"] == "ce_dice"
+    assert _config(forks[1]) == {**run.plan.recipe, "loss": "weighted_ce_dice"}
+    assert search_plan.FRESH_OPTIMIZER in forks[1]  # another loss: fresh Adam moments
+    assert reasons[0] is None and reasons[2] is None and "(crop:" in reasons[1]
+    assert trial_role(forks[1]).startswith("a fork of trial 0000 at epoch ")
+    assert "weighted_ce_dice for the classes the recipe misses (crop: IoU under 0.05" in trial_role(forks[1])
 
 
 def test_only_a_fork_that_changes_the_loss_starts_with_fresh_adam_moments(tmp_path):

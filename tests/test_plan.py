@@ -1102,3 +1102,36 @@ def test_a_finish_on_train_and_val_is_in_the_plan_line_and_kept_on_resume():
     older = made.to_dict()
     del older["finish_on"]  # a plan.json written before the option
     assert plan.Plan.from_dict(older).finish_on == plan.TRAIN
+
+
+# --- forks drawn from the recipe's scores ----------------------------------------------------
+
+def test_missed_classes_are_under_the_bar_on_both_sides():
+    metrics = {"iou_pole": 0.0, "val_iou_pole": 0.0,            # missed
+               "iou_sign": 0.3, "val_iou_sign": 0.01,           # learned, does not generalise
+               "iou_fence": 0.02, "val_iou_fence": 0.2,
+               "iou_rider": float("nan"), "val_iou_rider": 0.0,  # absent from the crops
+               "val_iou_bus": 0.0,                               # no training figure
+               "iou_sky": 0.9, "val_iou_sky": 0.8, "val_mean_iou": 0.0}
+    assert plan.missed_classes(metrics) == ["pole"]
+    assert plan.missed_classes({}) == []
+
+
+def test_a_diagnosed_fork_takes_the_first_balancing_loss_the_space_offers():
+    space = make_space({"models": {"unet": {"filters": 32}}})
+    assert "weighted_ce_dice" in space.params["loss"]  # CWFID's 1.6 % crop: imbalanced
+    recipe, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    admit_all, unseen = (lambda v: None), (lambda v: False)
+    assert plan.diagnosed_fork(recipe, space, [], admit_all, unseen) is None
+    values, reason = plan.diagnosed_fork(recipe, space, ["crop"], admit_all, unseen)
+    assert values == {**recipe, "loss": "weighted_ce_dice"} and "(crop:" in reason
+    # Seen (or not admitted): the next balancing loss.
+    values, _ = plan.diagnosed_fork(recipe, space, ["crop"], admit_all,
+                                    lambda v: v["loss"] == "weighted_ce_dice")
+    assert values["loss"] == "weighted_ce"
+    values, _ = plan.diagnosed_fork(recipe, space, ["crop"],
+                                    lambda v: "no" if v["loss"] != "focal" else None, unseen)
+    assert values["loss"] == "focal"
+    # A space without them: nothing to diagnose with.
+    plain = make_space({"models": {"unet": {"filters": 32}}, "loss": ["ce", "ce_dice"]})
+    assert plan.diagnosed_fork(recipe, plain, ["crop"], admit_all, unseen) is None
