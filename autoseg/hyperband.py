@@ -21,9 +21,9 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    control), `plan.MIN_VARIANTS` others with training choices redrawn (`plan.FORK_GROUPS`),
    while they end before the finishing share. When the recipe misses classes (its
    per-class IoUs at its checkpoint, `plan.missed_classes`), the first of those others
-   weighs classes up instead (`plan.diagnosed_fork`) and its start line says why. When the plan forks, the recipe's learning
-   rate decays over its lineage (`Plan.lineage_epochs`) and the forks train on along it
-   (`plan.SCHEDULE_EPOCHS`); the finish ends it. A continued trial restores its past trial's
+   weighs classes up instead (`plan.diagnosed_fork`) and its start line says why. When the
+   plan forks, the recipe's learning rate decays over its lineage (`Plan.lineage_epochs`)
+   and the forks train on along it (`plan.SCHEDULE_EPOCHS`); the finish ends it. A continued trial restores its past trial's
    Adam moments, unless a fork changed the loss (`plan.restores_optimizer`).
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time

@@ -42,10 +42,10 @@ from autoseg.errors import ConfigError
 from autoseg.registry import LOSSES, register_loss
 
 EPSILON = 1e-7
+"""Probabilities are clipped to [EPSILON, 1] before a logarithm."""
 
 #: The losses that take class weights, and the `pipeline.class_weights` method of each.
 CLASS_WEIGHTING = {"weighted_ce": "median_frequency", "weighted_ce_dice": "sqrt_median_frequency"}
-"""Probabilities are clipped to [EPSILON, 1] before a logarithm."""
 
 
 def replica_share(loss):
