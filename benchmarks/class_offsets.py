@@ -17,7 +17,6 @@ best on its leaderboard.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -46,6 +45,7 @@ def main(argv=None) -> int:
     halves = ([list(range(0, n, 2)), list(range(1, n, 2))] if args.halves == "alternate"
               else [list(range(n // 2)), list(range(n // 2, n))])
     zero = np.zeros(len(classes), np.float32)
+    everything = list(range(n))
     print(f"{args.run} trial {trial}: {n} validation photos, {len(classes)} classes")
     print("| chosen on | offsets (" + ", ".join(classes) + ") | mIoU where chosen | "
           "**other half: none → offsets** | Δ |")
@@ -56,16 +56,18 @@ def main(argv=None) -> int:
         after = _miou(log_p, labels, halves[1 - k], offsets)
         print(f"| half {k} | {', '.join(f'{v:+.2f}' for v in offsets)} | {fitted:.4f} | "
               f"**{before:.4f} → {after:.4f}** | {after - before:+.4f} |", flush=True)
-    offsets, fitted = _choose(log_p, labels, list(range(n)), len(classes))
+    offsets, fitted = _choose(log_p, labels, everything, len(classes))
+    before = _miou(log_p, labels, everything, zero)
     print(f"| all (scored where chosen) | {', '.join(f'{v:+.2f}' for v in offsets)} | {fitted:.4f} | "
-          f"{_miou(log_p, labels, list(range(n)), zero):.4f} → {fitted:.4f} | "
-          f"{fitted - _miou(log_p, labels, list(range(n)), zero):+.4f} |")
+          f"{before:.4f} → {fitted:.4f} | {fitted - before:+.4f} |")
     return 0
 
 
 def _best(run: Path) -> str:
-    with open(run / "leaderboard.csv") as f:
-        return next(csv.DictReader(f))["trial_id"]
+    from autoseg.leaderboard import best_row, read_leaderboard
+    from autoseg.run_dir import LEADERBOARD_FILE
+
+    return best_row(read_leaderboard(run / LEADERBOARD_FILE))["trial_id"]
 
 
 def _validation_scores(run_dir: Path, trial_id: str):
@@ -75,23 +77,18 @@ def _validation_scores(run_dir: Path, trial_id: str):
     from autoseg.data import pipeline
     from autoseg.data.dataset import load_dataset
     from autoseg.export import load_trial_model, read_trial, trial_values
-    from autoseg.predict import SegmentationModel
     from autoseg.search_space import trial_model_config
+    from search_cwfid import segmenter
 
     run = json.loads((run_dir / "run.json").read_text())
     ds = load_dataset(run["dataset"])
     config = trial_model_config(trial_values(read_trial(run_dir, trial_id)))
-    model = load_trial_model(run_dir, run, trial_id)
-    metadata = {"classes": list(ds.classes), "palette": [list(c) for c in ds.palette],
-                "ignore_index": ds.ignore_index, "input_size": list(config["input_size"]),
-                "policy": config["policy"], "crop_scale": config["crop_scale"]}
-    segmenter = SegmentationModel(Path("."), metadata,
-                                  lambda batch: np.asarray(model(batch, training=False)), "keras")
+    model = segmenter(load_trial_model(run_dir, run, trial_id), ds, config)
     log_p, labels = [], []
     start = time.perf_counter()
     for stem in run["split"]["val"]:
         image, mask = pipeline.load_example(ds, stem, raw=True)
-        scores, mask = segmenter.predict_scores(image)[::2, ::2], mask[::2, ::2]
+        scores, mask = model.predict_scores(image)[::2, ::2], mask[::2, ::2]
         keep = mask != ds.ignore_index
         log_p.append(np.log(np.clip(scores[keep], 1e-6, 1.0)).astype(np.float32))
         labels.append(mask[keep].astype(np.int64))
@@ -102,13 +99,10 @@ def _validation_scores(run_dir: Path, trial_id: str):
 def _miou(log_p, labels, photos, offsets) -> float:
     import numpy as np
 
-    from autoseg.metrics import scores_from_confusion
+    from autoseg.metrics import confusion_matrix, scores_from_confusion
 
-    c = len(offsets)
-    confusion = np.zeros((c, c), np.int64)
-    for i in photos:
-        predicted = np.argmax(log_p[i] + offsets, axis=1)
-        confusion += np.bincount(labels[i] * c + predicted, minlength=c * c).reshape(c, c)
+    confusion = sum(confusion_matrix(labels[i], np.argmax(log_p[i] + offsets, axis=1), len(offsets))
+                    for i in photos)
     return float(scores_from_confusion(confusion)["mean_iou"])
 
 

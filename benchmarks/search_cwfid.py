@@ -373,12 +373,11 @@ def run_baseline(ds, out: Path, seconds: float) -> dict:
     }
 
 
-def full_resolution_scores(model, ds, stems, config) -> dict:
-    """mIoU and per-class IoU of `stems` predicted at full size, as `autoseg evaluate` does."""
+def segmenter(model, ds, config):
+    """A trial's Keras `model` as `autoseg.load` would give it: a `SegmentationModel` that
+    predicts a photo at full size the way `config` (`trial_model_config`) trained it."""
     import numpy as np
 
-    from autoseg.evaluate import score_images
-    from autoseg.metrics import scores_from_confusion
     from autoseg.predict import SegmentationModel
 
     metadata = {
@@ -387,8 +386,15 @@ def full_resolution_scores(model, ds, stems, config) -> dict:
         "policy": config["policy"], "crop_scale": config["crop_scale"],
     }
     runner = lambda batch: np.asarray(model(batch, training=False))  # noqa: E731
-    segmenter = SegmentationModel(Path("."), metadata, runner, "keras")
-    confusion, _ = score_images(segmenter, ds, stems, log=lambda _: None)
+    return SegmentationModel(Path("."), metadata, runner, "keras")
+
+
+def full_resolution_scores(model, ds, stems, config) -> dict:
+    """mIoU and per-class IoU of `stems` predicted at full size, as `autoseg evaluate` does."""
+    from autoseg.evaluate import score_images
+    from autoseg.metrics import scores_from_confusion
+
+    confusion, _ = score_images(segmenter(model, ds, config), ds, stems, log=lambda _: None)
     scores = scores_from_confusion(confusion)
     return {
         "full_res_mean_iou": round(float(scores["mean_iou"]), 4),
