@@ -56,7 +56,7 @@ import time
 import keras_tuner as kt
 
 from autoseg import plan as search_plan
-from autoseg import speed
+from autoseg import rebalance, speed
 from autoseg.search_space import hyperparameter_values
 
 #: Share of the time left that the exploration bracket may take; the rest trains its winner.
@@ -291,8 +291,9 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         values = result.get("values") or {}
         past = values.get("tuner/trial_id")
         if result["status"] == "RUNNING" and past is not None:
-            values["tuner/initial_epoch"] = checkpoint_epoch(self.trials[past],
-                                                             self.read_record(past))
+            record = self.read_record(past)
+            values.update(rebalance.continued_values(values, record))
+            values["tuner/initial_epoch"] = checkpoint_epoch(self.trials[past], record)
         return result
 
     def _fixed_seconds(self) -> float:
@@ -361,7 +362,10 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         forks = [hyperparameter_values(t.hyperparameters.values) for t in trials]
         if sum(t.status != "FAILED" for t in trials) > search_plan.MIN_VARIANTS:
             return None  # the control and its forks ran: the rest of the time is the finish's
-        start, reason = dict(self.search_plan.recipe), None
+        record = self.read_record(recipe.trial_id)
+        # The recipe as its forks train on: with the loss it ended with (`autoseg.rebalance`).
+        trained = rebalance.continued_values(self.search_plan.recipe, record)
+        start, reason = dict(trained), None
         if forks:
             # One fork from the recipe's scores (the first after the control); the rest random.
             diagnosed = None if any(search_plan.FORK_REASON in t.hyperparameters.values
@@ -374,7 +378,6 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
                                               lambda v: v in forks, only=search_plan.FORK_GROUPS)
             if start is None:
                 return None
-        record = self.read_record(recipe.trial_id)
         reached = checkpoint_epoch(recipe, record)
         values = {**start, "tuner/trial_id": recipe.trial_id, "tuner/initial_epoch": reached,
                   "tuner/epochs": reached + search_plan.fork_epochs(self.search_plan),
@@ -384,7 +387,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         horizon = int(record.get("schedule_epochs") or 0)
         if horizon > values["tuner/epochs"]:
             values[search_plan.SCHEDULE_EPOCHS] = horizon
-        if start.get("loss") != self.search_plan.recipe.get("loss"):
+        if start.get("loss") != trained.get("loss"):
             values[search_plan.FRESH_OPTIMIZER] = True  # the recipe's moments are another loss's
         if reason:
             values[search_plan.FORK_REASON] = reason
@@ -428,7 +431,7 @@ class BudgetHyperbandOracle(kt.oracles.HyperbandOracle):
         more = int((self.deadline - self.clock() - overhead) // per_epoch)
         if more < 1:
             return stopped
-        values = best.hyperparameters.values.copy()
+        values = rebalance.continued_values(best.hyperparameters.values, record)
         for key in search_plan.FORK_VALUES:  # the finish ends the schedule, with the fork's loss
             values.pop(key, None)
         reached = checkpoint_epoch(best, record)

@@ -26,6 +26,7 @@ tuner.search(epochs=2)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -38,7 +39,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autoseg import budget, devices, progress, registry, speed
+from autoseg import budget, devices, progress, rebalance, registry, speed
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
@@ -307,6 +308,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         schedule = CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate,
                                   stretch=stretch, extra=extra)
         callbacks += [time_budget, schedule]
+        if rebalance.applies(hp.values.get("loss"), setup.rebalance, initial_epoch):
+            callbacks.append(self._rebalance(model, hp.values["loss"], time_budget))
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
         start = time.time()
@@ -315,6 +318,18 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.last_fit["schedule_epochs"] = schedule.horizon()  # where its forks decay to
         self._record_fit(history, peak, time_budget, start)
         return history
+
+    def _rebalance(self, model, loss: str, time_budget: "TimeBudget") -> rebalance.Rebalance:
+        """The callback that weighs classes up mid-training (`autoseg.rebalance`), its weights
+        the training split's for the loss `loss` turns into."""
+        from autoseg import losses
+
+        turned = rebalance.REBALANCED[loss]
+        strategy = getattr(model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            variable = losses.switchable_weights(model.loss)
+        return rebalance.Rebalance(variable, self.data.class_weights(losses.CLASS_WEIGHTING[turned]),
+                                   turned, lambda: time_budget.target, self.last_fit)
 
     def _schedule_extension(self, hp) -> tuple[float, int]:
         """(stretch, extra) of the trial's `CosineSchedule`: the recipe's decays over its
@@ -346,6 +361,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         policy, crop_scale, rare_crops = self.declare_policy(hp)
         aug_strength = float(self._declare(hp, "aug_strength", self.space.params["aug_strength"]))
         weight_ema = float(self._declare(hp, "weight_ema", self.space.params["weight_ema"]))
+        rebalance_mode = str(self._declare(hp, "rebalance", self.space.params["rebalance"]))
         candidates = sorted(int(b) for b in as_values(self.space.params["batch_size"]))
         drawn_batch = int(self._declare(hp, "batch_size", self.space.params["batch_size"]))
         # Every replica holds the whole model and trains on its own batch: the batch size
@@ -383,7 +399,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
             record["trained_on"] = TRAIN_AND_VAL
         return _TrainingSetup(input_size, policy, crop_scale, aug_strength, batch_size,
                               replicas, estimate, int(passes), rare_crops, weight_ema,
-                              train_stems)
+                              train_stems, rebalance_mode)
 
     def _datasets(self, setup: "_TrainingSetup", global_batch: int):
         """The training (repeated, augmented) and validation datasets of one attempt."""
@@ -461,6 +477,7 @@ class _TrainingSetup:
     rare_crops: float = 0.0
     weight_ema: float = 0.0
     train_stems: list[str] = dataclasses.field(default_factory=list)
+    rebalance: str = rebalance.OFF
 
 
 def build_optimizer(model) -> None:

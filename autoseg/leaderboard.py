@@ -52,6 +52,7 @@ HYPERPARAMETER_ORDER = (
     "aug_strength",
     "learning_rate",
     "weight_ema",
+    "rebalance",
 )
 # Statuses whose objective is a real result. STOPPED trials (early stopping, Hyperband)
 # trained and were evaluated, so they compete; FAILED and RUNNING ones do not.
@@ -67,7 +68,7 @@ TAIL_COLUMNS = (
 #: The keys of a trial's own record (`trials/trial_<id>/autoseg.json`) that a leaderboard row
 #: reads as they are; `tuner.collect_rows` passes exactly these on.
 RECORD_FIELDS = ("epochs", "params", "train_seconds", "predicted_peak_memory_bytes",
-                 "measured_peak_memory_bytes", "worker", "trained_on")
+                 "measured_peak_memory_bytes", "worker", "trained_on", "rebalanced")
 # A hyperparameter whose name is taken by another column (e.g. an `epochs` budget next to
 # the epochs actually run) is written as `hp:<name>`.
 HYPERPARAMETER_PREFIX = "hp:"
@@ -137,6 +138,7 @@ def _build(
                 _scale(record.get("measured_peak_memory_bytes"), 1 / _MIB), 0
             ),
             trained_on=_text(record.get("trained_on")),
+            rebalanced=_rebalanced(record.get("rebalanced")),
             worker=_text(record.get("worker")),
             message=flatten_message(record.get("message")),
         )
@@ -161,7 +163,8 @@ def write_leaderboard(
     (blank where inactive), the other `val_*` metrics, `epochs, params, train_seconds,
     predicted_peak_memory_mb, measured_peak_memory_mb` (MiB, 2**20 bytes), `trained_on` (when
     a trial trained on more than the training photos: "train+val", whose objective is then
-    not held out), `worker` (when any trial names one) and `message`. Rank is 1..n over COMPLETED and STOPPED trials with a
+    not held out), `rebalanced` (when a trial turned its loss weighted mid-training,
+    `autoseg.rebalance`: "weighted_ce_dice after epoch 12"), `worker` (when any trial names one) and `message`. Rank is 1..n over COMPLETED and STOPPED trials with a
     finite objective, best first; blank for the others.
 
     Args:
@@ -626,24 +629,34 @@ def _table_cell(column: str, value: str) -> str:
     return _text(value)
 
 
+def _rebalanced(switched: Any) -> str:
+    """`rebalanced` of a trial's record (`autoseg.rebalance`) as a cell: "weighted_ce_dice
+    after epoch 12", or "" when the trial did not switch."""
+    if not isinstance(switched, Mapping) or not switched.get("loss"):
+        return ""
+    return f"{switched['loss']} after epoch {switched.get('epoch')}"
+
+
 def _columns(
     records: Sequence[Mapping[str, Any]], objective: str, class_names: Sequence[str] | None
 ) -> tuple[list[str], dict[str, str], list[str]]:
     """Returns the CSV columns, hyperparameter -> column name, and the val_* metric columns."""
     hp_names: set[str] = set()
     metric_names: set[str] = set()
-    has_worker = has_trained_on = False
+    has_worker = has_trained_on = has_rebalanced = False
     for record in records:
         hp_names.update(record.get("hyperparameters") or {})
         metric_names.update(record.get("metrics") or {})
         has_worker = has_worker or bool(_text(record.get("worker")))
         has_trained_on = has_trained_on or bool(_text(record.get("trained_on")))
+        has_rebalanced = has_rebalanced or bool(record.get("rebalanced"))
     val_metrics = sorted(m for m in metric_names if m.startswith("val_") and m != objective)
     per_class = [f"val_iou_{name}" for name in class_names or ()]
     val_metrics = [m for m in per_class if m in val_metrics] + [
         m for m in val_metrics if m not in per_class
     ]
     tail = (list(TAIL_COLUMNS) + (["trained_on"] if has_trained_on else [])
+            + (["rebalanced"] if has_rebalanced else [])
             + (["worker"] if has_worker else []) + ["message"])
     taken = set(HEAD_COLUMNS) | {objective} | set(val_metrics) | set(tail)
     hp_order = [n for n in HYPERPARAMETER_ORDER if n in hp_names] + sorted(

@@ -186,12 +186,15 @@ class CrossEntropyLoss(SegmentationLoss):
     def __init__(self, num_classes, class_weights=None, ignore_index=255, name="ce"):
         super().__init__(num_classes, ignore_index, name)
         self.class_weights = _validate_class_weights(class_weights, self.num_classes)
+        self.weight_variable = None  # `switchable_weights`
 
     def _pixel_terms(self, one_hot, probabilities):
         """Per-pixel -log(p_true) times the class weight, with p_true."""
         p_true = ops.sum(one_hot * probabilities, axis=-1)
         log_p = ops.log(ops.clip(p_true, EPSILON, 1.0))
-        if self.class_weights is not None:
+        if self.weight_variable is not None:
+            log_p = log_p * ops.sum(one_hot * ops.cast(self.weight_variable, "float32"), axis=-1)
+        elif self.class_weights is not None:
             weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
             log_p = log_p * ops.sum(one_hot * weights, axis=-1)
         return -log_p, p_true
@@ -369,6 +372,24 @@ class CrossEntropyDiceLoss(SegmentationLoss):
     def get_config(self):
         return {**super().get_config(), "smooth": self.dice.smooth,
                 "class_weights": self.ce.class_weights}
+
+
+def switchable_weights(loss: CrossEntropyDiceLoss):
+    """Holds the class weights of `loss`'s cross-entropy in a variable, all 1 (`loss` computes
+    what it did), and returns it: a compiled training step reads it at every step, so weights
+    assigned to it during training (`autoseg.rebalance`) act from the next step without
+    tracing the step again. Create it under the model's distribution strategy, before training.
+
+    Raises:
+        ValueError: `loss` is not an unweighted `CrossEntropyDiceLoss`.
+    """
+    if not isinstance(loss, CrossEntropyDiceLoss) or loss.ce.class_weights is not None:
+        raise ValueError("switchable_weights needs an unweighted CrossEntropyDiceLoss. "
+                         f"Received: {loss!r}.")
+    if loss.ce.weight_variable is None:
+        loss.ce.weight_variable = keras.Variable([1.0] * loss.num_classes, dtype="float32",
+                                                 trainable=False, name="class_weights")
+    return loss.ce.weight_variable
 
 
 @register_loss("ce")

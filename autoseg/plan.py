@@ -552,6 +552,7 @@ def choose_recipe(space: SearchSpace, models: list[speed.ModelCost], data: DataS
                 "learning_rate": float(nearest(1e-3, params["learning_rate"], log_scale=True)),
                 "batch_size": batch,
                 "weight_ema": nearest(RECIPE_WEIGHT_EMA, params["weight_ema"]),
+                "rebalance": nearest(RECIPE_REBALANCE, params["rebalance"]),
             })
             if policy == "crop":
                 values["rare_crops"] = float(nearest(RECIPE_RARE_CROPS, params["rare_crops"]))
@@ -602,6 +603,9 @@ RECIPE_WEIGHT_EMA = 2
 
 #: The recipe's loss, best first: CE + soft Dice (nnU-Net's), then losses that weigh rare
 #: classes up, then plain CE.
+#: The recipe weighs classes up when its own scores show it misses some (`autoseg.rebalance`).
+RECIPE_REBALANCE = "auto"
+
 LOSS_PREFERENCE = ("ce_dice", "dice", "focal", "weighted_ce", "tversky", "jaccard", "ce")
 
 

@@ -14,6 +14,7 @@ batch_size: [4, 8, 16]   # candidates; those over the memory budget are never us
 loss: [ce, ce_dice]      # or "auto" (weighted losses offered on imbalanced data)
 aug_strength: [0.0, 0.3, 0.6]
 weight_ema: [0, 2]       # average the weights over this many epochs (0: off)
+rebalance: auto          # auto: weigh classes up mid-training when the scores show missed ones
 learning_rate: {min: 0.0003, max: 0.003, sampling: log}
 max_epochs: 30
 ```
@@ -46,9 +47,12 @@ GLOBAL_KEYS = (
     "aug_strength",
     "learning_rate",
     "weight_ema",
+    "rebalance",
 )
 TOP_LEVEL_KEYS = ("description", "models", "max_epochs") + GLOBAL_KEYS
 POLICIES = ("resize", "crop")
+#: `rebalance` values (`autoseg.rebalance`): decide from a trial's per-class scores, or never.
+REBALANCE_MODES = ("auto", "off")
 RANGE_KEYS = {"min", "max", "step", "sampling"}
 
 DEFAULTS: dict[str, Any] = {
@@ -61,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "aug_strength": [0.0, 0.25, 0.5],
     "learning_rate": {"min": 1e-4, "max": 3e-3, "sampling": "log"},
     "weight_ema": 0,
+    "rebalance": "auto",
     "max_epochs": 30,
 }
 
@@ -342,6 +347,10 @@ def _check_globals(params: dict[str, Any], source: str) -> None:
                 raise ConfigError(
                     f"{source}: policy {p!r} is unknown. Valid: {', '.join(POLICIES)} (or auto)."
                 )
+    for mode in as_values(params["rebalance"]):
+        if mode not in REBALANCE_MODES:
+            raise ConfigError(f"{source}: rebalance {mode!r} is unknown. "
+                              f"Valid: {', '.join(REBALANCE_MODES)}.")
     for v in as_values(params["batch_size"]):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: batch_size values must be positive integers. Received: {v!r}.")

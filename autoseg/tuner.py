@@ -35,7 +35,7 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from autoseg import atomic, leaderboard, progress, trial_process
+from autoseg import atomic, leaderboard, progress, rebalance, trial_process
 from autoseg.hyperband import BudgetHyperband, BudgetHyperbandOracle, trial_role
 from autoseg.durations import format_duration
 from autoseg.run_dir import LEADERBOARD_FILE, TRIALS_DIR, read_record, record_path
@@ -166,6 +166,8 @@ class SearchRunMixin:
         self.log(f"[trial {trial_id}] ended{where}{took}: {outcome} ({self._clock()})")
         if record.get("plan_change"):
             self.log(f"[plan] changed during trial {trial_id}: {record['plan_change']}")
+        if record.get(rebalance.RECORD_KEY):
+            self.log(f"[trial {trial_id}] {rebalance.describe(record[rebalance.RECORD_KEY])}")
 
     def _write_record(self, trial_id: str, record: dict) -> None:
         atomic.write_text(record_path(self.rundir, trial_id),

@@ -19,7 +19,8 @@ TensorFlow, memory and threads):
   filters at 256x256 or 128x128; `recipe+wce` trains the recipe with cross-entropy weighted
   by median frequency (`weighted_ce`, SegNet's weighting) instead of `ce_dice`, and
   `recipe+wcd` with `weighted_ce_dice` (dice plus a cross-entropy weighted by the square
-  root of median frequency).
+  root of median frequency), and `recipe+nrb` with `rebalance: off` (ce_dice throughout:
+  the recipe before `autoseg.rebalance`).
   `SEARCH_SEED=N` (default 0) seeds the training.
 - `planned+tv` (issue #12 §4): `planned` with `finish_on="train+val"`, the best trained
   further on the validation frames too; compare it with `planned` on `--test-sequence`.
@@ -114,6 +115,9 @@ VARIANTS = {
     # A milder weighting: the cross-entropy weighted by the square root of median frequency,
     # plus dice (`weighted_ce_dice`).
     "wcd": {"loss": ["weighted_ce_dice"]},
+    # The recipe as it was before `rebalance` (issue #11): ce_dice throughout, whatever its
+    # per-class scores show.
+    "nrb": {"rebalance": "off"},
 }
 #: The training seed of every arm (and of CWFID's split); `SEARCH_SEED=1` for another run.
 SEED = int(os.environ.get("SEARCH_SEED", "0"))

@@ -17,7 +17,8 @@ threads):
   `f16ema` and `f16noema` change the 16-filter recipe's crop scale to 1, its batch to 2, its
   augmentation to 1, its crops to 384, its scale to 0.375, its weight averaging to 2 epochs
   or none; `wcd` trains with `weighted_ce_dice` (dice plus a cross-entropy weighted by the
-  square root of median frequency) instead of `ce_dice`.
+  square root of median frequency) instead of `ce_dice`; `nrb` sets `rebalance: off`
+  (ce_dice throughout: the recipe before `autoseg.rebalance`).
 
 `SEARCH_SEED=N` (default 0) seeds the training and the split (8 other photos held out).
 - `planned+tv`: `planned` with `finish_on="train+val"`: the best trial trained further at the
@@ -122,6 +123,9 @@ VARIANTS = {
     "f16noema": {**_F16, "weight_ema": [0]},
     # The loss with the cross-entropy weighted by the square root of median frequency.
     "wcd": {"loss": ["weighted_ce_dice"]},
+    # The recipe as it was before `rebalance` (issue #11): ce_dice throughout, whatever its
+    # per-class scores show.
+    "nrb": {"rebalance": "off"},
 }
 
 #: Arm variants that change the search's options rather than its space.

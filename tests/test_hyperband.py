@@ -202,6 +202,7 @@ def test_a_short_budgeted_search_gives_the_recipe_the_whole_budget(tiny_dataset,
 # -- the planned search: the recipe first, then its variants, then the best trained on ------
 
 from autoseg import plan as search_plan  # noqa: E402
+from autoseg import rebalance  # noqa: E402
 from test_plan import (  # noqa: E402
     CPU, CWFID_SPACE, FIXED, cost_model, make_space, models_of, summary,
 )
@@ -515,6 +516,47 @@ def test_a_class_the_recipe_misses_makes_its_first_fork_weigh_classes(tmp_path, 
     assert reasons[0] is None and reasons[2] is None and "(crop:" in reasons[1]
     assert trial_role(forks[1]).startswith("a fork of trial 0000 at epoch ")
     assert "weighted_ce_dice for the classes the recipe misses (crop: IoU under 0.05" in trial_role(forks[1])
+
+
+class RebalancedRecipeRun(MissedClassRun):
+    """The recipe's record says it turned `weighted_ce_dice` mid-training (`autoseg.rebalance`),
+    as the HyperModel records it."""
+
+    def step(self):
+        trial = super().step()
+        if trial.status == "COMPLETED" and bracket(trial) == RECIPE_BRACKET:
+            self.records[trial.trial_id][rebalance.RECORD_KEY] = {
+                "epoch": 5, "classes": ["crop"], "loss": "weighted_ce_dice"}
+        return trial
+
+
+@pytest.mark.parametrize("crop_iou", [0.01, 0.2])
+def test_forks_and_the_finish_of_a_rebalanced_recipe_train_with_the_loss_it_ended_with(
+        tmp_path, crop_iou):
+    """A recipe that turned weighted mid-training is continued with that loss: the control
+    fork and the finish train `weighted_ce_dice` and keep its Adam moments (the same loss).
+    Still missing crop at the end (0.01), its diagnosed fork takes the next balancing loss,
+    `weighted_ce`, with fresh moments; learned (0.2), no fork has a reason."""
+    run = RebalancedRecipeRun(tmp_path, budget=3600.0)
+    run.crop_iou = crop_iou
+    trials = run.run()
+    assert run.plan.recipe["loss"] == "ce_dice" and run.plan.recipe["rebalance"] == "auto"
+    forks = [t.hyperparameters.values for t in trials if bracket(t) == FORK_BRACKET]
+    assert len(forks) == 1 + search_plan.MIN_VARIANTS
+    control = forks[0]
+    assert _config(control) == {**run.plan.recipe, "loss": "weighted_ce_dice"}
+    assert search_plan.restores_optimizer(control)
+    diagnosed = [v for v in forks if search_plan.FORK_REASON in v]
+    if crop_iou > search_plan.MISSED_IOU:
+        assert diagnosed == []
+    else:
+        assert [v["loss"] for v in diagnosed] == ["weighted_ce"]
+        assert not search_plan.restores_optimizer(diagnosed[0])
+    for fork in forks:
+        assert (search_plan.FRESH_OPTIMIZER in fork) == (fork["loss"] != "weighted_ce_dice")
+    refine = [t.hyperparameters.values for t in trials if bracket(t) == REFINE_BRACKET]
+    past = run.oracle.trials[refine[0]["tuner/trial_id"]].hyperparameters.values
+    assert refine[0]["loss"] == ("weighted_ce_dice" if past["loss"] == "ce_dice" else past["loss"])
 
 
 def test_only_a_fork_that_changes_the_loss_starts_with_fresh_adam_moments(tmp_path):

@@ -237,6 +237,17 @@ def test_a_trial_trained_on_train_and_val_says_so_in_its_column_and_best_line(tm
     assert lb.held_out_note(rows[records[1]["trial_id"]]) == ""
 
 
+def test_a_trial_that_rebalanced_says_when_in_its_column(tmp_path):
+    records = _records()
+    header, _ = _read_csv(_write(tmp_path, records))
+    assert "rebalanced" not in header
+    records[0]["rebalanced"] = {"epoch": 12, "classes": ["pole"], "loss": "weighted_ce_dice"}
+    header, rows = _read_csv(_write(tmp_path, records))
+    assert header[-3:] == ["rebalanced", "worker", "message"]
+    assert rows[records[0]["trial_id"]]["rebalanced"] == "weighted_ce_dice after epoch 12"
+    assert all(rows[r["trial_id"]]["rebalanced"] == "" for r in records[1:])
+
+
 def test_hyperparameter_named_like_a_column_is_prefixed(tmp_path):
     records = [
         {
@@ -620,6 +631,7 @@ def test_the_search_passes_a_trials_trained_on_from_its_record_to_the_leaderboar
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_mean_iou", "max"),
                                            max_trials=2)
     oracle._set_project_dir(str(tmp_path / "trials"), "")
+    switched = {"epoch": 5, "classes": ["pole"], "loss": "weighted_ce_dice"}
     for trial_id, trained_on in (("0000", None), ("0001", "train+val")):
         trial = kt.engine.trial.Trial(kt.HyperParameters(), trial_id=trial_id, status="COMPLETED")
         trial.hyperparameters.Fixed("model_name", "unet")
@@ -629,10 +641,12 @@ def test_the_search_passes_a_trials_trained_on_from_its_record_to_the_leaderboar
         oracle.trials[trial_id] = trial
         path = record_path(tmp_path, trial_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"epochs": 3} | ({"trained_on": trained_on} if trained_on else {})
+        record = {"epochs": 3} | ({"trained_on": trained_on} if trained_on else
+                                  {"rebalanced": switched})
         path.write_text(json.dumps(record))
     rows = collect_rows(oracle, tmp_path, "val_mean_iou")
     header, table = _read_csv(_write(tmp_path, rows))
     assert "trained_on" in header
     assert table["0001"]["trained_on"] == "train+val" and table["0000"]["trained_on"] == ""
+    assert table["0000"]["rebalanced"] == "weighted_ce_dice after epoch 5"
     assert "not held out" in lb.held_out_note(lb.best_row(list(table.values())))

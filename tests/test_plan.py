@@ -1058,6 +1058,14 @@ def test_neighbour_redraws_the_rare_crop_share_when_the_space_offers_several():
     assert shares == {0.0, 0.33, 0.66}
 
 
+@pytest.mark.parametrize("offered, want", [(None, "auto"), ("off", "off"), (["off", "auto"], "auto")])
+def test_recipe_rebalances_when_the_space_lets_it(offered, want):
+    config = {"models": {"unet": {"filters": 32}}} | ({"rebalance": offered} if offered else {})
+    space = make_space(config)
+    recipe, _ = plan.choose_recipe(space, models_of(space), summary(), CPU, None)
+    assert recipe["rebalance"] == want == plan.RECIPE_REBALANCE or want == "off"
+
+
 def test_recipe_takes_the_spaces_weight_average_nearest_its_own():
     plain = make_space({"models": {"unet": {"filters": 32}}})
     recipe, _ = plan.choose_recipe(plain, models_of(plain), summary(), CPU, None)

@@ -61,6 +61,7 @@ def test_default_space_covers_every_family():
         ({**MINIMAL, "input_size": 60}, "Nearest valid sizes: 56, 64"),
         ({**MINIMAL, "max_epochs": 0}, "max_epochs must be a positive integer"),
         ({**MINIMAL, "batch_size": [2, 2]}, "lists a value twice"),
+        ({**MINIMAL, "rebalance": "always"}, "rebalance 'always' is unknown. Valid: auto, off"),
     ],
 )
 def test_invalid_spaces_are_rejected_with_the_key(data, fragment):
@@ -88,6 +89,12 @@ def test_values_parse_as_choice_fixed_and_range():
     assert space.params["learning_rate"] == Range(1e-4, 1e-2, None, "log")
     assert space.params["batch_size"] == [2, 4]
     assert space.params["aug_strength"] == 0.3
+
+
+def test_rebalance_is_auto_unless_the_space_says_otherwise():
+    assert validate_space(MINIMAL, "s.yaml").params["rebalance"] == "auto"
+    assert space_with(rebalance="off").params["rebalance"] == "off"
+    assert space_with(rebalance=["auto", "off"]).params["rebalance"] == ["auto", "off"]
 
 
 def test_yaml_file_round_trip(tmp_path):
