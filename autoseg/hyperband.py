@@ -24,7 +24,9 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    weighs classes up instead (`plan.diagnosed_fork`) and its start line says why. When the
    plan forks, the recipe's learning rate decays over its lineage (`Plan.lineage_epochs`)
    and the forks train on along it (`plan.SCHEDULE_EPOCHS`); the finish ends it. A continued trial restores its past trial's
-   Adam moments, unless a fork changed the loss (`plan.restores_optimizer`).
+   Adam moments, unless a fork changed the loss (`plan.restores_optimizer`). Every continued
+   trial (a fork, the finish, a Hyperband round) trains with the loss its past trial ended
+   with: `weighted_ce_dice` after a recipe that rebalanced (`rebalance.continued_values`).
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. The

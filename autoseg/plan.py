@@ -828,6 +828,7 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
         f"{recipe['aug_strength']:g}, lr {recipe['learning_rate']:.2g} cosine, batch "
         f"{recipe['batch_size']}"
         + (f", weights averaged over {recipe['weight_ema']:g} epochs" if recipe.get("weight_ema") else "")
+        + _rebalance_note(recipe, plan.recipe_epochs)
         + f": ~{seconds:.0f} s an epoch, {plan.recipe_epochs} epochs{share}"
     )
     if plan.recipe_steps:
@@ -856,6 +857,17 @@ def plan_lines(plan: Plan, limit: int = 4) -> list[str]:
     if budget:
         lines.append(_exploration_line(plan, seconds))
     return lines
+
+
+def _rebalance_note(recipe: dict[str, Any], epochs: int) -> str:
+    """What the recipe line says of `rebalance` (`autoseg.rebalance`), or ""."""
+    from autoseg import rebalance  # it reads this module's missed-class rule
+
+    at = rebalance.check_epoch(epochs)
+    if at is None or not rebalance.applies(recipe.get("loss"), recipe.get("rebalance"), 0):
+        return ""
+    return (f", {rebalance.REBALANCED[recipe['loss']]} from epoch {at} if it then misses "
+            "classes")
 
 
 def _exploration_line(plan: Plan, recipe_seconds: float) -> str:

@@ -17,7 +17,7 @@ import random
 import pytest
 import yaml
 
-from autoseg import plan, speed
+from autoseg import plan, rebalance, speed
 from autoseg.errors import BudgetError
 from autoseg.search_space import (
     Range,
@@ -868,6 +868,12 @@ def test_plan_round_trips_through_json(cwfid_space):
     assert q.lines() == p.lines()
 
 
+def test_a_recipe_that_does_not_rebalance_says_nothing_of_it():
+    space = make_space({**CWFID_SPACE, "rebalance": "off"})
+    p = plan.make_plan(space, models_of(space), summary(), CPU, cost_model(), 1800, None)
+    assert "if it then misses classes" not in "\n".join(p.lines())
+
+
 def test_plan_lines_name_the_recipe_the_drops_and_a_reason(cwfid_space):
     p = cwfid_plan(cwfid_space, budget=1800)
     lines = p.lines(limit=2)
@@ -878,6 +884,9 @@ def test_plan_lines_name_the_recipe_the_drops_and_a_reason(cwfid_space):
     assert ("recipe (trial 0): unet depth=4 filters=32, 256 crops at 0.5 scale, ce_dice, "
             "aug 0.5, lr 0.001 cosine, batch 4") in text
     assert f"{p.recipe_epochs} epochs in 12 min (40 % of the budget)" in text
+    assert p.recipe["rebalance"] == "auto" and p.recipe_epochs >= 8
+    assert (f", weighted_ce_dice from epoch {rebalance.check_epoch(p.recipe_epochs)} if it then "
+            "misses classes: ") in text
     total = len(p.kept) + len(p.dropped)
     assert f"drops {len(p.dropped)} of {total} configurations" in text
     cheapest = min(p.dropped, key=lambda d: d["epoch_seconds"])
