@@ -45,8 +45,8 @@ from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
 from autoseg.errors import ConfigError
 from autoseg.plan import (
-    RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, continues_a_trial,
-    recipe_takes_all, restores_optimizer,
+    REBALANCED, RECIPE_BRACKET, SCHEDULE_EPOCHS, TRAIN_AND_VAL, TRAIN_ON, continues_a_trial,
+    rebalances, recipe_takes_all, restores_optimizer,
 )
 from autoseg.search_space import (
     Range,
@@ -308,7 +308,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         schedule = CosineSchedule(epochs, initial_epoch, budget=time_budget, base=rate,
                                   stretch=stretch, extra=extra)
         callbacks += [time_budget, schedule]
-        if rebalance.applies(hp.values.get("loss"), setup.rebalance, initial_epoch):
+        if rebalances(hp.values.get("loss"), setup.rebalance, initial_epoch):
             callbacks.append(self._rebalance(model, hp.values["loss"], time_budget))
         verbose = kwargs.pop("verbose", self.verbose)
         kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would only warn
@@ -324,7 +324,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         the training split's for the loss `loss` turns into."""
         from autoseg import losses
 
-        turned = rebalance.REBALANCED[loss]
+        turned = REBALANCED[loss]
         strategy = getattr(model, "distribute_strategy", None)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             variable = losses.switchable_weights(model.loss)
@@ -477,7 +477,7 @@ class _TrainingSetup:
     rare_crops: float = 0.0
     weight_ema: float = 0.0
     train_stems: list[str] = dataclasses.field(default_factory=list)
-    rebalance: str = rebalance.OFF
+    rebalance: str = "off"
 
 
 def build_optimizer(model) -> None:

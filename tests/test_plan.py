@@ -17,7 +17,7 @@ import random
 import pytest
 import yaml
 
-from autoseg import plan, rebalance, speed
+from autoseg import plan, speed
 from autoseg.errors import BudgetError
 from autoseg.search_space import (
     Range,
@@ -885,7 +885,7 @@ def test_plan_lines_name_the_recipe_the_drops_and_a_reason(cwfid_space):
             "aug 0.5, lr 0.001 cosine, batch 4") in text
     assert f"{p.recipe_epochs} epochs in 12 min (40 % of the budget)" in text
     assert p.recipe["rebalance"] == "auto" and p.recipe_epochs >= 8
-    assert (f", weighted_ce_dice from epoch {rebalance.check_epoch(p.recipe_epochs)} if it then "
+    assert (f", weighted_ce_dice from epoch {plan.rebalance_epoch(p.recipe_epochs)} if it then "
             "misses classes: ") in text
     total = len(p.kept) + len(p.dropped)
     assert f"drops {len(p.dropped)} of {total} configurations" in text

@@ -6,27 +6,27 @@ import numpy as np
 import pytest
 import yaml
 
-from autoseg import losses, rebalance
+from autoseg import losses, plan, rebalance
 from autoseg.plan import MISSED_IOU
 
 WEIGHTS = [0.5, 1.0, 4.0]
 
 
 def test_a_trial_decides_after_a_fifth_of_its_epochs_and_only_with_room_to_act():
-    assert rebalance.check_epoch(63) == 13
-    assert rebalance.check_epoch(25) == 5
-    assert rebalance.check_epoch(20) == rebalance.MIN_CHECK_EPOCH == 4
-    assert rebalance.check_epoch(8) == 4  # reads 4, trains 4 weighted
-    assert rebalance.check_epoch(7) is None  # would read 4 and train 3 weighted
-    assert rebalance.check_epoch(None) is None and rebalance.check_epoch(0) is None
+    assert plan.rebalance_epoch(63) == 13
+    assert plan.rebalance_epoch(25) == 5
+    assert plan.rebalance_epoch(20) == plan.MIN_REBALANCE_EPOCH == 4
+    assert plan.rebalance_epoch(8) == 4  # reads 4, trains 4 weighted
+    assert plan.rebalance_epoch(7) is None  # would read 4 and train 3 weighted
+    assert plan.rebalance_epoch(None) is None and plan.rebalance_epoch(0) is None
 
 
 def test_only_an_unweighted_loss_with_a_weighted_form_in_a_trial_from_scratch_decides():
-    assert rebalance.applies("ce_dice", "auto", 0)
-    assert not rebalance.applies("ce_dice", "off", 0)
-    assert not rebalance.applies("ce_dice", "auto", 12)  # continues a trial: inherits
+    assert plan.rebalances("ce_dice", "auto", 0)
+    assert not plan.rebalances("ce_dice", "off", 0)
+    assert not plan.rebalances("ce_dice", "auto", 12)  # continues a trial: inherits
     for loss in ("weighted_ce_dice", "weighted_ce", "focal", "ce", "dice"):
-        assert not rebalance.applies(loss, "auto", 0)
+        assert not plan.rebalances(loss, "auto", 0)
 
 
 def test_a_trial_that_continues_a_rebalanced_one_trains_the_loss_it_ended_with():
@@ -133,7 +133,6 @@ def test_a_trial_that_learns_little_rebalances_through_the_hypermodel(tiny_datas
     training split's square-root median-frequency weights; with `off` nothing changes."""
     import keras_tuner as kt
 
-    from autoseg import plan
     from autoseg.hypermodel import AutosegHyperModel, TrainingData
 
     monkeypatch.setattr(plan, "MISSED_IOU", 0.5)
