@@ -192,10 +192,9 @@ class CrossEntropyLoss(SegmentationLoss):
         """Per-pixel -log(p_true) times the class weight, with p_true."""
         p_true = ops.sum(one_hot * probabilities, axis=-1)
         log_p = ops.log(ops.clip(p_true, EPSILON, 1.0))
-        if self.weight_variable is not None:
-            log_p = log_p * ops.sum(one_hot * ops.cast(self.weight_variable, "float32"), axis=-1)
-        elif self.class_weights is not None:
-            weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
+        weights = self.weight_variable if self.weight_variable is not None else self.class_weights
+        if weights is not None:
+            weights = ops.cast(ops.convert_to_tensor(weights), "float32")
             log_p = log_p * ops.sum(one_hot * weights, axis=-1)
         return -log_p, p_true
 

@@ -602,11 +602,11 @@ RECIPE_RARE_CROPS = 0.0
 #: 0.043 and 0.016 and cut their spread by half or more; the best epoch's score moved +0.034 and -0.016.
 RECIPE_WEIGHT_EMA = 2
 
-#: The recipe's loss, best first: CE + soft Dice (nnU-Net's), then losses that weigh rare
-#: classes up, then plain CE.
 #: The recipe weighs classes up when its own scores show it misses some (`autoseg.rebalance`).
 RECIPE_REBALANCE = "auto"
 
+#: The recipe's loss, best first: CE + soft Dice (nnU-Net's), then losses that weigh rare
+#: classes up, then plain CE.
 LOSS_PREFERENCE = ("ce_dice", "dice", "focal", "weighted_ce", "tversky", "jaccard", "ce")
 
 

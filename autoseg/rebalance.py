@@ -82,7 +82,7 @@ class Rebalance(keras.callbacks.Callback):
             return
         self.decided = True
         missed = missed_classes({k: float(v) for k, v in (logs or {}).items()
-                                 if isinstance(v, (int, float)) or hasattr(v, "__float__")})
+                                 if hasattr(v, "__float__")})
         if not missed:
             return
         self.variable.assign(self.weights)
