@@ -39,7 +39,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from autoseg import budget, devices, progress, rebalance, registry, speed
+from autoseg import budget, climbing, devices, progress, rebalance, registry, speed
 from autoseg.data import pipeline
 from autoseg.data.dataset import Dataset
 from autoseg.data.sources import resolve_dataset
@@ -187,6 +187,8 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         self.last_fit: FitRecord = FitRecord()
         #: The search's `autoseg.plan.Plan`: configurations it drops fail before training.
         self.plan = None
+        #: The metric the search ranks by (the recipe judges its climb by it).
+        self.objective = "val_mean_iou"
         #: Passes over the training photos in one epoch; None: the plan's (1 without one).
         #: A refit sets the trial's own.
         self.passes_per_epoch: int | None = None
@@ -289,8 +291,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         initial_epoch = int(kwargs.get("initial_epoch", 0))
         time_budget = TimeBudget(self.data.deadline, epochs=epochs,
                                  allotment_seconds=self._allotment(hp),
-                                 reconsider=self._reconsider(hp))
-        if time_budget.reconsider is not None:
+                                 reconsider=self._reconsider(hp), climbs=self._climbs(hp),
+                                 objective=self.objective)
+        if time_budget.may_take_the_budget:
             # Keras' loop must be able to run on if the recipe comes to take the whole budget:
             # its share is `shares["recipe"]` of it. TimeBudget stops at its target.
             epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
@@ -348,6 +351,15 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                 or hp.values.get("tuner/bracket") != RECIPE_BRACKET):
             return None
         return functools.partial(recipe_takes_all, self.plan)
+
+    def _climbs(self, hp) -> Callable[[list, float], str | None] | None:
+        """For the recipe of a plan that forks it: `climbing.still_climbs` at the end of its
+        share, with its objective's scores; else None."""
+        if (self.plan is None or self.data.deadline is None
+                or hp.values.get("tuner/bracket") != RECIPE_BRACKET
+                or self.plan.schedule_extension() is None):
+            return None
+        return functools.partial(climbing.still_climbs, self.plan, objective=self.objective)
 
     def _allotment(self, hp) -> float | None:
         """The training seconds the plan gives this trial: the recipe's share, else None."""
@@ -554,7 +566,10 @@ class TimeBudget(keras.callbacks.Callback):
     target: the recipe ends its schedule inside its share rather than being cut mid-way.
     With `reconsider` (the recipe of a plan that explores afterwards), the first steady
     epoch time goes to it; a reason back means exploring no longer fits, and the allotment
-    becomes the time to the deadline: one schedule to the end of the budget.
+    becomes the time to the deadline: one schedule to the end of the budget. With `climbs`
+    (the recipe of a plan that forks it), the epochs' `objective` scores and the steady
+    epoch time go to it once the target is reached (`autoseg.climbing`); a reason back
+    gives the recipe the whole budget the same way.
 
     Attributes:
         target: The epoch (absolute, exclusive) training ends at.
@@ -562,12 +577,17 @@ class TimeBudget(keras.callbacks.Callback):
 
     def __init__(self, deadline: float | None, epochs: int | None = None,
                  allotment_seconds: float | None = None,
-                 reconsider: Callable[[float], str | None] | None = None):
+                 reconsider: Callable[[float], str | None] | None = None,
+                 climbs: Callable[[list, float], str | None] | None = None,
+                 objective: str = "val_mean_iou"):
         super().__init__()
         self.deadline = deadline
         self.target = epochs
         self.allotment = allotment_seconds
         self.reconsider = reconsider
+        self.climbs = climbs
+        self.objective = objective
+        self.scores: list[float | None] = []  # the objective after each epoch (with `climbs`)
         #: Why the allotment changed to the whole budget (`reconsider`'s reason), or None.
         self.plan_change: str | None = None
         self.stopped = False
@@ -588,6 +608,9 @@ class TimeBudget(keras.callbacks.Callback):
         self.epoch_seconds.append(round(now - self._epoch_start, 3))
         self._reconsider()
         self._fit_allotment(epoch, now)
+        if self.climbs is not None:
+            self.scores.append((logs or {}).get(self.objective))
+            self._climb(epoch, now)
         if self.target is not None and epoch + 1 >= self.target:
             self.model.stop_training = True
         if self.deadline is None:
@@ -609,10 +632,29 @@ class TimeBudget(keras.callbacks.Callback):
         steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
         reason, self.reconsider = self.reconsider(steady), None  # once
         if reason:
-            self.plan_change = reason
-            self.allotment = self.deadline - self._train_start
-            # The epochs that fit are counted afresh (`_fit_allotment` only lowers a target).
-            self.target = (self.params or {}).get("epochs", self.target)
+            self._take_the_budget(reason)
+
+    @property
+    def may_take_the_budget(self) -> bool:
+        """Whether the trial may come to train to the deadline (`reconsider`, `climbs`)."""
+        return self.deadline is not None and (self.reconsider or self.climbs) is not None
+
+    def _climb(self, epoch: int, now: float) -> None:
+        """At the target, once: `climbs` with the scores; a reason gives the whole budget."""
+        if (self.target is None or epoch + 1 < self.target or self.deadline is None
+                or self.plan_change is not None or len(self.epoch_seconds) < 2):
+            return
+        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
+        reason, self.climbs = self.climbs(list(self.scores), steady), None  # once
+        if reason:
+            self._take_the_budget(reason)
+            self._fit_allotment(epoch, now)
+
+    def _take_the_budget(self, reason: str) -> None:
+        self.plan_change = reason
+        self.allotment = self.deadline - self._train_start
+        # The epochs that fit are counted afresh (`_fit_allotment` only lowers a target).
+        self.target = (self.params or {}).get("epochs", self.target)
 
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:
@@ -713,6 +755,7 @@ class AutosegHyperModel(BaseSegmentationHyperModel):
     def fit(self, hp, model, *args, **kwargs):
         delegate = self._delegate(hp.get("model_name"))
         delegate.plan = self.plan
+        delegate.objective = self.objective
         delegate.passes_per_epoch = self.passes_per_epoch
         try:
             return delegate.fit(hp, model, *args, **kwargs)

@@ -884,7 +884,9 @@ def _exploration_line(plan: Plan, recipe_seconds: float) -> str:
                 f"{MIN_VARIANTS} ways with its {', '.join(FORK_GROUPS)} redrawn "
                 f"({plan.exploration_reason}); and ~{_minutes(rest)} "
                 f"{further}. The recipe's learning rate decays over its lineage, "
-                f"{plan.lineage_epochs()} epochs: the recipe, a fork and the finish")
+                f"{plan.lineage_epochs()} epochs: the recipe, a fork and the finish. "
+                "If the recipe's score still climbs at the end of its share, it trains to the "
+                "end of the budget instead (`autoseg.climbing`)")
     kept = [k["epoch_seconds"] for k in plan.kept] or [recipe_seconds]
     typical = sorted(kept)[len(kept) // 2]
     return (f"[plan] then {_minutes(explore)} exploring variants of the recipe (Hyperband, "

@@ -373,6 +373,7 @@ def _make_plan(run: _Run) -> None:
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan
+    run.hypermodel.objective = run.options.objective
     for line in run.plan.lines():
         run.log(line)
 

@@ -29,9 +29,10 @@ def _model():
     return types.SimpleNamespace(stop_training=False, optimizer=optimizer)
 
 
-def run_epochs(budget: TimeBudget, clock: Clock, seconds: list[float], schedule=None) -> list[int]:
-    """Runs epochs of the given durations until the callbacks stop training; returns the
-    epochs that ran."""
+def run_epochs(budget: TimeBudget, clock: Clock, seconds: list[float], schedule=None,
+               scores: list[float] | None = None) -> list[int]:
+    """Runs epochs of the given durations (and `val_mean_iou` scores) until the callbacks
+    stop training; returns the epochs that ran."""
     model = _model()
     for callback in filter(None, (budget, schedule)):
         callback.set_model(model)
@@ -41,7 +42,7 @@ def run_epochs(budget: TimeBudget, clock: Clock, seconds: list[float], schedule=
         for callback in filter(None, (budget, schedule)):
             callback.on_epoch_begin(epoch)
         clock.now += duration
-        budget.on_epoch_end(epoch)
+        budget.on_epoch_end(epoch, {"val_mean_iou": scores[epoch]} if scores else None)
         ran.append(epoch)
         if model.stop_training:
             break
@@ -186,3 +187,57 @@ def test_a_recipe_given_the_whole_budget_ends_its_schedule_with_itself(clock):
     run_epochs(budget, clock, [150] + [100] * 40, schedule)
     assert budget.target == 25 and schedule.horizon() == 25
     assert float(schedule.model.optimizer.learning_rate.numpy()) < 0.1
+
+
+# -- the recipe that still climbs at the end of its share (`autoseg.climbing`) ---------------
+
+def _climbing_budget(clock, reason):
+    """A recipe of a forking plan: 10 epochs of 100 s planned (1000 s of a 2600 s budget),
+    Keras allowed 30; `climbs` answers `reason`."""
+    asked = []
+
+    def climbs(scores, seconds):
+        asked.append((list(scores), seconds))
+        return reason
+
+    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000, climbs=climbs)
+    budget.set_params({"epochs": 30})
+    return budget, asked
+
+
+def test_a_recipe_still_climbing_at_its_target_trains_to_the_deadline(clock):
+    budget, asked = _climbing_budget(clock, "still climbs")
+    assert budget.may_take_the_budget
+    schedule = CosineSchedule(30, budget=budget, stretch=2.0)
+    scores = [0.3 + 0.01 * e for e in range(40)]
+    ran = run_epochs(budget, clock, [150] + [100] * 40, schedule, scores=scores)
+    # Asked once, at its share's last epoch (9 fit its 1000 s), with the scores so far.
+    assert asked == [(scores[:9], 100.0)]
+    assert budget.plan_change == "still climbs"
+    assert len(ran) == 25 and budget.target == 25  # 150 + 24 x 100 s of the 2600 s
+    # One schedule to the deadline, not the lineage's stretch: it ends near the floor.
+    assert schedule.horizon() == 25
+    assert float(schedule.model.optimizer.learning_rate.numpy()) < 0.1
+
+
+def test_a_recipe_that_flattened_keeps_its_share(clock):
+    budget, asked = _climbing_budget(clock, None)
+    ran = run_epochs(budget, clock, [150] + [100] * 40, scores=[0.5] * 40)
+    assert len(asked) == 1 and budget.plan_change is None
+    assert len(ran) == 9 and budget.target == 9
+
+
+def test_a_recipe_already_given_the_budget_is_not_asked_whether_it_climbs(clock):
+    asked = []
+    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000,
+                        reconsider=lambda seconds: "exploring would need ~40 min",
+                        climbs=lambda scores, seconds: asked.append(scores))
+    budget.set_params({"epochs": 30})
+    ran = run_epochs(budget, clock, [150] + [100] * 40, scores=[0.5] * 40)
+    assert budget.plan_change == "exploring would need ~40 min" and len(ran) == 25
+    assert asked == []
+
+
+def test_without_a_deadline_nothing_takes_the_budget():
+    budget = TimeBudget(None, epochs=10, climbs=lambda scores, seconds: "still climbs")
+    assert not budget.may_take_the_budget
