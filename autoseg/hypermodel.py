@@ -295,8 +295,9 @@ class BaseSegmentationHyperModel(kt.HyperModel):
                                  objective=self.objective)
         if time_budget.may_take_the_budget:
             # Keras' loop must be able to run on if the recipe comes to take the whole budget:
-            # its share is `shares["recipe"]` of it. TimeBudget stops at its target.
-            epochs = max(epochs, math.ceil(epochs / self.plan.shares["recipe"]) + 1)
+            # its share is `shares["recipe"]` of it, planned at an estimated epoch time, and
+            # it may run twice as fast. TimeBudget stops at its target and the deadline.
+            epochs = max(epochs, math.ceil(2 * epochs / self.plan.shares["recipe"]) + 1)
         callbacks = list(kwargs.pop("callbacks", []))
         if setup.weight_ema > 0:  # first: the tuner's checkpoint must see the average
             # A continued trial's checkpoint is its past trial's average: it goes on.
@@ -357,7 +358,7 @@ class BaseSegmentationHyperModel(kt.HyperModel):
         share, with its objective's scores; else None."""
         if (self.plan is None or self.data.deadline is None
                 or hp.values.get("tuner/bracket") != RECIPE_BRACKET
-                or self.plan.schedule_extension() is None):
+                or not self.plan.forks_recipe):
             return None
         return functools.partial(climbing.still_climbs, self.plan, objective=self.objective)
 
@@ -579,7 +580,7 @@ class TimeBudget(keras.callbacks.Callback):
                  allotment_seconds: float | None = None,
                  reconsider: Callable[[float], str | None] | None = None,
                  climbs: Callable[[list, float], str | None] | None = None,
-                 objective: str = "val_mean_iou"):
+                 objective: str | None = None):
         super().__init__()
         self.deadline = deadline
         self.target = epochs
@@ -588,7 +589,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.climbs = climbs
         self.objective = objective
         self.scores: list[float | None] = []  # the objective after each epoch (with `climbs`)
-        #: Why the allotment changed to the whole budget (`reconsider`'s reason), or None.
+        #: Why the allotment changed to the whole budget (`reconsider`'s or `climbs`'s
+        #: reason), or None.
         self.plan_change: str | None = None
         self.stopped = False
         self._epoch_start = None
@@ -610,7 +612,7 @@ class TimeBudget(keras.callbacks.Callback):
         self._fit_allotment(epoch, now)
         if self.climbs is not None:
             self.scores.append((logs or {}).get(self.objective))
-            self._climb(epoch, now)
+            self._judge_climb(epoch, now)
         if self.target is not None and epoch + 1 >= self.target:
             self.model.stop_training = True
         if self.deadline is None:
@@ -637,9 +639,10 @@ class TimeBudget(keras.callbacks.Callback):
     @property
     def may_take_the_budget(self) -> bool:
         """Whether the trial may come to train to the deadline (`reconsider`, `climbs`)."""
-        return self.deadline is not None and (self.reconsider or self.climbs) is not None
+        return self.deadline is not None and (
+            self.reconsider is not None or self.climbs is not None)
 
-    def _climb(self, epoch: int, now: float) -> None:
+    def _judge_climb(self, epoch: int, now: float) -> None:
         """At the target, once: `climbs` with the scores; a reason gives the whole budget."""
         if (self.target is None or epoch + 1 < self.target or self.deadline is None
                 or self.plan_change is not None or len(self.epoch_seconds) < 2):
@@ -651,6 +654,7 @@ class TimeBudget(keras.callbacks.Callback):
             self._fit_allotment(epoch, now)
 
     def _take_the_budget(self, reason: str) -> None:
+        """The allotment becomes the time to the deadline, for `reason`."""
         self.plan_change = reason
         self.allotment = self.deadline - self._train_start
         # The epochs that fit are counted afresh (`_fit_allotment` only lowers a target).
@@ -680,7 +684,9 @@ class CosineSchedule(keras.callbacks.Callback):
     `stretch` and `extra` decay over `stretch` x the trial's epochs plus `extra`: the recipe
     of a plan that forks it ends its share mid-schedule, and its forks and finish train on
     along the same curve. Once the `TimeBudget` gives the recipe the whole budget
-    (`plan_change`), the schedule ends with the trial again.
+    (`plan_change`), the schedule ends with the trial again: from the point of the curve it
+    had reached, down to the floor at the new target, so the rate never rises at the switch
+    (over the longer horizon from the start, the same epoch would sit earlier on the curve).
     """
 
     def __init__(self, epochs: int, initial_epoch: int = 0, floor: float = 0.05,
@@ -694,6 +700,9 @@ class CosineSchedule(keras.callbacks.Callback):
         self._base = self.base
         self.stretch = max(1.0, float(stretch))
         self.extra = max(0, int(extra))
+        self._last_horizon: int | None = None
+        #: (epoch, progress) where the trial took the whole budget, once it did.
+        self._switch: tuple[int, float] | None = None
 
     def horizon(self) -> int:
         """The epoch (absolute) the learning rate reaches its floor at."""
@@ -708,8 +717,20 @@ class CosineSchedule(keras.callbacks.Callback):
         if self.base is None:
             self._base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
+    def progress(self, epoch: int) -> float:
+        """How far along the curve `epoch` is: 0 at the top, 1 at the floor."""
+        horizon = self.horizon()
+        changed = self.budget is not None and self.budget.plan_change is not None
+        if changed and self._switch is None and self._last_horizon is not None:
+            self._switch = (epoch, min(1.0, epoch / self._last_horizon))
+        self._last_horizon = horizon
+        if self._switch is None:
+            return min(1.0, epoch / horizon)
+        start, reached = self._switch
+        return min(1.0, reached + (1 - reached) * (epoch - start) / max(1, horizon - start))
+
     def on_epoch_begin(self, epoch, logs=None):
-        progress = min(1.0, epoch / self.horizon())
+        progress = self.progress(epoch)
         scale = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
         self.model.optimizer.learning_rate.assign(self._base * scale)
 

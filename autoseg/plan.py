@@ -363,10 +363,16 @@ class Plan:
         finish = max(0, int((after - self.cost_model.fixed_seconds) // epoch))
         return (self.recipe_epochs + finish) / self.recipe_epochs, fork_epochs(self)
 
+    @property
+    def forks_recipe(self) -> bool:
+        """Whether the recipe's share is followed by forks of it (`FORK_FIDELITY`)."""
+        return self.budget_seconds is not None and not self.recipe_only \
+            and self.exploration == "forks"
+
     def after_forks_seconds(self) -> float | None:
         """When the plan forks: the seconds the finish has, those after the recipe's share
         less the control's and `MIN_VARIANTS` forks'. None when it does not fork."""
-        if self.budget_seconds is None or self.recipe_only or self.exploration != "forks":
+        if not self.forks_recipe:
             return None
         return self.budget_seconds * (1 - self.shares["recipe"]) - minimal_fork_seconds(self)
 

@@ -340,6 +340,7 @@ def _make_training_data(run: _Run) -> None:
     run.distribution = devices.make_strategy(options.strategy)
     run.hypermodel = AutosegHyperModel(run.space, run.data, verbose=1 if options.verbose else 0,
                                        precision=options.precision)
+    run.hypermodel.objective = options.objective  # the recipe's climb is judged by it
     # The Keras policy (float32, mixed_float16, mixed_bfloat16), or one per family under auto.
     run.config["precision"] = run.hypermodel.precisions()
     run.config["strategy"] = "mirrored" if run.distribution is not None else "none"
@@ -373,7 +374,6 @@ def _make_plan(run: _Run) -> None:
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan
-    run.hypermodel.objective = run.options.objective
     for line in run.plan.lines():
         run.log(line)
 

@@ -7,7 +7,9 @@ import pytest
 
 from autoseg import climbing
 from autoseg import plan as search_plan
-from test_plan import CPU, cost_model, cwfid_plan, make_space, models_of, summary, CWFID_SPACE
+from test_plan import CPU, CWFID_SPACE, cost_model, cwfid_plan, make_space, models_of, summary
+
+OBJ = "val_mean_iou"
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +47,33 @@ def test_the_window_is_the_last_half_and_at_least_four_epochs():
     assert climbing.window([0.1, 0.2, 0.3, None]) is None
 
 
-def test_exploring_costs_two_forks_and_four_trials_fixed_costs(forking):
-    fixed = forking.cost_model.fixed_seconds
-    cost = climbing.exploring_cost_epochs(forking, 30.0)
-    assert cost == pytest.approx(2 * search_plan.fork_epochs(forking) + 4 * fixed / 30.0)
-    # A slower epoch makes the fixed costs fewer epochs' worth.
-    assert climbing.exploring_cost_epochs(forking, 60.0) < cost
+def test_exploring_costs_more_epochs_the_cheaper_an_epoch_is(forking):
+    """Two forks' epochs whatever the epoch time; four trials' fixed costs, the more epochs'
+    worth the cheaper an epoch."""
+    fast, slow = (climbing.exploring_cost_epochs(forking, s) for s in (10.0, 60.0))
+    forks = 2 * search_plan.fork_epochs(forking)
+    assert forks < slow < fast
+    assert fast - forks == pytest.approx(6 * (slow - forks))
+
+
+def test_the_lower_bound_takes_students_t_for_few_epochs():
+    scores = [0.30, 0.33, 0.33, 0.36]  # slope 0.018, error 0.0067 (2 degrees of freedom)
+    rate, error = climbing.slope(scores)
+    assert climbing.lower_bound(scores) == pytest.approx(rate - 1.886 * error)
+    many = _curve(0.3, 0.002, 30, noise=0.01)
+    rate, error = climbing.slope(many)
+    assert climbing.lower_bound(many) == pytest.approx(rate - climbing.T90_MANY * error)
 
 
 def test_a_recipe_still_climbing_takes_the_budget_with_its_reason(forking):
     scores = _curve(0.30, 0.004, 20, noise=0.005)
-    reason = climbing.still_climbs(forking, scores, 30.0)
+    reason = climbing.still_climbs(forking, scores, 30.0, OBJ)
     assert reason is not None
     assert "val_mean_iou still climbs at the end of its share" in reason
     assert "over its last 10 epochs" in reason
     assert reason.endswith("the recipe trains to the end of the budget")
     # The objective the search ranks by is named.
-    assert "val_iou_crop" in climbing.still_climbs(forking, scores, 30.0, objective="val_iou_crop")
+    assert "val_iou_crop" in climbing.still_climbs(forking, scores, 30.0, "val_iou_crop")
 
 
 @pytest.mark.parametrize("curve", [
@@ -71,7 +83,8 @@ def test_a_recipe_still_climbing_takes_the_budget_with_its_reason(forking):
     _curve(0.30, 0.0004, 16),                       # rising, too slowly to pay for the forks
 ], ids=["flat", "plateau", "falling", "slow"])
 def test_a_recipe_that_has_flattened_is_forked(forking, curve):
-    assert climbing.still_climbs(forking, curve, 30.0) is None
+    assert 0.0004 * climbing.exploring_cost_epochs(forking, 30.0) < climbing.MIN_GAIN
+    assert climbing.still_climbs(forking, curve, 30.0, OBJ) is None
 
 
 def test_a_rise_lost_in_the_swing_is_not_taken_for_a_climb(forking):
@@ -82,48 +95,56 @@ def test_a_rise_lost_in_the_swing_is_not_taken_for_a_climb(forking):
     swinging = _curve(0.30, rate, 16, noise=0.03, seed=3)
     cost = climbing.exploring_cost_epochs(forking, 30.0)
     assert rate * cost > climbing.MIN_GAIN  # the rise alone would pay for the forks
-    assert climbing.still_climbs(forking, calm, 30.0) is not None
-    assert climbing.still_climbs(forking, swinging, 30.0) is None
+    assert climbing.still_climbs(forking, calm, 30.0, OBJ) is not None
+    assert climbing.still_climbs(forking, swinging, 30.0, OBJ) is None
 
 
 def test_too_few_epochs_or_a_missing_score_are_not_judged(forking):
-    assert climbing.still_climbs(forking, [0.1, 0.2, 0.3], 30.0) is None
-    assert climbing.still_climbs(forking, _curve(0.3, 0.01, 15) + [None], 30.0) is None
+    assert climbing.still_climbs(forking, [0.1, 0.2, 0.3], 30.0, OBJ) is None
+    assert climbing.still_climbs(forking, _curve(0.3, 0.01, 15) + [None], 30.0, OBJ) is None
 
 
 def test_only_a_plan_that_forks_its_recipe_asks(forking):
     rising = _curve(0.30, 0.01, 20)
     alone = cwfid_plan(make_space(CWFID_SPACE), budget=900, runs_recipe=True)
-    assert alone.recipe_only and climbing.still_climbs(alone, rising, 30.0) is None
+    assert alone.recipe_only and climbing.still_climbs(alone, rising, 30.0, OBJ) is None
     scratch = search_plan.make_plan(make_space(CWFID_SPACE), models_of(make_space(CWFID_SPACE)),
                                     summary(), CPU, cost_model(), 6 * 3600, None,
                                     runs_recipe=True)
     assert scratch.exploration != "forks"
-    assert climbing.still_climbs(scratch, rising, 30.0) is None
+    assert climbing.still_climbs(scratch, rising, 30.0, OBJ) is None
 
 
-def test_the_hypermodel_asks_for_its_recipe_only_when_the_plan_forks(tiny_dataset, forking):
+def test_the_recipe_a_search_fits_is_judged_by_the_searchs_objective(tiny_dataset, forking,
+                                                                     monkeypatch):
+    """Through `AutosegHyperModel.fit`, the family's HyperModel that trains the recipe is
+    given the judgement with the search's objective; a fork, a recipe-only plan or a search
+    without a deadline are not."""
     import time
 
     import keras_tuner as kt
 
-    from autoseg.hypermodel import AutosegHyperModel, TrainingData
+    from autoseg.hypermodel import AutosegHyperModel, FamilyHyperModel, TrainingData
 
+    asked = []
+    monkeypatch.setattr(FamilyHyperModel, "fit", lambda self, hp, model, *a, **k: asked.append(
+        self._climbs(hp)))
     data = TrainingData.from_path(tiny_dataset)
     data.deadline = time.time() + 3600
     hypermodel = AutosegHyperModel(space="quick", data=data)
     hypermodel.plan, hypermodel.objective = forking, "val_dice"
 
-    def hp(bracket):
-        h = kt.HyperParameters()
-        h.values = {"tuner/bracket": bracket}
-        return h
+    def fit(bracket):
+        hp = kt.HyperParameters()
+        hp.values = {"tuner/bracket": bracket, "model_name": "unet"}
+        hypermodel.fit(hp, None)
+        return asked.pop()
 
-    climbs = hypermodel._climbs(hp(search_plan.RECIPE_BRACKET))
-    assert climbs.func is climbing.still_climbs and climbs.args == (forking,)
-    assert climbs.keywords == {"objective": "val_dice"}
-    assert hypermodel._climbs(hp(-3)) is None  # a fork continues the recipe: never asked
+    climbs = fit(search_plan.RECIPE_BRACKET)
+    assert "the recipe's val_dice still climbs" in climbs(_curve(0.3, 0.01, 20), 30.0)
+    assert climbs(_curve(0.6, 0.0, 20), 30.0) is None
+    assert fit(-3) is None  # a fork continues the recipe: never asked
     hypermodel.plan = cwfid_plan(make_space(CWFID_SPACE), budget=900, runs_recipe=True)
-    assert hypermodel._climbs(hp(search_plan.RECIPE_BRACKET)) is None  # the recipe alone
+    assert fit(search_plan.RECIPE_BRACKET) is None  # the recipe alone
     hypermodel.plan, data.deadline = forking, None
-    assert hypermodel._climbs(hp(search_plan.RECIPE_BRACKET)) is None  # no budget
+    assert fit(search_plan.RECIPE_BRACKET) is None  # no budget

@@ -307,6 +307,36 @@ def test_when_the_recipe_measures_no_room_for_a_bracket_the_recipe_goes_on(tmp_p
     assert trials[1].hyperparameters.values["tuner/trial_id"] == trials[0].trial_id
 
 
+class ClimbingRun(PlannedRun):
+    """The recipe still climbs at the end of its share, so it trains to the deadline (as
+    `TimeBudget` does with `autoseg.climbing`): its record holds the epochs that fit."""
+
+    def step(self):
+        trial = self.oracle.create_trial("tuner0")
+        values = trial.hyperparameters.values
+        if trial.status != "RUNNING" or values.get("tuner/bracket") != RECIPE_BRACKET:
+            return trial
+        per_epoch, score = self.cost(values)
+        epochs = int((self.deadline - self.now - self.overhead) // per_epoch)
+        self.now += self.overhead + epochs * per_epoch
+        self.records[trial.trial_id] = {"epoch_seconds": [per_epoch] * epochs, "epochs": epochs,
+                                        "plan_change": "the recipe's score still climbs"}
+        self.oracle.update_trial(trial.trial_id, {"score": score}, step=epochs - 1)
+        trial.status = "COMPLETED"
+        self.oracle.end_trial(trial)
+        return trial
+
+
+def test_after_a_recipe_that_took_the_budget_nothing_else_starts(tmp_path):
+    run = ClimbingRun(tmp_path, budget=3600.0)
+    assert run.plan.exploration == "forks"
+    trials = run.run()
+    assert [bracket(t) for t in trials] == [RECIPE_BRACKET]
+    assert run.records[trials[0].trial_id]["epochs"] > run.plan.recipe_epochs
+    assert run.oracle.create_trial("tuner0").status == "STOPPED"
+    assert not run.oracle._in_bracket(FORK_BRACKET)
+
+
 class FallingRun(PlannedRun):
     """Continuations score below the trial they start from, and run 2.5x faster than
     estimated (time is left after the first)."""

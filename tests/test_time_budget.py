@@ -200,7 +200,8 @@ def _climbing_budget(clock, reason):
         asked.append((list(scores), seconds))
         return reason
 
-    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000, climbs=climbs)
+    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000, climbs=climbs,
+                        objective="val_mean_iou")
     budget.set_params({"epochs": 30})
     return budget, asked
 
@@ -231,13 +232,65 @@ def test_a_recipe_already_given_the_budget_is_not_asked_whether_it_climbs(clock)
     asked = []
     budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000,
                         reconsider=lambda seconds: "exploring would need ~40 min",
-                        climbs=lambda scores, seconds: asked.append(scores))
+                        climbs=lambda scores, seconds: asked.append(scores),
+                        objective="val_mean_iou")
     budget.set_params({"epochs": 30})
     ran = run_epochs(budget, clock, [150] + [100] * 40, scores=[0.5] * 40)
     assert budget.plan_change == "exploring would need ~40 min" and len(ran) == 25
     assert asked == []
 
 
-def test_without_a_deadline_nothing_takes_the_budget():
-    budget = TimeBudget(None, epochs=10, climbs=lambda scores, seconds: "still climbs")
+def test_without_a_deadline_the_recipe_is_never_asked(clock):
+    asked = []
+    budget = TimeBudget(None, epochs=10, allotment_seconds=1000,
+                        climbs=lambda scores, seconds: asked.append(scores) or "climbs")
+    budget.set_params({"epochs": 30})
     assert not budget.may_take_the_budget
+    ran = run_epochs(budget, clock, [150] + [100] * 40, scores=[0.5] * 40)
+    assert asked == [] and len(ran) == 9
+
+
+def test_the_learning_rate_never_rises_when_the_recipe_takes_the_budget(clock):
+    """The recipe stops mid-curve at its share (9 epochs, lineage 18); taking the budget
+    decays on from where it is, down to the floor at the new target (25)."""
+    budget, _ = _climbing_budget(clock, "still climbs")
+    schedule = CosineSchedule(30, budget=budget, stretch=2.0)
+    rates = []
+    model = _model()
+    for callback in (budget, schedule):
+        callback.set_model(model)
+        callback.on_train_begin()
+    for epoch, seconds in enumerate([150] + [100] * 40):
+        budget.on_epoch_begin(epoch)
+        schedule.on_epoch_begin(epoch)
+        rates.append(float(model.optimizer.learning_rate.numpy()))
+        clock.now += seconds
+        budget.on_epoch_end(epoch, {"val_mean_iou": 0.3 + 0.01 * epoch})
+        if model.stop_training:
+            break
+    assert len(rates) == 25
+    assert all(b <= a for a, b in zip(rates, rates[1:]))
+    # At the switch (epoch 9) the rate is the lineage's at epoch 9 of 18, not epoch 9 of 25.
+    lineage = CosineSchedule(18)
+    lineage.set_model(_model())
+    lineage.on_train_begin()
+    lineage.on_epoch_begin(9)
+    assert rates[9] == pytest.approx(float(lineage.model.optimizer.learning_rate.numpy()))
+    assert rates[-1] < 0.1
+
+
+def test_a_recipe_whose_objective_is_not_logged_keeps_its_share(clock):
+    """`autoseg.climbing` with a plan that forks, and logs without the objective."""
+    import functools
+
+    from autoseg import climbing
+    from test_plan import CWFID_SPACE, cwfid_plan, make_space
+
+    forking = cwfid_plan(make_space(CWFID_SPACE), budget=3600, runs_recipe=True)
+    judge = functools.partial(climbing.still_climbs, forking, objective="val_dice")
+    assert judge([0.3 + 0.01 * e for e in range(9)], 100.0)  # it would climb by its scores
+    budget = TimeBudget(clock.now + 2600, epochs=10, allotment_seconds=1000, climbs=judge,
+                        objective="val_dice")
+    budget.set_params({"epochs": 30})
+    ran = run_epochs(budget, clock, [150] + [100] * 40, scores=[0.3 + 0.01 * e for e in range(40)])
+    assert budget.scores == [None] * 9 and budget.plan_change is None and len(ran) == 9
