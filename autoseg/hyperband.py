@@ -27,6 +27,8 @@ continued trials). With the search's plan (`set_search_plan`, `autoseg.plan`), t
    Adam moments, unless a fork changed the loss (`plan.restores_optimizer`). Every continued
    trial (a fork, the finish, a Hyperband round) trains with the loss its past trial ended
    with: `weighted_ce_dice` after a recipe that rebalanced (`rebalance.continued_values`).
+   A recipe still climbing at the end of its share trains to the deadline instead
+   (`autoseg.climbing`, in the trial): no fork then fits, and nothing else starts.
 3. **Exploit**: the best completed trial is continued from its checkpoint (Hyperband's own
    continuation: `tuner/trial_id`, `tuner/initial_epoch`) for as many epochs as the time
    left allows, at its own measured epoch time, and again while time is left. The

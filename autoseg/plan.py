@@ -30,8 +30,9 @@ in the budget before it runs, and explores variants of the recipe with the rest.
   forks the recipe instead (`FORK_FIDELITY`): the control and variants of its training
   choices, each training its weights on for a fifth of its epochs, along the recipe's
   learning-rate schedule, which then decays over the recipe's whole lineage (the recipe, a
-  fork and the finish: `Plan.lineage_epochs`). When not even those fit
-  (`minimal_fork_seconds`), the recipe gets the whole budget: while the recipe is short of
+  fork and the finish: `Plan.lineage_epochs`); a recipe still climbing at the end of its
+  share is not forked but trains to the end of the budget (`autoseg.climbing`). When not
+  even those fit (`minimal_fork_seconds`), the recipe gets the whole budget: while the recipe is short of
   `ENOUGH_IMAGES` crops, more epochs are worth more than what variants teach. On CWFID at
   30 minutes on a 2-core CPU, the recipe trained for 40 % and continued for 20 % of the
   budget scored 0.095 mIoU below the recipe trained once for all of it
