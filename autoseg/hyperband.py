@@ -560,7 +560,7 @@ def _epoch_seconds(record: dict) -> tuple[float, int] | None:
     seconds = [float(s) for s in (record.get("epoch_seconds") or []) if s is not None]
     if not seconds:
         return None
-    return statistics.median(speed.steady_epochs(seconds)), len(seconds)
+    return speed.steady_epoch_seconds(seconds), len(seconds)
 
 
 class BudgetHyperband(kt.Hyperband):

@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import gc
 import math
-import statistics
 import time
 from typing import Any, Callable
 
@@ -631,7 +630,7 @@ class TimeBudget(keras.callbacks.Callback):
     def _reconsider(self) -> None:
         if self.reconsider is None or len(self.epoch_seconds) < 2 or self.deadline is None:
             return  # the first epoch also traces: wait for a steady one
-        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
+        steady = speed.steady_epoch_seconds(self.epoch_seconds)
         reason, self.reconsider = self.reconsider(steady), None  # once
         if reason:
             self._take_the_budget(reason)
@@ -647,7 +646,7 @@ class TimeBudget(keras.callbacks.Callback):
         if (self.target is None or epoch + 1 < self.target or self.deadline is None
                 or self.plan_change is not None or len(self.epoch_seconds) < 2):
             return
-        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
+        steady = speed.steady_epoch_seconds(self.epoch_seconds)
         reason, self.climbs = self.climbs(list(self.scores), steady), None  # once
         if reason:
             self._take_the_budget(reason)
@@ -663,7 +662,7 @@ class TimeBudget(keras.callbacks.Callback):
     def _fit_allotment(self, epoch: int, now: float) -> None:
         if self.allotment is None or self.target is None or len(self.epoch_seconds) < 2:
             return
-        steady = statistics.median(speed.steady_epochs(self.epoch_seconds))
+        steady = speed.steady_epoch_seconds(self.epoch_seconds)
         left = self._train_start + self.allotment - now
         reach = epoch + 1 + max(0, int(left // steady))
         self.target = min(self.target, max(epoch + 1, reach))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -172,7 +171,7 @@ class Relay:
     def steady_seconds(self) -> float | None:
         """The median epoch time, the first (traced) epoch left out once there are others."""
         seconds = [e["seconds"] for e in self._epochs if e.get("seconds")]
-        return statistics.median(speed.steady_epochs(seconds)) if seconds else None
+        return speed.steady_epoch_seconds(seconds)
 
     def trial_left(self, now: float) -> float | None:
         if not self._epochs:

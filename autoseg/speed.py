@@ -75,6 +75,12 @@ def steady_epochs(seconds: list[float]) -> list[float]:
     return list(seconds[1:] or seconds)
 
 
+def steady_epoch_seconds(seconds: list[float]) -> float | None:
+    """The median of `steady_epochs(seconds)`: a trial's steady epoch time; None without
+    any epoch."""
+    return statistics.median(steady_epochs(seconds)) if seconds else None
+
+
 def config_key(model_name: str, options: dict[str, Any]) -> str:
     """`"unet"`, `"unet/resnet50"`: the architecture and its encoder, what sets efficiency."""
     backbone = options.get("backbone")
