@@ -39,6 +39,13 @@ in the budget before it runs, and explores variants of the recipe with the rest.
   (benchmarks/RESULTS.md), and variants compared after a few epochs rank noise (crop IoU is
   near 0 for every configuration before ~5 epochs).
 
+- **Exploring at all** (`explore`, `EXPLORE_AFTER_IMAGES`): by default the plan explores
+  only when the recipe alone would train at least `EXPLORE_AFTER_IMAGES` crops in the whole
+  budget; below that the recipe gets the whole budget, whatever else would fit. A recipe's
+  gains come as its learning rate decays, so one flat mid-schedule is not done, and every
+  exploration measured at CPU budgets cost the returned model more epochs than it found.
+  `explore="always"` explores wherever the rules above let it.
+
 Costs come from `autoseg.speed`: FLOPs, activations and memory of each model
 configuration, a FLOP rate and an activation rate calibrated on the recipe's model and a
 narrower sibling (`calibrate`), corrected by every trial that runs. `Plan` is saved as
@@ -245,6 +252,8 @@ class Plan:
         finish_on: What the best trial trains on as it is trained further at the end:
             `TRAIN` (the training photos) or `TRAIN_AND_VAL` (the validation photos too: the
             finished model's validation score is then not held out).
+        explore: "auto": exploration runs only once the recipe alone would train
+            `EXPLORE_AFTER_IMAGES` crops in the budget; "always": wherever it fits.
     """
 
     budget_seconds: float | None
@@ -265,6 +274,7 @@ class Plan:
     exploration: str = "scratch"
     exploration_reason: str | None = None
     finish_on: str = "train"
+    explore: str = "auto"
 
     # -- estimates -------------------------------------------------------------------------
     @property
@@ -318,6 +328,13 @@ class Plan:
     def share_epochs(self) -> int:
         """Epochs of the recipe that fit its share at the current estimates (at least 1)."""
         return max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
+
+    def budget_crops(self, epoch_seconds: float | None = None) -> int:
+        """Training crops the recipe alone would train in the whole budget, at
+        `epoch_seconds` an epoch (defaults to the current estimate)."""
+        seconds = epoch_seconds or self.epoch_seconds(self.recipe)
+        epochs = (self.budget_seconds - self.cost_model.fixed_seconds) // seconds
+        return int(max(0, epochs) * self.epoch_crops)
 
     def recipe_passes(self) -> int:
         """Passes over the training photos the recipe's weights train: `recipe_epochs`
@@ -406,6 +423,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        data = {"explore": "always", **data}  # a plan saved before `explore` explored so
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def lines(self, limit: int = 4) -> list[str]:
@@ -639,6 +657,19 @@ def enumerate_configurations(space: SearchSpace, models: list[speed.ModelCost]) 
     return configs
 
 
+#: With `explore="auto"` (the default), the plan explores only when the recipe alone would
+#: train at least this many crops in the whole budget; below it, the recipe gets the whole
+#: budget. At 30-60 minutes on a CPU (~2,000-10,000 crops), the search that explored lost
+#: to the recipe trained on one schedule for the whole budget in 15 of 21 runs on CWFID and
+#: CamVid, by 0.011 mIoU on average; at 60 minutes on CWFID the recipe still gained at its
+#: last epoch (~9,700 crops), though its score had been flat mid-schedule, while the rate was
+#: high (benchmarks/RESULTS.md, issue #11). Twice the most measured; `explore="always"`
+#: explores wherever it fits.
+EXPLORE_AFTER_IMAGES = 20000
+#: The values of `explore`: "auto" (`EXPLORE_AFTER_IMAGES`) or "always".
+EXPLORE_MODES = ("auto", "always")
+
+
 #: The shares of `recipe_only`: the recipe for the whole budget, no search.
 RECIPE_ONLY = {"recipe": 1.0, "explore": 0.0, "finish": 0.0}
 
@@ -646,7 +677,7 @@ RECIPE_ONLY = {"recipe": 1.0, "explore": 0.0, "finish": 0.0}
 def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSummary,
               machine: Machine, costs: speed.CostModel, budget_seconds: float | None,
               memory_limit: int | None, recipe_only: bool = False,
-              runs_recipe: bool = True) -> Plan:
+              runs_recipe: bool = True, explore: str = "auto") -> Plan:
     """The plan for a resolved space (see the module docstring).
 
     Args:
@@ -661,6 +692,7 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
         runs_recipe: The tuner runs the recipe first (the planned Hyperband), so the plan may
             give it the whole budget when exploring does not fit. Other tuners only skip
             the dropped configurations.
+        explore: "auto" (the default) or "always": `Plan.explore`.
 
     Raises:
         BudgetError: nothing fits the memory budget, or not one epoch of the cheapest recipe
@@ -669,7 +701,7 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
     def attempt(recipe: dict[str, Any]) -> tuple[Plan | None, BudgetError | None]:
         try:
             return _plan_for(recipe, space, models, data, machine, costs, budget_seconds,
-                             memory_limit, recipe_only, runs_recipe), None
+                             memory_limit, recipe_only, runs_recipe, explore), None
         except BudgetError as error:  # not one epoch of this recipe fits the budget
             return None, error
 
@@ -693,7 +725,7 @@ def make_plan(space: SearchSpace, models: list[speed.ModelCost], data: DataSumma
 def _plan_for(recipe: dict[str, Any], space: SearchSpace, models: list[speed.ModelCost],
               data: DataSummary, machine: Machine, costs: speed.CostModel,
               budget_seconds: float | None, memory_limit: int | None, recipe_only: bool,
-              runs_recipe: bool) -> Plan:
+              runs_recipe: bool, explore: str = "auto") -> Plan:
     """`make_plan` for a given recipe."""
     shares = dict(RECIPE_ONLY) if recipe_only else {
         "recipe": RECIPE_SHARE, "explore": 1 - RECIPE_SHARE - FINISH_SHARE, "finish": FINISH_SHARE}
@@ -704,6 +736,7 @@ def _plan_for(recipe: dict[str, Any], space: SearchSpace, models: list[speed.Mod
         data=dataclasses.asdict(data),
         machine={**dataclasses.asdict(machine), "memory_budget_bytes": memory_limit},
         batch_sizes=sorted(int(b) for b in as_values(space.params["batch_size"])),
+        explore=explore,
     )
     if budget_seconds is not None:
         plan.passes_per_epoch = passes_per_epoch(data, recipe)
@@ -778,6 +811,9 @@ def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
         return None
     plan = Plan.from_dict(copy.deepcopy(plan.to_dict()))  # the search's own observes trials
     plan.observe(plan.recipe, measured_epoch_seconds)
+    too_few = _too_few_crops(plan, measured_epoch_seconds)
+    if too_few:
+        return f"{too_few}; the recipe trains to the end of the budget"
     needed, epochs = minimal_exploration_seconds(plan)
     share = plan.budget_seconds * plan.shares["explore"]
     if needed <= share or minimal_fork_seconds(plan) <= share:
@@ -788,7 +824,24 @@ def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
             f"{_minutes(share)}; the recipe trains to the end of the budget")
 
 
+def _too_few_crops(plan: Plan, epoch_seconds: float | None = None) -> str | None:
+    """Why exploring cannot pay (`EXPLORE_AFTER_IMAGES`), with `explore="auto"`, or None."""
+    crops = plan.budget_crops(epoch_seconds)
+    if plan.explore != "auto" or crops >= EXPLORE_AFTER_IMAGES:
+        return None
+    at = f"{epoch_seconds:.0f}" if epoch_seconds else f"~{plan.epoch_seconds(plan.recipe):.0f}"
+    return (f"the recipe alone trains ~{crops} crops in the budget ({at} s an epoch), fewer "
+            f"than {EXPLORE_AFTER_IMAGES}, where every epoch it gets is worth more than what "
+            "exploring teaches (`--explore always` explores anyway)")
+
+
 def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
+    too_few = _too_few_crops(plan)
+    if too_few:
+        plan.recipe_only_reason = f"{too_few}: the recipe gets the whole budget"
+        plan.shares = dict(RECIPE_ONLY)
+        plan.recipe_epochs = plan.share_epochs()
+        return
     needed, epochs = minimal_exploration_seconds(plan)
     share = plan.budget_seconds * plan.shares["explore"]
     if needed <= share:
@@ -1070,14 +1123,14 @@ def data_summary(data) -> DataSummary:
 
 def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | None,
                 log: Callable[[str], None] | None = None, recipe_only: bool = False,
-                runs_recipe: bool = True, finish_on: str = TRAIN) -> Plan:
+                runs_recipe: bool = True, finish_on: str = TRAIN, explore: str = "auto") -> Plan:
     """Measures the space's models and this machine, then makes the plan.
 
     Builds every model configuration once (FLOPs, memory), chooses the recipe, and times a
     few training steps of it and of a narrower sibling (`calibrate`); `AUTOSEG_GFLOPS` set
     to a number skips the timing: that FLOP rate, and activations at the recipe precision's
     `speed.FLOPS_PER_ELEMENT` (a plan then predicts more time than from FLOPs alone).
-    `finish_on` becomes `Plan.finish_on`.
+    `finish_on` becomes `Plan.finish_on`, `explore` `Plan.explore`.
     """
     import os
 
@@ -1104,7 +1157,7 @@ def plan_search(hypermodel, budget_seconds: float | None, memory_limit: int | No
              else calibrate(hypermodel, recipe, batch, models, memory_limit))
     plan = make_plan(space, models, data, machine, costs,
                      budget_seconds, memory_limit, recipe_only=recipe_only,
-                     runs_recipe=runs_recipe)
+                     runs_recipe=runs_recipe, explore=explore)
     plan.finish_on = finish_on
     return plan
 

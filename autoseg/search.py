@@ -72,6 +72,7 @@ class SearchOptions:
     val_groups: str | None = None
     recipe_only: bool = False
     finish_on: str = "train"
+    explore: str = "auto"
     role: str | None = None
     oracle: str | None = None
     worker_id: str | None = None
@@ -111,6 +112,7 @@ def search(
     val_groups: str | None = None,
     recipe_only: bool = False,
     finish_on: str = "train",
+    explore: str = "auto",
 ) -> SearchResult:
     """Searches architectures and training settings for a dataset.
 
@@ -170,6 +172,10 @@ def search(
             "train+val" (the validation photos as well; the leaderboard, `autoseg.json` and
             the "Best:" line then say that its validation score is not held out).
             Defaults to "train".
+        explore: "auto": the planned Hyperband explores around its recipe only when the
+            recipe alone would train `plan.EXPLORE_AFTER_IMAGES` crops in the budget (below
+            that, measured, the recipe's own epochs were worth more); else the recipe gets
+            the whole budget. "always": wherever exploring fits. Defaults to "auto".
 
     Returns:
         A `SearchResult`. A worker's holds the leaderboard as the chief left it.
@@ -190,7 +196,7 @@ def search(
         precision=precision, strategy=strategy, objective=objective, seed=seed,
         overwrite=overwrite, continue_on_new_data=continue_on_new_data, verbose=verbose,
         val_fraction=val_fraction, val_groups=val_groups,
-        recipe_only=recipe_only, finish_on=finish_on,
+        recipe_only=recipe_only, finish_on=finish_on, explore=explore,
         role=role, oracle=oracle, worker_id=worker_id, oracle_timeout=oracle_timeout,
     )
     return run_search(options, log=log)
@@ -245,7 +251,7 @@ def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
     run.config = _run_config(run.dataset, run.space, options)
     _make_training_data(run)
     run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit, log=log,
-                                finish_on=options.finish_on)
+                                finish_on=options.finish_on, explore=options.explore)
     for line in run.plan.lines():
         log(line)
     return run.plan
@@ -254,7 +260,7 @@ def plan_only(options: SearchOptions, log: Callable[[str], None] = print):
 def _validate(run: _Run) -> None:
     """Checks the options that need no data; starts the clock of the time budget."""
     from autoseg import budget, devices
-    from autoseg.plan import FINISH_ON
+    from autoseg.plan import EXPLORE_MODES, FINISH_ON
     from autoseg.tuner import TUNERS
 
     options = run.options
@@ -266,6 +272,9 @@ def _validate(run: _Run) -> None:
     if options.finish_on not in FINISH_ON:
         raise ConfigError(f"--finish-on {options.finish_on!r} is unknown. Valid: "
                           f"{', '.join(FINISH_ON)}.")
+    if options.explore not in EXPLORE_MODES:
+        raise ConfigError(f"--explore {options.explore!r} is unknown. Valid: "
+                          f"{', '.join(EXPLORE_MODES)}.")
     if options.tuner not in TUNERS:
         raise ConfigError(f"--tuner {options.tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
     if options.tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
@@ -370,7 +379,8 @@ def _make_plan(run: _Run) -> None:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
                                     log=run.log, recipe_only=run.options.recipe_only,
                                     runs_recipe=run.options.tuner == "hyperband",
-                                    finish_on=run.options.finish_on)
+                                    finish_on=run.options.finish_on,
+                                    explore=run.options.explore)
         if not (run.cluster and run.cluster.is_worker):
             atomic.write_text(path, json.dumps(run.plan.to_dict(), indent=1))
     run.hypermodel.plan = run.plan

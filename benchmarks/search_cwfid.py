@@ -129,7 +129,10 @@ VARIANTS = {
 }
 
 #: Arm variants that change the search's options rather than its space.
-OPTION_VARIANTS = {"tv": {"finish_on": "train+val"}}
+OPTION_VARIANTS = {"tv": {"finish_on": "train+val"},
+                   # The default search as it was before `explore` (issue #11): exploring
+                   # wherever it fits, whatever the crops the recipe alone would train.
+                   "always": {"explore": "always"}}
 
 #: Photos held out of every search and scored instead (see the module docstring).
 TEST_PHOTOS = int(os.environ.get("SEARCH_TEST", "0"))

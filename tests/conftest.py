@@ -30,6 +30,16 @@ def _no_model_cost_cache():
     os.environ["AUTOSEG_MODEL_CACHE"] = "off"
 
 
+@pytest.fixture
+def explore_at_any_budget(monkeypatch):
+    """Exploration wherever it fits (`--explore always`), for the tests of exploration itself
+    (forks, brackets, the finish), whose budgets are a CPU's: whether a plan explores at all
+    (`plan.EXPLORE_AFTER_IMAGES`) is tests/test_explore.py's."""
+    from autoseg import plan
+
+    monkeypatch.setattr(plan, "EXPLORE_AFTER_IMAGES", 0)
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.is_dir():

@@ -9,11 +9,13 @@ from autoseg import climbing
 from autoseg import plan as search_plan
 from test_plan import CPU, CWFID_SPACE, cost_model, cwfid_plan, make_space, models_of, summary
 
+pytestmark = pytest.mark.usefixtures("explore_at_any_budget")
+
 OBJ = "val_mean_iou"
 
 
-@pytest.fixture(scope="module")
-def forking():
+@pytest.fixture
+def forking(explore_at_any_budget):
     """CWFID at 60 minutes on the test CPU: the plan forks the recipe."""
     p = cwfid_plan(make_space(CWFID_SPACE), budget=3600, runs_recipe=True)
     assert not p.recipe_only and p.exploration == "forks"

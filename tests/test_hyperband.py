@@ -207,6 +207,8 @@ from test_plan import (  # noqa: E402
     CPU, CWFID_SPACE, FIXED, cost_model, make_space, models_of, summary,
 )
 
+pytestmark = pytest.mark.usefixtures("explore_at_any_budget")
+
 
 class PlannedRun(Run):
     """A planned oracle on the fake clock: a trial costs `overhead` plus `slowdown` x the

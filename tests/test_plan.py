@@ -29,6 +29,8 @@ from autoseg.search_space import (
     validate_space,
 )
 
+pytestmark = pytest.mark.usefixtures("explore_at_any_budget")
+
 GFLOPS = 50.0
 #: A trial's fixed cost in these plans, set here rather than read from
 #: `speed.DEFAULT_FIXED_SECONDS` (a calibrated figure that moves with the code's speed).

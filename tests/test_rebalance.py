@@ -124,6 +124,27 @@ def test_a_trial_too_short_to_act_never_reads_its_scores():
     assert record == {}
 
 
+def test_a_short_share_that_takes_the_budget_decides_at_the_epoch_it_does():
+    """A recipe whose share is 6 epochs has no room to act (`rebalance_epoch(6)` is None).
+    When it takes the budget at the end of its 6th epoch (`autoseg.climbing`; TimeBudget
+    comes before Rebalance in the trial's callbacks), its target becomes 30, whose check epoch
+    is 6: it reads that epoch's scores, once, and trains the 24 left weighted."""
+    target = [6]
+    variable = keras.Variable([1.0, 1.0], trainable=False)
+    record = {}
+    callback = rebalance.Rebalance(variable, [0.7, 3.0], "weighted_ce_dice", lambda: target[0],
+                                   record, log=lambda _: None)
+    for epoch in range(5):
+        callback.on_epoch_end(epoch, _logs(0.0, 0.0))
+    assert record == {} and not callback.decided
+    target[0] = 30
+    callback.on_epoch_end(5, _logs(0.0, 0.0))
+    assert record == {"rebalanced": {"epoch": 6, "classes": ["pole"], "loss": "weighted_ce_dice"}}
+    assert variable.numpy().tolist() == pytest.approx([0.7, 3.0])
+    callback.on_epoch_end(6, _logs(0.0, 0.0))
+    assert record["rebalanced"]["epoch"] == 6
+
+
 @pytest.mark.parametrize("mode", ["auto", "off"])
 def test_a_trial_that_learns_little_rebalances_through_the_hypermodel(tiny_dataset, tmp_path,
                                                                       monkeypatch, mode):

@@ -8,6 +8,8 @@ import pytest
 from autoseg import hypermodel
 from autoseg.hypermodel import CosineSchedule, TimeBudget
 
+pytestmark = pytest.mark.usefixtures("explore_at_any_budget")
+
 
 class Clock:
     def __init__(self):

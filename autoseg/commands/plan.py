@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", help="as for `autoseg search`")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--val-groups", metavar="REGEX", help="as for `autoseg search`")
+    p.add_argument("--explore", choices=("auto", "always"), default="auto",
+                   help="as for `autoseg search` (default: auto)")
     p.add_argument("--json", metavar="FILE", help="also write the whole plan to FILE")
     p.set_defaults(run=run)
 
@@ -34,6 +36,7 @@ def run(args) -> int:
         dataset=args.dataset, space=args.space, time_budget=args.time_budget,
         memory_budget=args.memory_budget, max_epochs=args.max_epochs,
         precision=args.precision, seed=args.seed, val_groups=args.val_groups,
+        explore=args.explore,
     )
     plan = plan_only(options)
     if args.json:

@@ -45,10 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--objective", default="val_mean_iou",
                    help="validation metric to maximise (default: val_mean_iou)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, tuner, augmentation")
-    p.add_argument("--recipe-only", action="store_true",
-                   help="train the plan's recipe alone for the whole budget (a baseline)")
-    p.add_argument("--finish-on", choices=("train", "train+val"), default="train", help="what "
-                   "the best trains on at the end; train+val: its val score not held out")
+    _add_plan_options(p)
     p.add_argument("--val-groups", metavar="REGEX",
                    help="validate on whole groups of images: the regex's first group (or match) "
                         "on each file stem names its group, e.g. '^([^_]+)_' for video sequences")
@@ -61,6 +58,26 @@ def add_parser(subparsers) -> None:
                            "autoseg's progress line")
     talk.add_argument("--quiet", action="store_true",
                       help="print only errors and the final leaderboard")
+    _add_cluster_options(p)
+    p.set_defaults(run=run)
+
+
+def _add_plan_options(p) -> None:
+    """What the planned search does with its time (`autoseg.plan`)."""
+    plan = p.add_argument_group("the plan (the planned hyperband tuner, with a time budget)")
+    plan.add_argument("--recipe-only", action="store_true",
+                      help="train the plan's recipe alone for the whole budget (a baseline)")
+    plan.add_argument("--explore", choices=("auto", "always"), default="auto",
+                      help="auto: explore around the recipe only when the budget would train "
+                           "it alone past plan.EXPLORE_AFTER_IMAGES crops, else the recipe "
+                           "takes the budget; always: wherever exploring fits (default: auto)")
+    plan.add_argument("--finish-on", choices=("train", "train+val"), default="train",
+                      help="what the best trains on at the end; train+val: its val score "
+                           "not held out")
+
+
+def _add_cluster_options(p) -> None:
+    """KerasTuner's chief/worker mode (docs/cluster.md)."""
     cluster = p.add_argument_group(
         "distributed search (KerasTuner's chief/worker mode; RUNDIR on a shared filesystem; "
         "see docs/cluster.md)"
@@ -74,7 +91,6 @@ def add_parser(subparsers) -> None:
     cluster.add_argument("--oracle-timeout", metavar="DURATION",
                          help="how long a worker waits for a silent chief and the chief for a "
                               "silent worker, whose trial then fails (default: 2m)")
-    p.set_defaults(run=run)
 
 
 def run(args) -> int:
@@ -97,6 +113,7 @@ def run(args) -> int:
         val_groups=args.val_groups,
         recipe_only=args.recipe_only,
         finish_on=args.finish_on,
+        explore=args.explore,
         overwrite=args.overwrite,
         continue_on_new_data=args.continue_on_new_data,
         verbose=args.verbose,
