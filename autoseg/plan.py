@@ -329,11 +329,19 @@ class Plan:
         """Epochs of the recipe that fit its share at the current estimates (at least 1)."""
         return max(1, int(self.recipe_seconds() // self.epoch_seconds(self.recipe)))
 
-    def budget_crops(self, epoch_seconds: float | None = None) -> int:
-        """Training crops the recipe alone would train in the whole budget, at
-        `epoch_seconds` an epoch (defaults to the current estimate)."""
-        seconds = epoch_seconds or self.epoch_seconds(self.recipe)
-        epochs = (self.budget_seconds - self.cost_model.fixed_seconds) // seconds
+    def budget_crops(self, epoch_seconds: float | None = None) -> int | None:
+        """Training crops the recipe alone would train in the whole budget.
+
+        Args:
+            epoch_seconds: The recipe's epoch time. Defaults to the current estimate.
+
+        Returns:
+            Whole epochs after a trial's fixed cost, in crops; None without a time budget.
+        """
+        if self.budget_seconds is None:
+            return None
+        seconds = self.epoch_seconds(self.recipe) if epoch_seconds is None else epoch_seconds
+        epochs = (self.budget_seconds - self.cost_model.fixed_seconds) // max(seconds, 1e-9)
         return int(max(0, epochs) * self.epoch_crops)
 
     def recipe_passes(self) -> int:
@@ -827,7 +835,7 @@ def recipe_takes_all(plan: Plan, measured_epoch_seconds: float) -> str | None:
 def _too_few_crops(plan: Plan, epoch_seconds: float | None = None) -> str | None:
     """Why exploring cannot pay (`EXPLORE_AFTER_IMAGES`), with `explore="auto"`, or None."""
     crops = plan.budget_crops(epoch_seconds)
-    if plan.explore != "auto" or crops >= EXPLORE_AFTER_IMAGES:
+    if plan.explore != "auto" or crops is None or crops >= EXPLORE_AFTER_IMAGES:
         return None
     at = f"{epoch_seconds:.0f}" if epoch_seconds else f"~{plan.epoch_seconds(plan.recipe):.0f}"
     return (f"the recipe alone trains ~{crops} crops in the budget ({at} s an epoch), fewer "
@@ -836,6 +844,8 @@ def _too_few_crops(plan: Plan, epoch_seconds: float | None = None) -> str | None
 
 
 def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
+    """Gives the recipe the whole budget when exploring cannot pay (`_too_few_crops`) or fits
+    neither from scratch nor as forks; else sets how the plan explores."""
     too_few = _too_few_crops(plan)
     if too_few:
         plan.recipe_only_reason = f"{too_few}: the recipe gets the whole budget"

@@ -375,6 +375,9 @@ def _make_plan(run: _Run) -> None:
     if run.resuming and path.is_file():
         run.plan = plan.Plan.from_dict(json.loads(path.read_text()))
         run.log(f"[plan] kept from {path}")
+        if run.options.explore != run.plan.explore:
+            run.log(f"[plan] --explore {run.options.explore} ignored: the kept plan explores "
+                    f"'{run.plan.explore}'; --overwrite plans afresh")
     else:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
                                     log=run.log, recipe_only=run.options.recipe_only,

@@ -34,7 +34,8 @@ def _no_model_cost_cache():
 def explore_at_any_budget(monkeypatch):
     """Exploration wherever it fits (`--explore always`), for the tests of exploration itself
     (forks, brackets, the finish), whose budgets are a CPU's: whether a plan explores at all
-    (`plan.EXPLORE_AFTER_IMAGES`) is tests/test_explore.py's."""
+    (`plan.EXPLORE_AFTER_IMAGES`) is tests/test_explore.py's. This process only: a search
+    whose trials run in their own processes needs `explore="always"`, which its plan carries."""
     from autoseg import plan
 
     monkeypatch.setattr(plan, "EXPLORE_AFTER_IMAGES", 0)

@@ -107,3 +107,38 @@ def test_autoseg_plan_prints_the_decision_the_option_makes(tiny_dataset, capsys,
     assert code == 0, out
     decided = "[plan] recipe only: the recipe alone trains ~" in out
     assert decided == (explore == "auto"), out
+
+
+@pytest.mark.parametrize("explore", ["auto", "always"])
+def test_search_hands_its_explore_option_to_the_plan(tiny_dataset, tmp_path, monkeypatch,
+                                                    explore):
+    import autoseg
+
+    seen = {}
+
+    class Planned(Exception):
+        pass
+
+    def plan_search(*args, **kwargs):
+        seen.update(kwargs)
+        raise Planned
+
+    monkeypatch.setattr(plan, "plan_search", plan_search)
+    with pytest.raises(Planned):
+        autoseg.search(tiny_dataset, out=tmp_path / "run", time_budget="1m", explore=explore)
+    assert seen["explore"] == explore
+
+
+def test_the_threshold_quoted_in_the_help_and_the_readme_is_the_code_s():
+    import argparse
+    from pathlib import Path
+
+    from autoseg.commands import search as search_command
+
+    parser = argparse.ArgumentParser()
+    search_command.add_parser(parser.add_subparsers())
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["search"].format_help().split())
+    assert f"at least {plan.EXPLORE_AFTER_IMAGES} crops" in help_text
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"at least {plan.EXPLORE_AFTER_IMAGES} crops in the whole budget" in readme
+    assert f"fewer than {plan.EXPLORE_AFTER_IMAGES}," in readme

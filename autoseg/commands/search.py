@@ -68,9 +68,10 @@ def _add_plan_options(p) -> None:
     plan.add_argument("--recipe-only", action="store_true",
                       help="train the plan's recipe alone for the whole budget (a baseline)")
     plan.add_argument("--explore", choices=("auto", "always"), default="auto",
-                      help="auto: explore around the recipe only when the budget would train "
-                           "it alone past plan.EXPLORE_AFTER_IMAGES crops, else the recipe "
-                           "takes the budget; always: wherever exploring fits (default: auto)")
+                      help="hyperband with a time budget: auto explores around the recipe "
+                           "only when the budget would train it alone on at least 20000 "
+                           "crops (plan.EXPLORE_AFTER_IMAGES), else the recipe takes the "
+                           "budget; always: wherever exploring fits (default: auto)")
     plan.add_argument("--finish-on", choices=("train", "train+val"), default="train",
                       help="what the best trains on at the end; train+val: its val score "
                            "not held out")
