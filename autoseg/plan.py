@@ -837,7 +837,8 @@ def _too_few_crops(plan: Plan, epoch_seconds: float | None = None) -> str | None
     crops = plan.budget_crops(epoch_seconds)
     if plan.explore != "auto" or crops is None or crops >= EXPLORE_AFTER_IMAGES:
         return None
-    at = f"{epoch_seconds:.0f}" if epoch_seconds else f"~{plan.epoch_seconds(plan.recipe):.0f}"
+    at = (f"~{plan.epoch_seconds(plan.recipe):.0f}" if epoch_seconds is None
+          else f"{epoch_seconds:.0f}")
     return (f"the recipe alone trains ~{crops} crops in the budget ({at} s an epoch), fewer "
             f"than {EXPLORE_AFTER_IMAGES}, where every epoch it gets is worth more than what "
             "exploring teaches (`--explore always` explores anyway)")
@@ -848,9 +849,7 @@ def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
     neither from scratch nor as forks; else sets how the plan explores."""
     too_few = _too_few_crops(plan)
     if too_few:
-        plan.recipe_only_reason = f"{too_few}: the recipe gets the whole budget"
-        plan.shares = dict(RECIPE_ONLY)
-        plan.recipe_epochs = plan.share_epochs()
+        _recipe_gets_the_budget(plan, too_few)
         return
     needed, epochs = minimal_exploration_seconds(plan)
     share = plan.budget_seconds * plan.shares["explore"]
@@ -865,11 +864,16 @@ def _recipe_only_unless_exploration_fits(plan: Plan) -> None:
             f"{scratch}, more than its {_minutes(share)}; {MIN_VARIANTS} forks and the "
             f"control need ~{_minutes(forks)}")
         return
-    plan.recipe_only_reason = (
+    _recipe_gets_the_budget(plan, (
         f"exploring needs ~{_minutes(needed)} (the recipe and {MIN_VARIANTS} variants, "
         f"{epochs} epochs each) or, forking the recipe, ~{_minutes(forks)} (the control and "
         f"{MIN_VARIANTS} forks, {fork_epochs(plan)} epochs each), more than its "
-        f"{_minutes(share)}: the recipe gets the whole budget")
+        f"{_minutes(share)}"))
+
+
+def _recipe_gets_the_budget(plan: Plan, why: str) -> None:
+    """Makes `plan` the recipe alone (`RECIPE_ONLY`) for the reason `why`."""
+    plan.recipe_only_reason = f"{why}: the recipe gets the whole budget"
     plan.shares = dict(RECIPE_ONLY)
     plan.recipe_epochs = plan.share_epochs()
 

@@ -269,12 +269,10 @@ def _validate(run: _Run) -> None:
     if options.recipe_only and options.tuner != "hyperband":
         raise ConfigError("--recipe-only runs the plan's recipe through the hyperband tuner; "
                           f"drop --tuner {options.tuner}.")
-    if options.finish_on not in FINISH_ON:
-        raise ConfigError(f"--finish-on {options.finish_on!r} is unknown. Valid: "
-                          f"{', '.join(FINISH_ON)}.")
-    if options.explore not in EXPLORE_MODES:
-        raise ConfigError(f"--explore {options.explore!r} is unknown. Valid: "
-                          f"{', '.join(EXPLORE_MODES)}.")
+    for name, valid in (("finish_on", FINISH_ON), ("explore", EXPLORE_MODES)):
+        if getattr(options, name) not in valid:
+            raise ConfigError(f"{_flag(name)} {getattr(options, name)!r} is unknown. Valid: "
+                              f"{', '.join(valid)}.")
     if options.tuner not in TUNERS:
         raise ConfigError(f"--tuner {options.tuner!r} is unknown. Valid tuners: {', '.join(TUNERS)}.")
     if options.tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
@@ -367,6 +365,16 @@ def _group_option(options: SearchOptions) -> dict[str, Any]:
     return {"group_pattern": options.val_groups} if options.val_groups else {}
 
 
+#: The options a plan keeps (`Plan` fields of the same names): a resumed run follows its
+#: kept plan, whatever the rerun says.
+PLANNED_OPTIONS = ("finish_on", "explore")
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a `SearchOptions` field: `finish_on` -> `--finish-on`."""
+    return "--" + name.replace("_", "-")
+
+
 def _make_plan(run: _Run) -> None:
     """The plan (`autoseg.plan`): made once, kept in RUNDIR/plan.json for a resumed run."""
     from autoseg import plan
@@ -375,9 +383,11 @@ def _make_plan(run: _Run) -> None:
     if run.resuming and path.is_file():
         run.plan = plan.Plan.from_dict(json.loads(path.read_text()))
         run.log(f"[plan] kept from {path}")
-        if run.options.explore != run.plan.explore:
-            run.log(f"[plan] --explore {run.options.explore} ignored: the kept plan explores "
-                    f"'{run.plan.explore}'; --overwrite plans afresh")
+        for name in PLANNED_OPTIONS:
+            given, kept = getattr(run.options, name), getattr(run.plan, name)
+            if given != kept:
+                run.log(f"[plan] {_flag(name)} {given} ignored: the kept plan has {kept}; "
+                        "--overwrite plans afresh")
     else:
         run.plan = plan.plan_search(run.hypermodel, run.budget_seconds, run.memory_limit,
                                     log=run.log, recipe_only=run.options.recipe_only,

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from autoseg.ensemble import incompatibility
     from autoseg.export import load_trial_model, read_trial, trial_values
     from autoseg.search_space import trial_model_config
+    from search_cwfid import full_resolution_scores
 
     members = []
     for spec in args.members:
@@ -51,39 +52,30 @@ def main(argv=None) -> int:
     print(f"{len(stems)} validation photos at full resolution")
     print("| model | **full-res mIoU** | per class |\n|---|---:|---|")
     for spec, model, config, _ in members:
-        print(f"| {spec} | {_row(score(dataset, stems, [model], config))}", flush=True)
-    ensemble = score(dataset, stems, [m[1] for m in members], members[0][2])
-    print(f"| mean of the {len(members)} | {_row(ensemble)}", flush=True)
+        print(f"| {spec} | {_row(full_resolution_scores(model, dataset, stems, config))}",
+              flush=True)
+    ensemble = MeanOf([m[1] for m in members])
+    print(f"| mean of the {len(members)} | "
+          f"{_row(full_resolution_scores(ensemble, dataset, stems, members[0][2]))}", flush=True)
     return 0
 
 
-def score(dataset, stems, models, config) -> dict:
-    """mIoU and per-class IoU of the mean of `models`' probabilities, photos at full size."""
-    import numpy as np
+class MeanOf:
+    """Keras models called as one: the mean of their softmax probabilities."""
 
-    from autoseg.evaluate import score_images
-    from autoseg.metrics import scores_from_confusion
-    from autoseg.predict import SegmentationModel
+    def __init__(self, models):
+        self.models = models
 
-    metadata = {
-        "classes": list(dataset.classes), "palette": [list(c) for c in dataset.palette],
-        "ignore_index": dataset.ignore_index, "input_size": list(config["input_size"]),
-        "policy": config["policy"], "crop_scale": config["crop_scale"],
-    }
+    def __call__(self, batch, training=False):
+        import numpy as np
 
-    def runner(batch):
-        return np.mean([np.asarray(m(batch, training=False), np.float32) for m in models], axis=0)
-
-    model = SegmentationModel(Path("."), metadata, runner, "keras")
-    confusion, _ = score_images(model, dataset, stems, log=lambda _: None)
-    scores = scores_from_confusion(confusion)
-    return {"mean_iou": float(scores["mean_iou"]),
-            "iou": dict(zip(dataset.classes, map(float, scores["per_class_iou"])))}
+        return np.mean([np.asarray(m(batch, training=training), np.float32)
+                        for m in self.models], axis=0)
 
 
 def _row(scores: dict) -> str:
-    per_class = ", ".join(f"{c} {v:.3f}" for c, v in scores["iou"].items())
-    return f"**{scores['mean_iou']:.4f}** | {per_class} |"
+    per_class = ", ".join(f"{c} {v:.4f}" for c, v in scores["full_res_iou"].items())
+    return f"**{scores['full_res_mean_iou']:.4f}** | {per_class} |"
 
 
 if __name__ == "__main__":

@@ -142,3 +142,36 @@ def test_the_threshold_quoted_in_the_help_and_the_readme_is_the_code_s():
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
     assert f"at least {plan.EXPLORE_AFTER_IMAGES} crops in the whole budget" in readme
     assert f"fewer than {plan.EXPLORE_AFTER_IMAGES}," in readme
+
+
+def test_the_command_lines_choices_are_the_plans():
+    from autoseg.commands import search as search_command
+
+    assert search_command.EXPLORE_CHOICES == plan.EXPLORE_MODES
+    assert search_command.FINISH_ON_CHOICES == plan.FINISH_ON
+
+
+def test_a_resumed_run_says_which_options_its_kept_plan_overrides(tmp_path):
+    import json
+    import types
+
+    from autoseg import search
+    from autoseg.run_dir import PLAN_FILE
+
+    kept = cwfid(3600, explore="always")
+    (tmp_path / PLAN_FILE).write_text(json.dumps(kept.to_dict()))
+    lines = []
+    run = search._Run(options=search.SearchOptions(dataset="data", finish_on="train+val"),
+                      log=lines.append, rundir=tmp_path, resuming=True,
+                      hypermodel=types.SimpleNamespace())
+    search._make_plan(run)
+    assert run.plan.explore == "always" and run.plan.finish_on == "train"
+    told = [line for line in lines if "ignored" in line]
+    assert lines[:3] == [f"[plan] kept from {tmp_path / PLAN_FILE}", *told] and told == [
+        "[plan] --finish-on train+val ignored: the kept plan has train; --overwrite plans afresh",
+        "[plan] --explore auto ignored: the kept plan has always; --overwrite plans afresh"]
+    assert lines[3:] == kept.lines()
+    lines.clear()
+    run.options = search.SearchOptions(dataset="data", explore="always")
+    search._make_plan(run)
+    assert lines == [f"[plan] kept from {tmp_path / PLAN_FILE}", *kept.lines()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.commands.search import EXPLORE_CHOICES
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", help="as for `autoseg search`")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--val-groups", metavar="REGEX", help="as for `autoseg search`")
-    p.add_argument("--explore", choices=("auto", "always"), default="auto",
+    p.add_argument("--explore", choices=EXPLORE_CHOICES, default="auto",
                    help="as for `autoseg search` (default: auto)")
     p.add_argument("--json", metavar="FILE", help="also write the whole plan to FILE")
     p.set_defaults(run=run)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from autoseg.devices import BFLOAT16_MODELS, PRECISIONS, STRATEGIES
 
 TUNER_CHOICES = ("hyperband", "bayesian", "random", "grid")
+#: `plan.EXPLORE_MODES` and `plan.FINISH_ON`, spelt out so that `--help` does not import the
+#: plan (tests/test_explore.py keeps them equal).
+EXPLORE_CHOICES = ("auto", "always")
+FINISH_ON_CHOICES = ("train", "train+val")
 
 #: `--precision`'s help; the architectures from `devices.BFLOAT16_MODELS`, their one source.
 PRECISION_HELP = (
@@ -67,12 +71,12 @@ def _add_plan_options(p) -> None:
     plan = p.add_argument_group("the plan (the planned hyperband tuner, with a time budget)")
     plan.add_argument("--recipe-only", action="store_true",
                       help="train the plan's recipe alone for the whole budget (a baseline)")
-    plan.add_argument("--explore", choices=("auto", "always"), default="auto",
+    plan.add_argument("--explore", choices=EXPLORE_CHOICES, default="auto",
                       help="hyperband with a time budget: auto explores around the recipe "
                            "only when the budget would train it alone on at least 20000 "
                            "crops (plan.EXPLORE_AFTER_IMAGES), else the recipe takes the "
                            "budget; always: wherever exploring fits (default: auto)")
-    plan.add_argument("--finish-on", choices=("train", "train+val"), default="train",
+    plan.add_argument("--finish-on", choices=FINISH_ON_CHOICES, default="train",
                       help="what the best trains on at the end; train+val: its val score "
                            "not held out")
 
